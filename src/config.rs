@@ -1,0 +1,173 @@
+//! Configuration from flags and environment variables, checked at start-up
+//! so a mistake is reported once, clearly, before anything runs.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/livefeed";
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LIVEFEED_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Most PostgreSQL connections this instance holds.
+    #[arg(long, env = "LIVEFEED_DB_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_pool_size: u16,
+
+    /// How long a request waits for a database connection before answering 503.
+    #[arg(long, env = "LIVEFEED_DB_TIMEOUT_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_timeout_ms: u64,
+
+    /// Longest a single SQL statement may run.
+    #[arg(long, env = "LIVEFEED_STATEMENT_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub statement_timeout_ms: u64,
+
+    /// Secret that signs login tokens (HS256), at least 32 bytes; every
+    /// instance must share it. When unset, a random one is made per process
+    /// and tokens die with it.
+    #[arg(long, env = "LIVEFEED_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<Secret>,
+
+    /// Lifetime of a login token, in seconds.
+    #[arg(long, env = "LIVEFEED_TOKEN_TTL_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub token_ttl_secs: u64,
+
+    /// Largest request body accepted, in bytes (413 beyond).
+    #[arg(long, env = "LIVEFEED_MAX_BODY_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(64..=16_777_216))]
+    pub max_body_bytes: u64,
+
+    /// Longest a request may take before answering 503.
+    #[arg(long, env = "LIVEFEED_REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+
+    /// Most client connections held at once; further ones wait to be accepted.
+    #[arg(long, env = "LIVEFEED_MAX_CONNECTIONS", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// On SIGTERM, how long in-flight requests get to finish.
+    #[arg(long, env = "LIVEFEED_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// Parses flags as `livefeed serve` would (environment variables apply to
+    /// what the flags leave unset); used by tests to build a real config.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Standalone {
+            #[command(flatten)]
+            config: Config,
+        }
+        let argv = std::iter::once("livefeed".into()).chain(args.into_iter().map(Into::into));
+        Standalone::try_parse_from(argv).map(|s| s.config)
+    }
+
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
+    }
+
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// A secret that never shows up in logs or `--help`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+const MIN_SECRET_BYTES: usize = 32;
+
+fn parse_secret(raw: &str) -> Result<Secret, String> {
+    if raw.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "the token secret must be at least {MIN_SECRET_BYTES} bytes, got {}",
+            raw.len()
+        ));
+    }
+    Ok(Secret(raw.to_owned()))
+}
+
+fn parse_database_url(raw: &str) -> Result<String, String> {
+    let config = tokio_postgres::Config::from_str(raw).map_err(|e| {
+        format!("not a PostgreSQL URL ({e}); expected postgres://user@host:port/database")
+    })?;
+    if config.get_dbname().is_none() {
+        return Err(
+            "the PostgreSQL URL must name a database, e.g. postgres://user@host:5432/livefeed"
+                .into(),
+        );
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_locally() {
+        let config = Config::from_args(["--database-url", DEFAULT_DATABASE_URL]).unwrap();
+        assert_eq!(config.database.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.max_body_bytes, 65_536);
+    }
+
+    #[test]
+    fn rejects_bad_values_with_a_clear_message() {
+        let short = Config::from_args(["--jwt-secret", "short"]).unwrap_err();
+        assert!(short.to_string().contains("at least 32 bytes"), "{short}");
+        let no_db = Config::from_args(["--database-url", "postgres://localhost:5432"]).unwrap_err();
+        assert!(
+            no_db.to_string().contains("must name a database"),
+            "{no_db}"
+        );
+        assert!(Config::from_args(["--listen", "nowhere"]).is_err());
+        assert!(Config::from_args(["--db-pool-size", "0"]).is_err());
+    }
+}

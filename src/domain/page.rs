@@ -1,0 +1,92 @@
+use serde::Deserialize;
+
+use super::ValidationError;
+
+/// A window into a feed: `offset` posts skipped, at most `limit` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPage {
+    offset: u32,
+    limit: u32,
+}
+
+impl FeedPage {
+    pub const MAX_OFFSET: u32 = 100_000;
+    pub const MAX_LIMIT: u32 = 1_000;
+    const DEFAULT_LIMIT: u32 = 10;
+
+    pub fn new(offset: u32, limit: u32) -> Result<Self, ValidationError> {
+        if offset > Self::MAX_OFFSET {
+            return Err(ValidationError(format!(
+                "offset must be between 0 and {}, got {offset}",
+                Self::MAX_OFFSET
+            )));
+        }
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(ValidationError(format!(
+                "limit must be between 1 and {}, got {limit}",
+                Self::MAX_LIMIT
+            )));
+        }
+        Ok(Self { offset, limit })
+    }
+
+    pub fn offset(&self) -> u32 {
+        self.offset
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+}
+
+impl Default for FeedPage {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FeedPage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            offset: Option<u32>,
+            limit: Option<u32>,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        let default = Self::default();
+        Self::new(
+            raw.offset.unwrap_or(default.offset),
+            raw.limit.unwrap_or(default.limit),
+        )
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_bounds() {
+        let page: FeedPage = serde_urlencoded::from_str("").unwrap();
+        assert_eq!((page.offset(), page.limit()), (0, 10));
+        let page: FeedPage = serde_urlencoded::from_str("offset=5&limit=1000").unwrap();
+        assert_eq!((page.offset(), page.limit()), (5, 1000));
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "offset=-1",
+            "offset=100001",
+            "limit=ten",
+            "limit=1.5",
+        ] {
+            assert!(
+                serde_urlencoded::from_str::<FeedPage>(bad).is_err(),
+                "{bad} accepted"
+            );
+        }
+    }
+}

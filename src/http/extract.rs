@@ -1,0 +1,54 @@
+//! Turning the raw request into domain values, or a 4xx.
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
+use hyper::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+use crate::app::App;
+use crate::domain::UserId;
+
+/// The body parsed as JSON into `T`, whose own `Deserialize` enforces the
+/// domain rules. Bodies over the configured limit are refused with 413
+/// without being read in full.
+pub async fn json_body<T: DeserializeOwned>(
+    app: &App,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<T, ApiError> {
+    let limit = app.limits.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+/// The query string parsed into `T`.
+pub fn query<T: DeserializeOwned>(parts: &Parts) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
+}
+
+/// The user named by the request's bearer token.
+pub fn caller(app: &App, parts: &Parts) -> Result<UserId, ApiError> {
+    let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
+    Ok(app.tokens.verify_header(header)?)
+}

@@ -1,0 +1,13 @@
+//! The HTTP edge: routing, request parsing into domain types, and the one
+//! place where errors become status codes.
+
+mod error;
+mod extract;
+mod handlers;
+mod response;
+pub mod router;
+mod service;
+
+pub use error::ApiError;
+pub use response::Body;
+pub use service::handle;

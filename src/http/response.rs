@@ -1,0 +1,27 @@
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+pub type Body = Full<Bytes>;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    // Serialising our own plain data types into memory cannot fail.
+    let body = serde_json::to_vec(value).expect("response types serialise");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    response
+}
+
+pub fn ok<T: Serialize + ?Sized>(value: &T) -> Response<Body> {
+    json(StatusCode::OK, value)
+}
+
+/// 200 with no body: what the spec documents for writes with nothing to return.
+pub fn ok_empty() -> Response<Body> {
+    Response::new(Full::new(Bytes::new()))
+}

@@ -1,0 +1,97 @@
+//! Maps a method and path to a route. Pure, so the contract test can check
+//! every path of the OpenAPI spec against it.
+
+use hyper::Method;
+
+/// An endpoint, with its path parameters still raw: they are parsed into
+/// domain ids after authentication, so a bad token is a 401 even when the
+/// id is malformed too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    Login,
+    Register,
+    GetUser(&'a str),
+    SearchUsers,
+    SetFriend(&'a str),
+    DeleteFriend(&'a str),
+    CreatePost,
+    UpdatePost,
+    DeletePost(&'a str),
+    GetPost(&'a str),
+    Feed,
+    SendMessage(&'a str),
+    ListDialog(&'a str),
+    Health,
+    Ready,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    NotFound,
+    /// The path exists with another method, named here for the `Allow` header.
+    MethodNotAllowed(Method),
+}
+
+pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, RouteError> {
+    let mut segments = [""; 4];
+    let mut count = 0;
+    for segment in path.strip_prefix('/').unwrap_or(path).split('/') {
+        *segments.get_mut(count).ok_or(RouteError::NotFound)? = segment;
+        count += 1;
+    }
+    let (route, allowed) = match &segments[..count] {
+        ["login"] => (Route::Login, Method::POST),
+        ["user", "register"] => (Route::Register, Method::POST),
+        ["user", "get", id] => (Route::GetUser(id), Method::GET),
+        ["user", "search"] => (Route::SearchUsers, Method::GET),
+        ["friend", "set", id] => (Route::SetFriend(id), Method::PUT),
+        ["friend", "delete", id] => (Route::DeleteFriend(id), Method::PUT),
+        ["post", "create"] => (Route::CreatePost, Method::POST),
+        ["post", "update"] => (Route::UpdatePost, Method::PUT),
+        ["post", "delete", id] => (Route::DeletePost(id), Method::PUT),
+        ["post", "get", id] => (Route::GetPost(id), Method::GET),
+        ["post", "feed"] => (Route::Feed, Method::GET),
+        ["dialog", id, "send"] => (Route::SendMessage(id), Method::POST),
+        ["dialog", id, "list"] => (Route::ListDialog(id), Method::GET),
+        ["healthz"] => (Route::Health, Method::GET),
+        ["readyz"] => (Route::Ready, Method::GET),
+        _ => return Err(RouteError::NotFound),
+    };
+    if *method == allowed {
+        Ok(route)
+    } else {
+        Err(RouteError::MethodNotAllowed(allowed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_path_parameters() {
+        assert_eq!(
+            resolve(&Method::POST, "/dialog/abc/send"),
+            Ok(Route::SendMessage("abc"))
+        );
+        assert_eq!(
+            resolve(&Method::GET, "/user/get/x"),
+            Ok(Route::GetUser("x"))
+        );
+    }
+
+    #[test]
+    fn distinguishes_unknown_paths_from_wrong_methods() {
+        assert_eq!(
+            resolve(&Method::GET, "/post/create"),
+            Err(RouteError::MethodNotAllowed(Method::POST))
+        );
+        for path in ["/", "/nope", "/user/get/a/b", "/a/b/c/d/e/f", "/post/feed/"] {
+            assert_eq!(
+                resolve(&Method::GET, path),
+                Err(RouteError::NotFound),
+                "{path}"
+            );
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! livefeed: a social-network backend whose feed updates live.
+//!
+//! `server::run` serves an [`app::App`] on a listener until a shutdown future
+//! completes; `main.rs` wires it to flags, signals and migrations.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod server;
+pub mod store;

@@ -1,0 +1,119 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use livefeed::app::App;
+use livefeed::config::{Config, DatabaseConfig};
+use livefeed::{server, store};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// How long start-up keeps retrying while PostgreSQL is not reachable yet
+/// (a compose stack starting, a database restarting).
+const STARTUP_DATABASE_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "livefeed: a social-network backend whose feed updates live"
+)]
+struct Cli {
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info,livefeed=debug`).
+    #[arg(long, env = "LIVEFEED_LOG", default_value = "info", global = true)]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending migrations, then serve the API.
+    Serve(Config),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseConfig),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("error: invalid LIVEFEED_LOG filter {:?}: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate(database) => store::migrate(&database.database_url).await,
+        Command::Serve(config) => serve(config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    migrate_when_reachable(&config.database.database_url).await?;
+    let app = App::new(&config).context("building the application")?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    server::run(listener, Arc::new(app), shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate_when_reachable(database_url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP_DATABASE_WAIT;
+    loop {
+        match store::migrate(database_url).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!("database not ready, retrying: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.context("applying migrations at start-up")),
+        }
+    }
+}
+
+/// Completes on SIGTERM (how orchestrators stop a container) or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}

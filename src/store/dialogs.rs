@@ -1,0 +1,72 @@
+use uuid::Uuid;
+
+use super::error::is_missing_reference;
+use super::{Store, StoreError};
+use crate::domain::{DialogMessage, MessageText, UserId};
+
+/// The most messages `/dialog/{user_id}/list` answers: the newest ones.
+const DIALOG_LIMIT: i64 = 1000;
+
+impl Store {
+    pub async fn send_message(
+        &self,
+        from: UserId,
+        to: UserId,
+        text: &MessageText,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO dialog_messages (id, sender_id, recipient_id, text) VALUES ($1, $2, $3, $4)",
+            )
+            .await?;
+        match client
+            .execute(
+                &insert,
+                &[
+                    &Uuid::now_v7(),
+                    from.as_uuid(),
+                    to.as_uuid(),
+                    &text.as_str(),
+                ],
+            )
+            .await
+        {
+            Err(e) if is_missing_reference(&e) => Err(StoreError::NotFound("user")),
+            other => other.map(drop).map_err(Into::into),
+        }
+    }
+
+    /// The conversation between `me` and `other`, oldest message first.
+    pub async fn dialog(
+        &self,
+        me: UserId,
+        other: UserId,
+    ) -> Result<Vec<DialogMessage>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT sender_id, recipient_id, text FROM ( \
+                     SELECT id, sender_id, recipient_id, text FROM dialog_messages \
+                     WHERE LEAST(sender_id, recipient_id) = LEAST($1::uuid, $2::uuid) \
+                       AND GREATEST(sender_id, recipient_id) = GREATEST($1::uuid, $2::uuid) \
+                     ORDER BY id DESC LIMIT $3 \
+                 ) newest ORDER BY id",
+            )
+            .await?;
+        let rows = client
+            .query(&select, &[me.as_uuid(), other.as_uuid(), &DIALOG_LIMIT])
+            .await?;
+        if rows.is_empty() {
+            Self::require_user(&client, other).await?;
+        }
+        Ok(rows
+            .iter()
+            .map(|row| DialogMessage {
+                from: UserId::from_uuid(row.get(0)),
+                to: UserId::from_uuid(row.get(1)),
+                text: row.get(2),
+            })
+            .collect())
+    }
+}

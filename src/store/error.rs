@@ -1,0 +1,59 @@
+use deadpool_postgres::PoolError;
+use tokio_postgres::error::SqlState;
+
+/// What can go wrong in the store, sorted by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or is refusing work right now; the
+    /// request may succeed if retried later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("only the author may change a post")]
+    NotAuthor,
+    #[error("invalid database configuration: {0}")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A query failed for a reason that is a bug, not an outage.
+    #[error("database error: {0}")]
+    Query(#[source] tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let outage = match e.code() {
+            // No SQLSTATE means the failure was in the connection itself.
+            None => true,
+            Some(code) => {
+                code.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::TOO_MANY_CONNECTIONS,
+                        SqlState::QUERY_CANCELED,
+                    ]
+                    .contains(code)
+            }
+        };
+        if outage {
+            Self::Unavailable(Box::new(e))
+        } else {
+            Self::Query(e)
+        }
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Backend(e) => e.into(),
+            other => Self::Unavailable(Box::new(other)),
+        }
+    }
+}
+
+/// Whether `e` is a foreign-key violation: the row referred to does not exist.
+pub(super) fn is_missing_reference(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
+}

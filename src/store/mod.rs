@@ -1,0 +1,78 @@
+//! PostgreSQL: the source of truth. Everything above this module speaks in
+//! domain types; SQL stays here.
+
+mod dialogs;
+mod error;
+mod friends;
+mod migrate;
+mod posts;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use error::StoreError;
+pub use migrate::{create_database_if_missing, migrate};
+
+/// How the service talks to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub database_url: String,
+    pub pool_size: usize,
+    /// How long a request may wait for a connection (or to open one) before
+    /// the database counts as unavailable.
+    pub acquire_timeout: Duration,
+    /// Server-side cap on one statement, so a stuck query cannot hold a
+    /// pooled connection forever.
+    pub statement_timeout: Duration,
+}
+
+/// A pool of prepared-statement-caching connections. Connections are opened
+/// lazily, so the service starts (and answers 503) while PostgreSQL is down,
+/// and heals by itself when it returns.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let mut pg = tokio_postgres::Config::from_str(&settings.database_url)
+            .map_err(|e| StoreError::Config(e.into()))?;
+        pg.connect_timeout(settings.acquire_timeout);
+        pg.options(format!(
+            "-c statement_timeout={}",
+            settings.statement_timeout.as_millis()
+        ));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .wait_timeout(Some(settings.acquire_timeout))
+            .create_timeout(Some(settings.acquire_timeout))
+            .recycle_timeout(Some(settings.acquire_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string().into()))?;
+        Ok(Self { pool })
+    }
+
+    /// One round trip to the database: what `/readyz` reports.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}

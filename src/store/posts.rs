@@ -1,0 +1,118 @@
+use tokio_postgres::Row;
+
+use super::error::is_missing_reference;
+use super::{Store, StoreError};
+use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
+
+impl Store {
+    pub async fn create_post(&self, author: UserId, text: &PostText) -> Result<PostId, StoreError> {
+        let id = PostId::new_v7();
+        let client = self.client().await?;
+        let insert = client
+            .prepare_cached("INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)")
+            .await?;
+        match client
+            .execute(&insert, &[id.as_uuid(), author.as_uuid(), &text.as_str()])
+            .await
+        {
+            Err(e) if is_missing_reference(&e) => Err(StoreError::NotFound("user")),
+            other => other.map(|_| id).map_err(Into::into),
+        }
+    }
+
+    pub async fn update_post(
+        &self,
+        author: UserId,
+        id: PostId,
+        text: &PostText,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let update = client
+            .prepare_cached(
+                "UPDATE posts SET text = $3, updated_at = now() WHERE id = $1 AND author_id = $2",
+            )
+            .await?;
+        let updated = client
+            .execute(&update, &[id.as_uuid(), author.as_uuid(), &text.as_str()])
+            .await?;
+        if updated == 0 {
+            return Err(Self::why_not_authored(&client, id).await);
+        }
+        Ok(())
+    }
+
+    pub async fn delete_post(&self, author: UserId, id: PostId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let delete = client
+            .prepare_cached("DELETE FROM posts WHERE id = $1 AND author_id = $2")
+            .await?;
+        let deleted = client
+            .execute(&delete, &[id.as_uuid(), author.as_uuid()])
+            .await?;
+        if deleted == 0 {
+            return Err(Self::why_not_authored(&client, id).await);
+        }
+        Ok(())
+    }
+
+    pub async fn post(&self, id: PostId) -> Result<Post, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached("SELECT id, text, author_id FROM posts WHERE id = $1")
+            .await?;
+        let row = client.query_opt(&select, &[id.as_uuid()]).await?;
+        row.map(|row| post_from_row(&row))
+            .ok_or(StoreError::NotFound("post"))
+    }
+
+    /// The newest posts of the users `reader` follows, newest first.
+    pub async fn feed(&self, reader: UserId, page: FeedPage) -> Result<Vec<Post>, StoreError> {
+        let client = self.client().await?;
+        // Each followed author contributes at most offset + limit of their own
+        // newest posts (an index range on posts_author_id_id_idx), so the
+        // cost grows with the page, not with how much the authors wrote.
+        let select = client
+            .prepare_cached(
+                "SELECT p.id, p.text, p.author_id \
+                 FROM friends f \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, text, author_id FROM posts \
+                     WHERE author_id = f.friend_id \
+                     ORDER BY id DESC LIMIT $2::bigint + $3::bigint \
+                 ) p \
+                 WHERE f.user_id = $1 \
+                 ORDER BY p.id DESC OFFSET $2 LIMIT $3",
+            )
+            .await?;
+        let offset = i64::from(page.offset());
+        let limit = i64::from(page.limit());
+        let rows = client
+            .query(&select, &[reader.as_uuid(), &offset, &limit])
+            .await?;
+        Ok(rows.iter().map(post_from_row).collect())
+    }
+
+    /// After an author-scoped write touched no row: was the post missing, or
+    /// someone else's?
+    async fn why_not_authored(client: &deadpool_postgres::Client, id: PostId) -> StoreError {
+        let lookup = async {
+            let select = client
+                .prepare_cached("SELECT 1 FROM posts WHERE id = $1")
+                .await?;
+            client.query_opt(&select, &[id.as_uuid()]).await
+        };
+        match lookup.await {
+            Ok(Some(_)) => StoreError::NotAuthor,
+            Ok(None) => StoreError::NotFound("post"),
+            Err(e) => e.into(),
+        }
+    }
+}
+
+fn post_from_row(row: &Row) -> Post {
+    Post {
+        id: PostId::from_uuid(row.get(0)),
+        text: row.get(1),
+        author_user_id: UserId::from_uuid(row.get(2)),
+    }
+}

@@ -1,0 +1,134 @@
+use tokio_postgres::Row;
+
+use super::{Store, StoreError};
+use crate::domain::{NewUser, User, UserId, UserSearch};
+
+/// The most rows `/user/search` answers.
+const SEARCH_LIMIT: i64 = 100;
+
+impl Store {
+    pub async fn create_user(
+        &self,
+        user: &NewUser,
+        password_hash: &str,
+    ) -> Result<UserId, StoreError> {
+        let id = UserId::new_v7();
+        let client = self.client().await?;
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO users (id, first_name, second_name, birthdate, biography, city, password_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?;
+        client
+            .execute(
+                &insert,
+                &[
+                    id.as_uuid(),
+                    &user.first_name.as_str(),
+                    &user.second_name.as_str(),
+                    &user.birthdate.date(),
+                    &user.biography.as_str(),
+                    &user.city.as_str(),
+                    &password_hash,
+                ],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<User, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT id, first_name, second_name, birthdate, biography, city FROM users WHERE id = $1",
+            )
+            .await?;
+        let row = client.query_opt(&select, &[id.as_uuid()]).await?;
+        row.map(|row| user_from_row(&row))
+            .ok_or(StoreError::NotFound("user"))
+    }
+
+    /// The stored password hash of `id`, for checking a login.
+    pub async fn password_hash(&self, id: UserId) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached("SELECT password_hash FROM users WHERE id = $1")
+            .await?;
+        let row = client.query_opt(&select, &[id.as_uuid()]).await?;
+        row.map(|row| row.get(0))
+            .ok_or(StoreError::NotFound("user"))
+    }
+
+    /// Users whose names start with both prefixes, ordered by id.
+    pub async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT id, first_name, second_name, birthdate, biography, city FROM users \
+                 WHERE first_name LIKE $1 AND second_name LIKE $2 \
+                 ORDER BY id LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(
+                &select,
+                &[
+                    &prefix_pattern(search.first_name.as_str()),
+                    &prefix_pattern(search.last_name.as_str()),
+                    &SEARCH_LIMIT,
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(user_from_row).collect())
+    }
+
+    pub(super) async fn require_user(
+        client: &deadpool_postgres::Client,
+        id: UserId,
+    ) -> Result<(), StoreError> {
+        let select = client
+            .prepare_cached("SELECT 1 FROM users WHERE id = $1")
+            .await?;
+        match client.query_opt(&select, &[id.as_uuid()]).await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound("user")),
+        }
+    }
+}
+
+fn user_from_row(row: &Row) -> User {
+    User {
+        id: UserId::from_uuid(row.get(0)),
+        first_name: row.get(1),
+        second_name: row.get(2),
+        birthdate: row.get(3),
+        biography: row.get(4),
+        city: row.get(5),
+    }
+}
+
+/// `LIKE` pattern matching strings that start with `prefix` literally.
+fn prefix_pattern(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_pattern;
+
+    #[test]
+    fn prefix_pattern_escapes_wildcards() {
+        assert_eq!(prefix_pattern("Конст"), "Конст%");
+        assert_eq!(prefix_pattern("a%b_c\\"), "a\\%b\\_c\\\\%");
+        assert_eq!(prefix_pattern(""), "%");
+    }
+}
