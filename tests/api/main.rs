@@ -1,0 +1,12 @@
+//! Integration tests: the real server on port 0, real PostgreSQL, one fresh
+//! database per test. One binary so the suite links once.
+
+mod auth;
+mod dialogs;
+mod errors;
+mod feed;
+mod lifecycle;
+mod outage;
+mod posts;
+mod support;
+mod users;

@@ -1,0 +1,78 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::support::{TcpProxy, TestApp, expect_error, fresh_database, json_ok};
+
+/// Asserts a 503 that carries Retry-After and the spec's error body.
+async fn expect_unavailable(response: reqwest::Response) {
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .expect("503 carries Retry-After")
+        .to_str()
+        .unwrap()
+        .parse::<u32>()
+        .expect("Retry-After is an integer");
+    assert!(retry_after > 0);
+    expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
+}
+
+#[tokio::test]
+async fn a_database_that_is_not_there_gives_503_with_retry_after() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{closed}/livefeed");
+    let app = TestApp::spawn_with(&url, &["--db-timeout-ms", "500"]).await;
+
+    expect_unavailable(
+        app.get(&format!("/user/get/{}", uuid::Uuid::now_v7()), None)
+            .await,
+    )
+    .await;
+    expect_unavailable(app.get("/readyz", None).await).await;
+    // The process itself is up.
+    assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_service_answers_503_while_the_database_is_gone_and_recovers_by_itself() {
+    let direct = fresh_database().await;
+    let mut postgres_url = url::Url::parse(&direct).unwrap();
+    let target: SocketAddr = format!(
+        "{}:{}",
+        postgres_url.host_str().unwrap(),
+        postgres_url.port().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap();
+    let mut proxy = TcpProxy::start(target).await;
+    postgres_url.set_port(Some(proxy.address().port())).unwrap();
+    let app = TestApp::spawn_with(postgres_url.as_str(), &["--db-timeout-ms", "500"]).await;
+
+    let user = app.register("Живучий", "Сервисов").await;
+    let profile = format!("/user/get/{}", user.id);
+    json_ok(app.get(&profile, None).await).await;
+
+    proxy.cut();
+    expect_unavailable(app.get(&profile, None).await).await;
+    expect_unavailable(app.get("/post/feed", Some(&user.token)).await).await;
+
+    proxy.restore().await;
+    let recovered = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let response = app.get(&profile, None).await;
+            if response.status() == StatusCode::OK {
+                return response;
+            }
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the service recovers within 15 s of the database returning");
+    assert_eq!(json_ok(recovered).await["id"], user.id.as_str());
+}
