@@ -1,11 +1,15 @@
 //! Everything a request handler needs, built once from the configuration.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{Passwords, Tokens};
-use crate::config::Config;
 use anyhow::Context;
 
+use crate::auth::{Passwords, Tokens};
+use crate::broker::BrokerKind;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::realtime::Realtime;
 use crate::store::{Store, StoreSettings};
 
 pub struct Limits {
@@ -13,20 +17,24 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    /// Kernel send buffer of each websocket (0: the OS default).
+    pub ws_send_buffer: usize,
 }
 
 pub struct App {
     pub store: Store,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    pub realtime: Arc<Realtime>,
     pub limits: Limits,
 }
 
 impl App {
-    /// Builds the application without touching the network: the database is
-    /// connected on first use, so the service starts and reports 503 while
-    /// PostgreSQL is down instead of refusing to start.
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    /// Builds the application and starts its background tasks (broker
+    /// connection, hub, outbox relay). Nothing here waits on the network:
+    /// the database is connected on first use and the broker in the
+    /// background, so the service starts, and reports 503, while either is down.
+    pub fn start(config: &Config, broker: BrokerKind) -> anyhow::Result<Self> {
         let store = Store::new(&StoreSettings {
             database_url: config.database.database_url.clone(),
             pool_size: usize::from(config.db_pool_size),
@@ -45,8 +53,15 @@ impl App {
             }
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let realtime = Realtime::start(
+            store.clone(),
+            broker,
+            config.realtime(),
+            Arc::new(Metrics::default()),
+        );
         Ok(Self {
             store,
+            realtime,
             tokens: Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs))
                 .context("configuring token signing")?,
             passwords: Passwords::new(cores),
@@ -55,6 +70,7 @@ impl App {
                 request_timeout: config.request_timeout(),
                 max_connections: config.max_connections as usize,
                 shutdown_grace: config.shutdown_grace(),
+                ws_send_buffer: config.ws_send_buffer as usize,
             },
         })
     }

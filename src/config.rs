@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 
+use crate::broker::{AmqpSettings, BrokerKind, MemoryBus};
+use crate::realtime::{RealtimeSettings, Routing};
+
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/livefeed";
 
 #[derive(Debug, Clone, Args)]
@@ -68,8 +71,41 @@ pub struct Config {
     pub max_connections: u32,
 
     /// On SIGTERM, how long in-flight requests get to finish.
-    #[arg(long, env = "LIVEFEED_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    #[arg(long, env = "LIVEFEED_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
+
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost). Unset: an
+    /// in-process broker, for a single instance without RabbitMQ.
+    #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url)]
+    pub amqp_url: Option<String>,
+
+    /// Names this instance's broker queue; unique per running instance.
+    #[arg(long, env = "LIVEFEED_INSTANCE_ID", default_value_t = default_instance_id())]
+    pub instance_id: String,
+
+    /// Routing key of an author's posts: `id` (one key per author) or
+    /// `bucket:N` (authors hashed into N keys).
+    #[arg(long, env = "LIVEFEED_ROUTING", default_value = "id")]
+    pub routing: Routing,
+
+    /// Most websockets this instance holds (503 beyond).
+    #[arg(long, env = "LIVEFEED_MAX_SOCKETS", default_value_t = 19_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sockets: u64,
+
+    /// Posts a websocket may fall behind before it is closed as a slow consumer.
+    #[arg(long, env = "LIVEFEED_SOCKET_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub socket_queue: u32,
+
+    /// Seconds between server pings; a socket that misses a pong is closed.
+    #[arg(long, env = "LIVEFEED_PING_INTERVAL_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval_secs: u64,
+
+    /// Kernel send buffer of each websocket, in bytes (0: the OS default).
+    #[arg(long, env = "LIVEFEED_WS_SEND_BUFFER", default_value_t = 65_536)]
+    pub ws_send_buffer: u32,
 }
 
 impl Config {
@@ -104,6 +140,42 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    /// RabbitMQ when a URL is configured, else a broker inside this process.
+    pub fn broker(&self) -> BrokerKind {
+        match &self.amqp_url {
+            Some(url) => BrokerKind::Amqp(AmqpSettings {
+                url: url.clone(),
+                instance_id: self.instance_id.clone(),
+            }),
+            None => BrokerKind::Memory(MemoryBus::new()),
+        }
+    }
+
+    pub fn realtime(&self) -> RealtimeSettings {
+        RealtimeSettings {
+            queue_capacity: self.socket_queue as usize,
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            max_sockets: self.max_sockets,
+            routing: self.routing,
+        }
+    }
+}
+
+fn default_instance_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn parse_amqp_url(raw: &str) -> Result<String, String> {
+    let rest = raw.strip_prefix("amqp://").ok_or_else(|| {
+        "an AMQP URL starts with amqp:// (e.g. amqp://guest:guest@localhost:5672/%2f)".to_owned()
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(
+            "the AMQP URL must name a host, e.g. amqp://guest:guest@localhost:5672/%2f".into(),
+        );
+    }
+    Ok(raw.to_owned())
 }
 
 /// A secret that never shows up in logs or `--help`.
@@ -169,5 +241,8 @@ mod tests {
         );
         assert!(Config::from_args(["--listen", "nowhere"]).is_err());
         assert!(Config::from_args(["--db-pool-size", "0"]).is_err());
+        let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
+        assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
+        assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
     }
 }

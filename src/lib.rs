@@ -5,8 +5,11 @@
 
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
+pub mod realtime;
 pub mod server;
 pub mod store;

@@ -74,8 +74,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     migrate_when_reachable(&config.database.database_url).await?;
-    let app = App::new(&config).context("building the application")?;
+    let app = App::start(&config, config.broker()).context("building the application")?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -83,6 +84,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server::run(listener, Arc::new(app), shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every websocket is a file descriptor: take all the kernel allows.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let hard = rlimit::Resource::NOFILE
+                .get()
+                .map_or(soft, |(_, hard)| hard);
+            tracing::info!(soft, hard, "file descriptor limit");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
 }
 
 async fn migrate_when_reachable(database_url: &str) -> anyhow::Result<()> {

@@ -9,9 +9,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::http;
@@ -27,8 +28,9 @@ pub async fn run(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let connections = Arc::new(Semaphore::new(app.limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(app.limits.max_connections));
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -39,7 +41,7 @@ pub async fn run(
         // Waiting for a free slot before accepting leaves excess clients in
         // the kernel's backlog rather than failing them (mini-redis does the same).
         let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit?,
+            permit = slots.clone().acquire_owned() => permit?,
             () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
@@ -61,9 +63,22 @@ pub async fn run(
             let app = app.clone();
             async move { Ok::<_, Infallible>(http::handle(app, request).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            // On shutdown, hyper finishes the request in flight (if any),
+            // then closes the connection instead of waiting for another.
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -72,11 +87,19 @@ pub async fn run(
 
     drop(listener);
     tracing::info!("shutting down: no longer accepting, finishing open requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(app.limits.shutdown_grace) => {
-            tracing::warn!("grace period over, closing the remaining connections");
+    stop.cancel();
+    connections.close();
+    let requests_done = async {
+        match tokio::time::timeout(app.limits.shutdown_grace, connections.wait()).await {
+            Ok(()) => tracing::info!("all HTTP connections closed"),
+            Err(_) => tracing::warn!("grace period over, dropping the remaining connections"),
         }
-    }
+    };
+    // Websockets left hyper at their upgrade: they are closed (1001) by the
+    // realtime side, at the same time as HTTP requests finish.
+    tokio::join!(
+        requests_done,
+        app.realtime.shutdown(app.limits.shutdown_grace)
+    );
     Ok(())
 }

@@ -58,6 +58,22 @@ impl<K> Id<K> {
     pub fn as_uuid(&self) -> &Uuid {
         &self.uuid
     }
+
+    /// The smallest UUIDv7 of millisecond `unix_ms`: every id created at or
+    /// after that instant sorts after it.
+    pub fn first_at(unix_ms: u64) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        bytes[6] = 0x70; // version 7
+        bytes[8] = 0x80; // RFC 4122 variant
+        Self::from_uuid(Uuid::from_bytes(bytes))
+    }
+
+    /// Milliseconds since the Unix epoch at which a UUIDv7 was made.
+    pub fn unix_ms(&self) -> Option<u64> {
+        let (seconds, nanos) = self.uuid.get_timestamp()?.to_unix();
+        Some(seconds * 1000 + u64::from(nanos) / 1_000_000)
+    }
 }
 
 impl<K: IdKind> FromStr for Id<K> {
@@ -103,6 +119,15 @@ mod tests {
     fn rejects_garbage_naming_the_kind() {
         let err = "42".parse::<PostId>().unwrap_err();
         assert!(err.0.starts_with("post id must be a UUID"), "{err}");
+    }
+
+    #[test]
+    fn first_at_sorts_before_every_id_of_that_millisecond() {
+        let id = PostId::new_v7();
+        let ms = id.unix_ms().unwrap();
+        assert!(PostId::first_at(ms) <= id);
+        assert!(PostId::first_at(ms + 1) > id);
+        assert_eq!(PostId::first_at(ms).unix_ms(), Some(ms));
     }
 
     #[test]

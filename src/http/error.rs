@@ -33,6 +33,8 @@ pub enum ApiError {
     Unavailable(#[source] StoreError),
     #[error("request timed out, retry later")]
     Timeout,
+    #[error("too many open websockets on this instance, retry later")]
+    TooManySockets,
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -54,7 +56,9 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +76,7 @@ impl ApiError {
             Self::Internal(_) => 2000,
             Self::Unavailable(_) => 2001,
             Self::Timeout => 2002,
+            Self::TooManySockets => 2003,
         }
     }
 
@@ -84,7 +89,7 @@ impl ApiError {
         let mut response = json(self.status(), &body);
         let headers = response.headers_mut();
         match &self {
-            Self::Unavailable(_) | Self::Timeout => {
+            Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
                 headers.insert(RETRY_AFTER, RETRY_AFTER_SECS);
             }
             Self::MethodNotAllowed(allowed) => {

@@ -43,7 +43,11 @@ pub async fn json_body<T: DeserializeOwned>(
 
 /// The query string parsed into `T`.
 pub fn query<T: DeserializeOwned>(parts: &Parts) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(parts.uri.query().unwrap_or(""))
+    query_str(parts.uri.query())
+}
+
+pub fn query_str<T: DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))
 }
 

@@ -7,6 +7,7 @@ mod handlers;
 mod response;
 pub mod router;
 mod service;
+mod websocket;
 
 pub use error::ApiError;
 pub use response::Body;

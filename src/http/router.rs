@@ -19,10 +19,12 @@ pub enum Route<'a> {
     DeletePost(&'a str),
     GetPost(&'a str),
     Feed,
+    FeedSocket,
     SendMessage(&'a str),
     ListDialog(&'a str),
     Health,
     Ready,
+    Metrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +53,12 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, RouteErr
         ["post", "delete", id] => (Route::DeletePost(id), Method::PUT),
         ["post", "get", id] => (Route::GetPost(id), Method::GET),
         ["post", "feed"] => (Route::Feed, Method::GET),
+        ["post", "feed", "posted"] => (Route::FeedSocket, Method::GET),
         ["dialog", id, "send"] => (Route::SendMessage(id), Method::POST),
         ["dialog", id, "list"] => (Route::ListDialog(id), Method::GET),
         ["healthz"] => (Route::Health, Method::GET),
         ["readyz"] => (Route::Ready, Method::GET),
+        ["metrics"] => (Route::Metrics, Method::GET),
         _ => return Err(RouteError::NotFound),
     };
     if *method == allowed {

@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::extract::{caller, json_body, query};
 use super::handlers::{dialogs, friends, health, posts, users};
 use super::router::{self, Route};
+use super::websocket;
 use super::{ApiError, Body};
 use crate::app::App;
 
@@ -78,6 +79,8 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Result<Response<Body
         Route::ListDialog(id) => dialogs::list(app, caller(app, &parts)?, id.parse()?).await,
         Route::Health => Ok(health::live()),
         Route::Ready => health::ready(app).await,
+        Route::Metrics => Ok(health::metrics(app).await),
+        Route::FeedSocket => websocket::upgrade(app, Request::from_parts(parts, body)).await,
     }
 }
 

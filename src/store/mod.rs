@@ -5,6 +5,7 @@ mod dialogs;
 mod error;
 mod friends;
 mod migrate;
+mod outbox;
 mod posts;
 mod users;
 
@@ -16,6 +17,7 @@ use tokio_postgres::NoTls;
 
 pub use error::StoreError;
 pub use migrate::{create_database_if_missing, migrate};
+pub use outbox::{ClaimedMessage, OutboxLeader, OutboxMessage};
 
 /// How the service talks to PostgreSQL.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct StoreSettings {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// For connections that cannot be pooled (the outbox relay's LISTEN).
+    config: tokio_postgres::Config,
 }
 
 impl Store {
@@ -48,7 +52,7 @@ impl Store {
             settings.statement_timeout.as_millis()
         ));
         let manager = Manager::from_config(
-            pg,
+            pg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -62,7 +66,7 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(e.to_string().into()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, config: pg })
     }
 
     /// One round trip to the database: what `/readyz` reports.

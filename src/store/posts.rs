@@ -1,23 +1,37 @@
 use tokio_postgres::Row;
 
 use super::error::is_missing_reference;
+use super::outbox::{OutboxMessage, enqueue};
 use super::{Store, StoreError};
 use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
 
 impl Store {
-    pub async fn create_post(&self, author: UserId, text: &PostText) -> Result<PostId, StoreError> {
-        let id = PostId::new_v7();
-        let client = self.client().await?;
-        let insert = client
+    /// Stores the post and, in the same transaction, the event announcing it.
+    pub async fn create_post(
+        &self,
+        id: PostId,
+        author: UserId,
+        text: &PostText,
+        event: &OutboxMessage,
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let insert = tx
             .prepare_cached("INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)")
             .await?;
-        match client
+        if let Err(e) = tx
             .execute(&insert, &[id.as_uuid(), author.as_uuid(), &text.as_str()])
             .await
         {
-            Err(e) if is_missing_reference(&e) => Err(StoreError::NotFound("user")),
-            other => other.map(|_| id).map_err(Into::into),
+            return Err(if is_missing_reference(&e) {
+                StoreError::NotFound("user")
+            } else {
+                e.into()
+            });
         }
+        enqueue(&tx, event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn update_post(
@@ -88,6 +102,54 @@ impl Store {
         let limit = i64::from(page.limit());
         let rows = client
             .query(&select, &[reader.as_uuid(), &offset, &limit])
+            .await?;
+        Ok(rows.iter().map(post_from_row).collect())
+    }
+
+    /// Posts of the users `reader` follows that are newer than `since`,
+    /// oldest first: what a reconnecting live client missed.
+    pub async fn posts_since(
+        &self,
+        reader: UserId,
+        since: PostId,
+        limit: i64,
+    ) -> Result<Vec<Post>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT p.id, p.text, p.author_id \
+                 FROM friends f \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, text, author_id FROM posts \
+                     WHERE author_id = f.friend_id AND id > $2 \
+                     ORDER BY id LIMIT $3 \
+                 ) p \
+                 WHERE f.user_id = $1 \
+                 ORDER BY p.id LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(&select, &[reader.as_uuid(), since.as_uuid(), &limit])
+            .await?;
+        Ok(rows.iter().map(post_from_row).collect())
+    }
+
+    /// Posts of `author` newer than `since`, oldest first.
+    pub async fn posts_by_author_since(
+        &self,
+        author: UserId,
+        since: PostId,
+        limit: i64,
+    ) -> Result<Vec<Post>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT id, text, author_id FROM posts \
+                 WHERE author_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .await?;
+        let rows = client
+            .query(&select, &[author.as_uuid(), since.as_uuid(), &limit])
             .await?;
         Ok(rows.iter().map(post_from_row).collect())
     }

@@ -6,6 +6,7 @@ mod dialogs;
 mod errors;
 mod feed;
 mod lifecycle;
+mod live;
 mod outage;
 mod posts;
 mod support;

@@ -11,11 +11,13 @@ pub async fn follow(app: &App, me: UserId, friend: UserId) -> Result<Response<Bo
             "a user cannot follow themselves".into(),
         ));
     }
-    app.store.follow(me, friend).await?;
+    let event = app.realtime.follow_event(me, friend, true);
+    app.store.follow(me, friend, &event).await?;
     Ok(ok_empty())
 }
 
 pub async fn unfollow(app: &App, me: UserId, friend: UserId) -> Result<Response<Body>, ApiError> {
-    app.store.unfollow(me, friend).await?;
+    let event = app.realtime.follow_event(me, friend, false);
+    app.store.unfollow(me, friend, &event).await?;
     Ok(ok_empty())
 }

@@ -1,4 +1,5 @@
 use hyper::Response;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use serde_json::json;
 
 use crate::app::App;
@@ -14,4 +15,15 @@ pub fn live() -> Response<Body> {
 pub async fn ready(app: &App) -> Result<Response<Body>, ApiError> {
     app.store.ping().await?;
     Ok(ok(&json!({ "status": "ready" })))
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(app: &App) -> Response<Body> {
+    let gauges = app.realtime.gauges().await;
+    let mut response = Response::new(Body::from(app.realtime.metrics().render(&gauges)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }

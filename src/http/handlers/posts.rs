@@ -1,14 +1,23 @@
 use hyper::Response;
 
 use crate::app::App;
-use crate::domain::{FeedPage, NewPost, PostEdit, PostId, UserId};
+use crate::domain::{FeedPage, NewPost, Post, PostEdit, PostId, UserId};
 use crate::http::response::{ok, ok_empty};
 use crate::http::{ApiError, Body};
 
-/// Answers the new post's id as a bare JSON string, as the spec says.
-pub async fn create(app: &App, me: UserId, post: NewPost) -> Result<Response<Body>, ApiError> {
-    let id = app.store.create_post(me, &post.text).await?;
-    Ok(ok(&id))
+/// Answers the new post's id as a bare JSON string, as the spec says. The
+/// live event is stored with the post and published after commit.
+pub async fn create(app: &App, me: UserId, new: NewPost) -> Result<Response<Body>, ApiError> {
+    let post = Post {
+        id: PostId::new_v7(),
+        text: new.text.as_str().to_owned(),
+        author_user_id: me,
+    };
+    let event = app.realtime.post_event(&post);
+    app.store
+        .create_post(post.id, me, &new.text, &event)
+        .await?;
+    Ok(ok(&post.id))
 }
 
 pub async fn update(app: &App, me: UserId, edit: PostEdit) -> Result<Response<Body>, ApiError> {

@@ -1,11 +1,13 @@
 //! The test harness: a real server on port 0 against a fresh PostgreSQL
 //! database per test, and a client that speaks the spec.
 
+mod live;
 mod proxy;
 
 use std::time::Duration;
 
 use livefeed::app::App;
+use livefeed::broker::{BrokerKind, MemoryBus};
 use livefeed::config::Config;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
@@ -13,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use live::{Brokers, FeedClient, amqp_url, rabbit_broker};
 pub use proxy::TcpProxy;
 
 pub const SECRET: &str = "integration-test-secret-integration-test";
@@ -66,8 +69,21 @@ impl TestApp {
     }
 
     /// Starts the real server on port 0 with the given database and extra
-    /// `livefeed serve` flags.
+    /// `livefeed serve` flags, on a broker of its own inside the process.
     pub async fn spawn_with(database_url: &str, extra_args: &[&str]) -> Self {
+        Self::spawn_on_broker(
+            database_url,
+            extra_args,
+            BrokerKind::Memory(MemoryBus::new()),
+        )
+        .await
+    }
+
+    pub async fn spawn_on_broker(
+        database_url: &str,
+        extra_args: &[&str],
+        broker: BrokerKind,
+    ) -> Self {
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -78,7 +94,7 @@ impl TestApp {
         ];
         args.extend_from_slice(extra_args);
         let config = Config::from_args(args).expect("test configuration is valid");
-        let app = App::new(&config).expect("building the app");
+        let app = App::start(&config, broker).expect("building the app");
         let listener = TcpListener::bind(config.listen)
             .await
             .expect("binding port 0");

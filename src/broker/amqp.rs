@@ -1,0 +1,1017 @@
+//! RabbitMQ through amqprs.
+//!
+//! One supervisor task per instance owns the connection: it connects,
+//! declares the topology, consumes the instance queue and applies binding
+//! changes in the order they were requested. amqprs does not reconnect by
+//! itself, so on any loss the supervisor drops the session and builds a new
+//! one with backoff, re-applying the wanted bindings. Publishes bypass the
+//! supervisor: they go straight to the current session's confirm-mode channel,
+//! so a slow binding change never holds them up.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
+use amqprs::channel::{
+    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicPublishArguments,
+    BasicQosArguments, Channel, ConfirmSelectArguments, ConsumerMessage, ExchangeDeclareArguments,
+    ExchangeType, QueueBindArguments, QueueDeclareArguments, QueueDeleteArguments,
+    QueueUnbindArguments,
+};
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::error::Error as AmqpError;
+use amqprs::{
+    Ack, BasicProperties, Cancel, Close, CloseChannel, DELIVERY_MODE_TRANSIENT, FieldTable,
+    FieldValue, Nack, Return,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tracing::Instrument;
+
+use super::{Applied, BrokerError, Delivery, Topic};
+
+const POSTS_EXCHANGE: &str = "feed.posts";
+const CONTROL_EXCHANGE: &str = "feed.control";
+const QUEUE_PREFIX: &str = "livefeed.instance.";
+/// Long enough to ride out a network blip or a RabbitMQ restart, short
+/// enough that a crashed instance's queue does not collect posts for long.
+const QUEUE_EXPIRES_MS: i32 = 60_000;
+/// amqprs declares the server dead after two missed heartbeats; RabbitMQ's
+/// default of 60 s would leave a silently dropped connection unnoticed for
+/// two minutes.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// Bounds the deliveries RabbitMQ pushes ahead of the sink, so that a slow
+/// sink holds messages back in the queue rather than in this process.
+const PREFETCH: u16 = 256;
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// For any single request to RabbitMQ: amqprs itself waits forever.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A session that lasted this long was healthy: the next loss starts the
+/// backoff over. A shorter one counts as a failed attempt, so a session that
+/// keeps breaking right after setup does not reconnect in a tight loop.
+const STABLE_SESSION: Duration = Duration::from_secs(5);
+/// AMQP short strings (names, routing keys) hold at most this many bytes;
+/// amqprs panics on longer ones.
+const MAX_SHORT_STRING: usize = 255;
+const DEFAULT_PORT: u16 = 5672;
+
+/// How to reach RabbitMQ and what this instance's queue is called.
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:port/vhost`
+    pub url: String,
+    /// Unique per running instance; names its queue.
+    pub instance_id: String,
+}
+
+#[derive(Clone)]
+pub(super) struct AmqpBroker {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+/// What the handles and the supervisor both see.
+struct Shared {
+    link: watch::Sender<Link>,
+    reconnects: AtomicU64,
+}
+
+#[derive(Clone)]
+enum Link {
+    Down,
+    Up(Arc<Publisher>),
+    Closed,
+}
+
+enum Command {
+    Binding {
+        key: String,
+        bound: bool,
+        applied: oneshot::Sender<()>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+impl AmqpBroker {
+    pub(super) fn start(settings: AmqpSettings, sink: mpsc::Sender<Delivery>) -> Self {
+        let (commands, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            link: watch::Sender::new(Link::Down),
+            reconnects: AtomicU64::new(0),
+        });
+        // Without a supervisor the link stays down and every request is
+        // dropped (which completes its `Applied`).
+        match Target::new(&settings) {
+            Ok(target) => {
+                let span = tracing::info_span!("amqp", queue = %target.queue);
+                let supervisor = Supervisor::new(target, shared.clone(), requests, sink);
+                tokio::spawn(supervisor.run().instrument(span));
+            }
+            Err(error) => {
+                tracing::error!(%error, "invalid AMQP settings; the broker stays unavailable");
+            }
+        }
+        Self { shared, commands }
+    }
+
+    pub(super) async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        body: Bytes,
+    ) -> Result<(), BrokerError> {
+        if routing_key.len() > MAX_SHORT_STRING {
+            return Err(BrokerError::Unavailable(format!(
+                "routing key longer than {MAX_SHORT_STRING} bytes"
+            )));
+        }
+        let publisher = match &*self.shared.link.borrow() {
+            Link::Up(publisher) => publisher.clone(),
+            Link::Down => {
+                return Err(BrokerError::Unavailable("not connected to RabbitMQ".into()));
+            }
+            Link::Closed => return Err(BrokerError::Closed),
+        };
+        let result = publisher.publish(topic, routing_key, body).await;
+        // A publish cut short by `shutdown` reports the shutdown, not the
+        // connection it tore down.
+        match result {
+            Err(_) if self.shared.is_closed() => Err(BrokerError::Closed),
+            result => result,
+        }
+    }
+
+    pub(super) fn change_binding(&self, routing_key: &str, bound: bool) -> Applied {
+        if routing_key.len() > MAX_SHORT_STRING {
+            tracing::error!(
+                routing_key,
+                "routing key longer than {MAX_SHORT_STRING} bytes; binding unchanged"
+            );
+            return Applied::done();
+        }
+        let (applied, receiver) = oneshot::channel();
+        // A stopped supervisor drops the request, and with it `applied`,
+        // which completes the returned future.
+        let _ = self.commands.send(Command::Binding {
+            key: routing_key.to_owned(),
+            bound,
+            applied,
+        });
+        Applied::pending(receiver)
+    }
+
+    pub(super) fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(super) async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Shutdown { done }).is_ok() {
+            let _ = finished.await;
+        }
+        // Covers a supervisor that never started (bad settings).
+        self.shared.link.send_replace(Link::Closed);
+    }
+}
+
+impl Shared {
+    fn is_closed(&self) -> bool {
+        matches!(*self.link.borrow(), Link::Closed)
+    }
+}
+
+/// The validated settings, in the form every connection attempt needs.
+struct Target {
+    connection: OpenConnectionArguments,
+    queue: String,
+    queue_arguments: FieldTable,
+}
+
+impl Target {
+    fn new(settings: &AmqpSettings) -> Result<Self, String> {
+        let queue = format!("{QUEUE_PREFIX}{}", settings.instance_id);
+        if queue.len() > MAX_SHORT_STRING {
+            return Err(format!(
+                "instance id too long: queue names hold at most {MAX_SHORT_STRING} bytes"
+            ));
+        }
+        let mut connection = connection_arguments(&settings.url)?;
+        connection.connection_name(&format!("livefeed {}", settings.instance_id));
+        let mut queue_arguments = FieldTable::new();
+        let expires = "x-expires"
+            .try_into()
+            .map_err(|_| "queue argument name too long".to_owned())?;
+        queue_arguments.insert(expires, FieldValue::I(QUEUE_EXPIRES_MS));
+        Ok(Self {
+            connection,
+            queue,
+            queue_arguments,
+        })
+    }
+}
+
+/// Parses `amqp://user:password@host:port/vhost?heartbeat=N` the way the
+/// RabbitMQ URI spec reads it: user, password and vhost are percent-decoded
+/// (`%2f` is the default vhost `/`), an absent vhost is `/`. Errors never
+/// echo the URL, which holds a password.
+fn connection_arguments(url: &str) -> Result<OpenConnectionArguments, String> {
+    let rest = url
+        .strip_prefix("amqp://")
+        .ok_or("the AMQP URL must start with amqp:// (TLS is not supported)")?;
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    if vhost.contains('/') {
+        return Err("a / in the vhost of the AMQP URL must be written %2f".into());
+    }
+    let (user, password, host_port) = match authority.rsplit_once('@') {
+        Some((user_info, host_port)) => {
+            let (user, password) = user_info.split_once(':').unwrap_or((user_info, "guest"));
+            (percent_decode(user)?, percent_decode(password)?, host_port)
+        }
+        None => ("guest".to_owned(), "guest".to_owned(), authority),
+    };
+    let (host, port) = host_and_port(host_port)?;
+    let mut arguments = OpenConnectionArguments::new(&host, port, &user, &password);
+    let vhost = match percent_decode(vhost)? {
+        vhost if vhost.is_empty() => "/".to_owned(),
+        vhost => vhost,
+    };
+    arguments.virtual_host(&vhost);
+    arguments.heartbeat(heartbeat(query)?);
+    Ok(arguments)
+}
+
+/// Keeps the brackets of an IPv6 host: amqprs connects to `host:port`.
+fn host_and_port(host_port: &str) -> Result<(String, u16), String> {
+    let (host, port) = match host_port.rfind(':') {
+        Some(colon) if !host_port[colon..].contains(']') => {
+            (&host_port[..colon], &host_port[colon + 1..])
+        }
+        _ => (host_port, ""),
+    };
+    if host.is_empty() {
+        return Err("the AMQP URL has no host".into());
+    }
+    let port = match port {
+        "" => DEFAULT_PORT,
+        port => port
+            .parse()
+            .map_err(|_| "the port in the AMQP URL is not a number from 0 to 65535")?,
+    };
+    Ok((percent_decode(host)?, port))
+}
+
+/// Other query parameters of the URI spec do not apply to amqprs.
+fn heartbeat(query: &str) -> Result<u16, String> {
+    let mut heartbeat = DEFAULT_HEARTBEAT_SECS;
+    for pair in query.split('&') {
+        if let Some(("heartbeat", seconds)) = pair.split_once('=') {
+            heartbeat = seconds
+                .parse()
+                .map_err(|_| "heartbeat in the AMQP URL is not a number of seconds")?;
+        }
+    }
+    Ok(heartbeat)
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let mut decoded = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte != b'%' {
+            decoded.push(byte);
+            continue;
+        }
+        let hex_digit = |digit: Option<u8>| digit.and_then(|digit| char::from(digit).to_digit(16));
+        match (hex_digit(bytes.next()), hex_digit(bytes.next())) {
+            // Two hex digits make at most 255.
+            (Some(high), Some(low)) => decoded.push((high * 16 + low) as u8),
+            _ => return Err("the AMQP URL has a % not followed by two hex digits".into()),
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| "the AMQP URL does not decode to UTF-8".into())
+}
+
+/// Why the supervisor stops: a `shutdown` call to answer, or nobody left to
+/// serve (every handle dropped, or the sink closed).
+struct Stop(Option<oneshot::Sender<()>>);
+
+/// How a connected session ended.
+enum Ended {
+    Lost(String),
+    Stopped(Stop),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+}
+
+/// The routing keys this instance wants, and those its queue may still be
+/// bound with on the server (a binding counts from before its bind is sent
+/// until its unbind is confirmed), so that a reconnect can both restore
+/// lost bindings and remove ones dropped while disconnected: the queue and
+/// its bindings outlive a brief disconnection.
+#[derive(Default)]
+struct Bindings {
+    wanted: HashSet<String>,
+    on_server: HashSet<String>,
+}
+
+impl Bindings {
+    /// Returns whether this changed what is wanted.
+    fn want(&mut self, key: String, bound: bool) -> bool {
+        if bound {
+            self.wanted.insert(key)
+        } else {
+            self.wanted.remove(&key)
+        }
+    }
+}
+
+struct Supervisor {
+    target: Arc<Target>,
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedReceiver<Command>,
+    sink: mpsc::Sender<Delivery>,
+    bindings: Bindings,
+    connected_before: bool,
+}
+
+impl Supervisor {
+    fn new(
+        target: Target,
+        shared: Arc<Shared>,
+        requests: mpsc::UnboundedReceiver<Command>,
+        sink: mpsc::Sender<Delivery>,
+    ) -> Self {
+        Self {
+            target: Arc::new(target),
+            shared,
+            requests,
+            sink,
+            bindings: Bindings::default(),
+            connected_before: false,
+        }
+    }
+
+    async fn run(mut self) {
+        let Stop(caller) = self.reconnect_until_stopped().await;
+        self.shared.link.send_replace(Link::Closed);
+        if let Some(caller) = caller {
+            let _ = caller.send(());
+        }
+    }
+
+    async fn reconnect_until_stopped(&mut self) -> Stop {
+        let mut delay = BACKOFF_MIN;
+        loop {
+            let attempt = timeout(
+                OPERATION_TIMEOUT,
+                Session::open(self.target.clone(), self.sink.clone()),
+            );
+            match self.offline(attempt).await {
+                Err(stop) => return stop,
+                Ok(Ok(Ok(session))) => {
+                    let started = Instant::now();
+                    if let Err(stop) = self.serve(session).await {
+                        return stop;
+                    }
+                    if started.elapsed() >= STABLE_SESSION {
+                        delay = BACKOFF_MIN;
+                    }
+                }
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(%error, retry_in = ?delay, "cannot connect to RabbitMQ");
+                }
+                Ok(Err(_)) => {
+                    tracing::warn!(retry_in = ?delay, "connecting to RabbitMQ timed out");
+                }
+            }
+            if let Err(stop) = self.offline(sleep(delay)).await {
+                return stop;
+            }
+            delay = (delay * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Runs `work` while disconnected: binding changes are only recorded
+    /// (and reported done: they are applied on connecting), and a shutdown
+    /// request abandons `work`.
+    async fn offline<T>(&mut self, work: impl Future<Output = T>) -> Result<T, Stop> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return Ok(output),
+                command = self.requests.recv() => match command {
+                    Some(Command::Binding { key, bound, applied }) => {
+                        self.bindings.want(key, bound);
+                        let _ = applied.send(());
+                    }
+                    Some(Command::Shutdown { done }) => return Err(Stop(Some(done))),
+                    None => return Err(Stop(None)),
+                },
+            }
+        }
+    }
+
+    /// Returns once the session is lost and dropped, or with the reason to
+    /// stop once it has been shut down for good.
+    async fn serve(&mut self, mut session: Session) -> Result<(), Stop> {
+        match self.until_ended(&mut session).await {
+            Ended::Lost(reason) => {
+                self.shared.link.send_replace(Link::Down);
+                tracing::warn!(%reason, "lost the connection to RabbitMQ; reconnecting");
+                session.abandon().await;
+                Ok(())
+            }
+            Ended::Stopped(stop) => {
+                self.shared.link.send_replace(Link::Closed);
+                session.leave().await;
+                Err(stop)
+            }
+        }
+    }
+
+    async fn until_ended(&mut self, session: &mut Session) -> Ended {
+        if let Err(error) = self.restore_bindings(session).await {
+            return Ended::Lost(error.to_string());
+        }
+        self.shared
+            .link
+            .send_replace(Link::Up(session.publisher.clone()));
+        self.announce_connected();
+        let io_failure = session.connection.listen_network_io_failure();
+        let mut io_failure = std::pin::pin!(io_failure);
+        loop {
+            tokio::select! {
+                command = self.requests.recv() => match command {
+                    Some(Command::Binding { key, bound, applied }) => {
+                        if let Err(error) = self.apply(session, key, bound, applied).await {
+                            return Ended::Lost(error.to_string());
+                        }
+                    }
+                    Some(Command::Shutdown { done }) => return Ended::Stopped(Stop(Some(done))),
+                    None => return Ended::Stopped(Stop(None)),
+                },
+                () = session.lost.notified() => {
+                    return Ended::Lost("RabbitMQ closed the connection or a channel".into());
+                }
+                _ = &mut io_failure => return Ended::Lost("network failure".into()),
+                end = &mut session.pump => return match end {
+                    Ok(PumpEnd::SinkClosed) => Ended::Stopped(Stop(None)),
+                    Ok(PumpEnd::ConsumerEnded) => Ended::Lost("the consumer stopped".into()),
+                    Err(error) => Ended::Lost(format!("the delivery task failed: {error}")),
+                },
+            }
+        }
+    }
+
+    async fn restore_bindings(&mut self, session: &Session) -> Result<(), SessionError> {
+        let stale: Vec<String> = (self.bindings.on_server)
+            .difference(&self.bindings.wanted)
+            .cloned()
+            .collect();
+        for key in stale {
+            session.unbind(&key).await?;
+            self.bindings.on_server.remove(&key);
+        }
+        for key in &self.bindings.wanted {
+            self.bindings.on_server.insert(key.clone());
+            session.bind(key).await?;
+        }
+        Ok(())
+    }
+
+    fn announce_connected(&mut self) {
+        if self.connected_before {
+            let reconnects = self.shared.reconnects.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(reconnects, "reconnected to RabbitMQ");
+        } else {
+            self.connected_before = true;
+            tracing::info!("connected to RabbitMQ");
+        }
+    }
+
+    /// `applied` completes whether or not RabbitMQ confirmed: on failure the
+    /// change is recorded, and the reconnect that follows applies it.
+    async fn apply(
+        &mut self,
+        session: &Session,
+        key: String,
+        bound: bool,
+        applied: oneshot::Sender<()>,
+    ) -> Result<(), SessionError> {
+        let result = if !self.bindings.want(key.clone(), bound) {
+            Ok(())
+        } else if bound {
+            self.bindings.on_server.insert(key.clone());
+            session.bind(&key).await
+        } else {
+            let result = session.unbind(&key).await;
+            if result.is_ok() {
+                self.bindings.on_server.remove(&key);
+            }
+            result
+        };
+        let _ = applied.send(());
+        result
+    }
+}
+
+/// One connection with everything set up on it.
+struct Session {
+    connection: Connection,
+    /// Declares, binds and consumes; only the supervisor uses it, one request
+    /// at a time (amqprs mixes up concurrent requests of one kind on a
+    /// channel).
+    topology: Channel,
+    publisher: Arc<Publisher>,
+    target: Arc<Target>,
+    consumer_tag: String,
+    pump: JoinHandle<PumpEnd>,
+    /// Signalled by amqprs callbacks when RabbitMQ closes the connection, a
+    /// channel or the consumer.
+    lost: Arc<Notify>,
+}
+
+impl Session {
+    async fn open(target: Arc<Target>, sink: mpsc::Sender<Delivery>) -> Result<Self, SessionError> {
+        let connection = Connection::open(&target.connection).await?;
+        let lost = Arc::new(Notify::new());
+        connection
+            .register_callback(ConnectionEvents { lost: lost.clone() })
+            .await?;
+        let topology = connection.open_channel(None).await?;
+        topology
+            .register_callback(ChannelEvents {
+                lost: lost.clone(),
+                confirms: None,
+            })
+            .await?;
+        declare(&topology, &target).await?;
+        let publisher = Arc::new(Publisher::open(&connection, lost.clone()).await?);
+        topology
+            .basic_qos(BasicQosArguments::new(0, PREFETCH, false))
+            .await?;
+        let consume = BasicConsumeArguments::new(&target.queue, "")
+            .manual_ack(true)
+            .finish();
+        let (consumer_tag, deliveries) = topology.basic_consume_rx(consume).await?;
+        let pump = tokio::spawn(pump(topology.clone(), deliveries, sink).in_current_span());
+        Ok(Self {
+            connection,
+            topology,
+            publisher,
+            target,
+            consumer_tag,
+            pump,
+            lost,
+        })
+    }
+
+    async fn bind(&self, key: &str) -> Result<(), SessionError> {
+        let bind = QueueBindArguments::new(&self.target.queue, POSTS_EXCHANGE, key);
+        within("queue.bind", self.topology.queue_bind(bind)).await
+    }
+
+    async fn unbind(&self, key: &str) -> Result<(), SessionError> {
+        let unbind = QueueUnbindArguments::new(&self.target.queue, POSTS_EXCHANGE, key);
+        within("queue.unbind", self.topology.queue_unbind(unbind)).await
+    }
+
+    /// After a loss: nothing to clean up on the server, which keeps the queue
+    /// for the next session.
+    async fn abandon(self) {
+        self.publisher.confirms.fail_all();
+        stop_pump(self.pump).await;
+        // Usually gone already; if only a channel failed, this ends the rest.
+        let _ = timeout(OPERATION_TIMEOUT, self.connection.close()).await;
+    }
+
+    /// For shutdown: stop consuming, delete the queue, close.
+    async fn leave(self) {
+        stop_pump(self.pump).await;
+        let cancel = BasicCancelArguments::new(&self.consumer_tag);
+        if let Err(error) = within("basic.cancel", self.topology.basic_cancel(cancel)).await {
+            tracing::warn!(%error, "cannot cancel the consumer");
+        }
+        let delete = QueueDeleteArguments::new(&self.target.queue);
+        match within("queue.delete", self.topology.queue_delete(delete)).await {
+            Ok(_) => tracing::info!("left RabbitMQ; queue deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete the queue; it expires unused"),
+        }
+        self.publisher.confirms.fail_all();
+        if let Err(error) = within("connection.close", self.connection.close()).await {
+            tracing::debug!(%error, "closing the connection");
+        }
+    }
+}
+
+async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError> {
+    let exchanges = [
+        (POSTS_EXCHANGE, ExchangeType::Direct),
+        (CONTROL_EXCHANGE, ExchangeType::Fanout),
+    ];
+    for (name, kind) in exchanges {
+        let exchange = ExchangeDeclareArguments::of_type(name, kind)
+            .durable(true)
+            .finish();
+        within("exchange.declare", channel.exchange_declare(exchange)).await?;
+    }
+    let queue = QueueDeclareArguments::durable_client_named(&target.queue)
+        .arguments(target.queue_arguments.clone())
+        .finish();
+    within("queue.declare", channel.queue_declare(queue)).await?;
+    let control = QueueBindArguments::new(&target.queue, CONTROL_EXCHANGE, "");
+    within("queue.bind", channel.queue_bind(control)).await
+}
+
+async fn within<T>(
+    request: &'static str,
+    reply: impl Future<Output = Result<T, AmqpError>>,
+) -> Result<T, SessionError> {
+    match timeout(OPERATION_TIMEOUT, reply).await {
+        Ok(reply) => Ok(reply?),
+        Err(_) => Err(SessionError::Timeout(request)),
+    }
+}
+
+enum PumpEnd {
+    ConsumerEnded,
+    SinkClosed,
+}
+
+/// Moves deliveries into the sink, waiting while it is full, and acks them
+/// once it has taken them: with the prefetch limit, a full sink holds
+/// RabbitMQ back.
+async fn pump(
+    channel: Channel,
+    mut deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
+    sink: mpsc::Sender<Delivery>,
+) -> PumpEnd {
+    let mut unacked = 0;
+    while let Some(message) = deliveries.recv().await {
+        // amqprs always fills both in.
+        let (Some(deliver), Some(content)) = (message.deliver, message.content) else {
+            continue;
+        };
+        let topic = match deliver.exchange().as_str() {
+            POSTS_EXCHANGE => Some(Topic::Posts),
+            CONTROL_EXCHANGE => Some(Topic::Control),
+            exchange => {
+                tracing::warn!(exchange, "dropping a delivery from an unexpected exchange");
+                None
+            }
+        };
+        if let Some(topic) = topic {
+            let delivery = Delivery {
+                topic,
+                body: Bytes::from(content),
+            };
+            if sink.send(delivery).await.is_err() {
+                return PumpEnd::SinkClosed;
+            }
+        }
+        unacked += 1;
+        // One ack covers everything up to this tag: ack in batches, but not
+        // later than when the buffer runs dry.
+        if unacked >= PREFETCH / 2 || deliveries.is_empty() {
+            let ack = BasicAckArguments::new(deliver.delivery_tag(), true);
+            if channel.basic_ack(ack).await.is_err() {
+                return PumpEnd::ConsumerEnded;
+            }
+            unacked = 0;
+        }
+    }
+    PumpEnd::ConsumerEnded
+}
+
+/// Waits until the pump has stopped, so that nothing reaches the sink after.
+async fn stop_pump(pump: JoinHandle<PumpEnd>) {
+    pump.abort();
+    // A pump that ended may have been awaited by the supervisor already, and
+    // polling a finished `JoinHandle` again panics.
+    if !pump.is_finished() {
+        let _ = pump.await;
+    }
+}
+
+/// The confirm-mode channel of one session.
+struct Publisher {
+    channel: Channel,
+    /// The delivery tag RabbitMQ will give the next publish: it counts the
+    /// publishes on the channel, so the lock is held until the message has
+    /// been queued for the socket, keeping tags in wire order.
+    next_tag: tokio::sync::Mutex<u64>,
+    confirms: Arc<Confirms>,
+}
+
+impl Publisher {
+    async fn open(connection: &Connection, lost: Arc<Notify>) -> Result<Self, SessionError> {
+        let channel = connection.open_channel(None).await?;
+        let confirms = Arc::new(Confirms::default());
+        channel
+            .register_callback(ChannelEvents {
+                lost,
+                confirms: Some(confirms.clone()),
+            })
+            .await?;
+        within(
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectArguments::default()),
+        )
+        .await?;
+        Ok(Self {
+            channel,
+            next_tag: tokio::sync::Mutex::new(1),
+            confirms,
+        })
+    }
+
+    async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        body: Bytes,
+    ) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + CONFIRM_TIMEOUT;
+        let (tag, confirm) = timeout_at(deadline, self.send(topic, routing_key, body))
+            .await
+            .map_err(|_| unavailable("the connection is too busy to take the message"))??;
+        match timeout_at(deadline, confirm).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(unavailable("RabbitMQ rejected the message (nack)")),
+            Ok(Err(_)) => Err(unavailable("the channel closed before RabbitMQ confirmed")),
+            Err(_) => {
+                self.confirms.forget(tag);
+                Err(unavailable("RabbitMQ did not confirm within 5 s"))
+            }
+        }
+    }
+
+    /// Cancel-safe: dropped before the message is queued, the tag stays
+    /// unused and the next publish takes it over (and its stale waiter).
+    async fn send(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        body: Bytes,
+    ) -> Result<(u64, oneshot::Receiver<bool>), BrokerError> {
+        let exchange = match topic {
+            Topic::Posts => POSTS_EXCHANGE,
+            Topic::Control => CONTROL_EXCHANGE,
+        };
+        let properties = BasicProperties::default()
+            .with_delivery_mode(DELIVERY_MODE_TRANSIENT)
+            .finish();
+        let arguments = BasicPublishArguments::new(exchange, routing_key);
+        let mut next_tag = self.next_tag.lock().await;
+        let tag = *next_tag;
+        // Registered first: the confirm can arrive before `basic_publish`
+        // returns.
+        let confirm = self.confirms.expect(tag)?;
+        if let Err(error) = self
+            .channel
+            .basic_publish(properties, Vec::from(body), arguments)
+            .await
+        {
+            self.confirms.forget(tag);
+            return Err(unavailable(error));
+        }
+        *next_tag += 1;
+        Ok((tag, confirm))
+    }
+}
+
+fn unavailable(reason: impl ToString) -> BrokerError {
+    BrokerError::Unavailable(reason.to_string())
+}
+
+/// Publishers waiting for their confirm, by delivery tag. A waiter gets
+/// `true` for an ack, `false` for a nack, and is dropped (its receiver sees
+/// an error) when the channel fails.
+#[derive(Default)]
+struct Confirms(Mutex<ConfirmState>);
+
+#[derive(Default)]
+struct ConfirmState {
+    waiters: BTreeMap<u64, oneshot::Sender<bool>>,
+    failed: bool,
+}
+
+impl Confirms {
+    fn state(&self) -> MutexGuard<'_, ConfirmState> {
+        // Every update leaves the map consistent, so a panic elsewhere while
+        // holding the lock does not invalidate it.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn expect(&self, tag: u64) -> Result<oneshot::Receiver<bool>, BrokerError> {
+        let mut state = self.state();
+        if state.failed {
+            return Err(unavailable("the publish channel closed"));
+        }
+        let (waiter, confirm) = oneshot::channel();
+        state.waiters.insert(tag, waiter);
+        Ok(confirm)
+    }
+
+    fn forget(&self, tag: u64) {
+        self.state().waiters.remove(&tag);
+    }
+
+    fn settle(&self, tag: u64, multiple: bool, acked: bool) {
+        let settled: Vec<_> = {
+            let mut state = self.state();
+            if multiple {
+                let later = state.waiters.split_off(&tag.saturating_add(1));
+                std::mem::replace(&mut state.waiters, later)
+                    .into_values()
+                    .collect()
+            } else {
+                state.waiters.remove(&tag).into_iter().collect()
+            }
+        };
+        for waiter in settled {
+            let _ = waiter.send(acked);
+        }
+    }
+
+    fn fail_all(&self) {
+        let mut state = self.state();
+        state.failed = true;
+        state.waiters.clear();
+    }
+}
+
+struct ConnectionEvents {
+    lost: Arc<Notify>,
+}
+
+#[async_trait]
+impl ConnectionCallback for ConnectionEvents {
+    async fn close(&mut self, _: &Connection, close: Close) -> Result<(), AmqpError> {
+        tracing::warn!(%close, "RabbitMQ is closing the connection");
+        self.lost.notify_one();
+        Ok(())
+    }
+
+    async fn blocked(&mut self, _: &Connection, reason: String) {
+        tracing::warn!(%reason, "RabbitMQ blocked publishing on this connection");
+    }
+
+    async fn unblocked(&mut self, _: &Connection) {
+        tracing::info!("RabbitMQ unblocked publishing on this connection");
+    }
+
+    async fn secret_updated(&mut self, _: &Connection) {}
+}
+
+/// `confirms` is set on the publish channel only.
+struct ChannelEvents {
+    lost: Arc<Notify>,
+    confirms: Option<Arc<Confirms>>,
+}
+
+#[async_trait]
+impl ChannelCallback for ChannelEvents {
+    async fn close(&mut self, _: &Channel, close: CloseChannel) -> Result<(), AmqpError> {
+        tracing::warn!(%close, "RabbitMQ closed a channel");
+        if let Some(confirms) = &self.confirms {
+            confirms.fail_all();
+        }
+        self.lost.notify_one();
+        Ok(())
+    }
+
+    /// RabbitMQ cancels the consumer when the queue is deleted under it.
+    async fn cancel(&mut self, _: &Channel, cancel: Cancel) -> Result<(), AmqpError> {
+        tracing::warn!(consumer = %cancel.consumer_tag(), "RabbitMQ cancelled the consumer");
+        self.lost.notify_one();
+        Ok(())
+    }
+
+    async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool, AmqpError> {
+        Ok(active)
+    }
+
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        if let Some(confirms) = &self.confirms {
+            confirms.settle(ack.delivery_tag(), ack.mutiple(), true);
+        }
+    }
+
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        if let Some(confirms) = &self.confirms {
+            confirms.settle(nack.delivery_tag(), nack.multiple(), false);
+        }
+    }
+
+    /// Never `mandatory`, so nothing comes back.
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use amqprs::security::SecurityCredentials;
+
+    use super::*;
+
+    #[test]
+    fn parses_a_full_url() {
+        let arguments =
+            connection_arguments("amqp://bob:s%40cret@rabbit:5673/feed%2fprod").unwrap();
+        assert_eq!(arguments.get_host(), "rabbit");
+        assert_eq!(arguments.get_port(), 5673);
+        assert_eq!(arguments.get_virtual_host(), "feed/prod");
+        assert!(arguments.get_credentials() == &SecurityCredentials::new_plain("bob", "s@cret"));
+        assert_eq!(arguments.get_heartbeat(), DEFAULT_HEARTBEAT_SECS);
+    }
+
+    #[test]
+    fn defaults_port_vhost_and_user() {
+        for url in ["amqp://rabbit", "amqp://rabbit/", "amqp://rabbit:/%2f"] {
+            let arguments = connection_arguments(url).unwrap();
+            assert_eq!(arguments.get_port(), DEFAULT_PORT, "{url}");
+            assert_eq!(arguments.get_virtual_host(), "/", "{url}");
+            assert!(
+                arguments.get_credentials() == &SecurityCredentials::new_plain("guest", "guest")
+            );
+        }
+    }
+
+    #[test]
+    fn keeps_ipv6_brackets_and_reads_heartbeat() {
+        let arguments = connection_arguments("amqp://u:p@[::1]:5672/v?heartbeat=30&x=y").unwrap();
+        assert_eq!(arguments.get_host(), "[::1]");
+        assert_eq!(arguments.get_port(), 5672);
+        assert_eq!(arguments.get_virtual_host(), "v");
+        assert_eq!(arguments.get_heartbeat(), 30);
+        assert_eq!(
+            connection_arguments("amqp://[::1]").unwrap().get_port(),
+            DEFAULT_PORT
+        );
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_echoing_them() {
+        for url in [
+            "http://u:secret@rabbit/",
+            "amqps://u:secret@rabbit/",
+            "amqp://u:secret@/",
+            "amqp://u:secret@rabbit:99999/",
+            "amqp://u:secret@rabbit/a/b",
+            "amqp://u:secret@rabbit/%zz",
+            "amqp://u:secret@rabbit/%f",
+            "amqp://u:secret@rabbit/%ff",
+            "amqp://u:secret@rabbit/?heartbeat=often",
+        ] {
+            let error = connection_arguments(url)
+                .err()
+                .unwrap_or_else(|| panic!("{url}"));
+            assert!(!error.contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn rejects_names_amqp_cannot_carry() {
+        let settings = AmqpSettings {
+            url: "amqp://rabbit".into(),
+            instance_id: "x".repeat(MAX_SHORT_STRING),
+        };
+        assert!(Target::new(&settings).is_err());
+    }
+
+    #[test]
+    fn settles_single_and_multiple_confirms() {
+        let confirms = Confirms::default();
+        let mut receivers: Vec<_> = (1..=4).map(|tag| confirms.expect(tag).unwrap()).collect();
+        confirms.settle(2, false, true);
+        assert_eq!(receivers[1].try_recv(), Ok(true));
+        assert!(receivers[0].try_recv().is_err());
+        confirms.settle(3, true, false);
+        assert_eq!(receivers[0].try_recv(), Ok(false));
+        assert_eq!(receivers[2].try_recv(), Ok(false));
+        assert!(receivers[3].try_recv().is_err());
+        confirms.fail_all();
+        assert!(matches!(
+            receivers[3].try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(confirms.expect(5).is_err());
+    }
+}

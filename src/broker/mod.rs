@@ -1,0 +1,155 @@
+//! Carries events between server instances.
+//!
+//! Two topics: `Posts`, routed by a key derived from the author (each
+//! instance binds only the keys its sockets need), and `Control`, which every
+//! instance hears (follow changes; rare). Two implementations behind one
+//! handle: an in-process [`MemoryBus`] (the default, and for tests) and
+//! RabbitMQ.
+
+mod amqp;
+mod memory;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+pub use amqp::AmqpSettings;
+pub use memory::MemoryBus;
+
+/// Which stream of events a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// New posts; delivered only where the routing key is bound.
+    Posts,
+    /// Follow changes; delivered to every instance.
+    Control,
+}
+
+/// One message received by this instance. The body is exactly what was
+/// published, shared, not copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub topic: Topic,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Not connected, or the broker did not confirm the message: retry later.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker shut this handle down (the instance is stopping).
+    #[error("broker closed")]
+    Closed,
+}
+
+/// Which broker to use.
+pub enum BrokerKind {
+    Memory(MemoryBus),
+    Amqp(AmqpSettings),
+}
+
+/// A cheap-to-clone handle to this instance's broker connection.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Memory(memory::MemoryBroker),
+    Amqp(amqp::AmqpBroker),
+}
+
+impl Broker {
+    /// Starts the broker for this instance; deliveries go to `sink`. Returns
+    /// at once: with RabbitMQ down, the connection is retried in the
+    /// background and publishes fail with `Unavailable` until it is up.
+    pub fn start(kind: BrokerKind, sink: mpsc::Sender<Delivery>) -> Self {
+        let inner = match kind {
+            BrokerKind::Memory(bus) => Inner::Memory(bus.join(sink)),
+            BrokerKind::Amqp(settings) => Inner::Amqp(amqp::AmqpBroker::start(settings, sink)),
+        };
+        Self { inner }
+    }
+
+    /// Publishes one message. `Ok` means the broker has taken responsibility
+    /// for it (RabbitMQ: a publisher confirm arrived).
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        routing_key: &str,
+        body: Bytes,
+    ) -> Result<(), BrokerError> {
+        match &self.inner {
+            Inner::Memory(broker) => broker.publish(topic, routing_key, body).await,
+            Inner::Amqp(broker) => broker.publish(topic, routing_key, body).await,
+        }
+    }
+
+    /// Starts receiving `Posts` published with `routing_key`.
+    ///
+    /// The request is queued when this is called, not when the returned
+    /// future is polled: binds and unbinds take effect in call order, so a
+    /// caller that orders its calls under a lock gets that order. The future
+    /// completes once the binding is in place (or, while disconnected, once
+    /// it is recorded: every binding is re-applied on reconnect).
+    pub fn bind(&self, routing_key: &str) -> Applied {
+        match &self.inner {
+            Inner::Memory(broker) => broker.bind(routing_key),
+            Inner::Amqp(broker) => broker.change_binding(routing_key, true),
+        }
+    }
+
+    /// Stops receiving `Posts` with `routing_key`; ordered like [`Broker::bind`].
+    pub fn unbind(&self, routing_key: &str) -> Applied {
+        match &self.inner {
+            Inner::Memory(broker) => broker.unbind(routing_key),
+            Inner::Amqp(broker) => broker.change_binding(routing_key, false),
+        }
+    }
+
+    /// How many times the connection to the broker was re-established.
+    pub fn reconnects(&self) -> u64 {
+        match &self.inner {
+            Inner::Memory(_) => 0,
+            Inner::Amqp(broker) => broker.reconnects(),
+        }
+    }
+
+    /// Leaves the broker: this instance's queue is deleted and nothing more
+    /// is delivered.
+    pub async fn shutdown(&self) {
+        match &self.inner {
+            Inner::Memory(broker) => broker.leave(),
+            Inner::Amqp(broker) => broker.shutdown().await,
+        }
+    }
+}
+
+/// Completes when a binding change has been applied.
+pub struct Applied(Option<oneshot::Receiver<()>>);
+
+impl Applied {
+    pub(crate) fn done() -> Self {
+        Self(None)
+    }
+
+    pub(crate) fn pending(receiver: oneshot::Receiver<()>) -> Self {
+        Self(Some(receiver))
+    }
+}
+
+impl std::future::Future for Applied {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        match &mut self.0 {
+            None => std::task::Poll::Ready(()),
+            // A dropped sender means the broker stopped: nothing left to wait for.
+            Some(receiver) => std::pin::Pin::new(receiver).poll(cx).map(|_| ()),
+        }
+    }
+}

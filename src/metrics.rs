@@ -1,0 +1,149 @@
+//! Counters for `GET /metrics`, in the Prometheus text format. Plain
+//! atomics: recording is a relaxed add on the delivery path.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (seconds) of the publish-to-send latency buckets.
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub open_sockets: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub published: AtomicU64,
+    latency: Histogram,
+}
+
+/// Values read elsewhere at scrape time.
+pub struct Gauges {
+    pub broker_reconnects: u64,
+    /// `None` when the database could not be asked.
+    pub outbox_depth: Option<i64>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Records the time from a post's creation to its frame being written.
+    pub fn observe_latency_micros(&self, micros: u64) {
+        let seconds = micros as f64 / 1e6;
+        if let Some(bucket) = LATENCY_BOUNDS.iter().position(|bound| seconds <= *bound) {
+            self.latency.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.count.fetch_add(1, Ordering::Relaxed);
+        self.latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        metric(
+            &mut out,
+            "livefeed_open_sockets",
+            "gauge",
+            "Open websocket connections.",
+            load(&self.open_sockets),
+        );
+        metric(
+            &mut out,
+            "livefeed_deliveries_total",
+            "counter",
+            "Post frames queued to sockets.",
+            load(&self.deliveries),
+        );
+        metric(
+            &mut out,
+            "livefeed_slow_consumer_closes_total",
+            "counter",
+            "Sockets closed for falling behind.",
+            load(&self.slow_consumer_closes),
+        );
+        metric(
+            &mut out,
+            "livefeed_outbox_published_total",
+            "counter",
+            "Outbox events confirmed by the broker.",
+            load(&self.published),
+        );
+        metric(
+            &mut out,
+            "livefeed_broker_reconnects_total",
+            "counter",
+            "Broker connections re-established.",
+            gauges.broker_reconnects,
+        );
+        if let Some(depth) = gauges.outbox_depth {
+            metric(
+                &mut out,
+                "livefeed_outbox_depth",
+                "gauge",
+                "Events written but not yet published.",
+                depth,
+            );
+        }
+
+        let name = "livefeed_publish_to_send_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from a post's creation to its frame being written to a socket."
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&self.latency.buckets) {
+            cumulative += load(bucket);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = load(&self.latency.count);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            load(&self.latency.sum_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let metrics = Metrics::default();
+        metrics.observe_latency_micros(500);
+        metrics.observe_latency_micros(1_500);
+        metrics.observe_latency_micros(60_000_000);
+        let text = metrics.render(&Gauges {
+            broker_reconnects: 3,
+            outbox_depth: Some(7),
+        });
+        assert!(
+            text.contains("livefeed_publish_to_send_seconds_bucket{le=\"0.001\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"0.002\"} 2\n"));
+        assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("livefeed_publish_to_send_seconds_count 3\n"));
+        assert!(text.contains("livefeed_broker_reconnects_total 3\n"));
+        assert!(text.contains("livefeed_outbox_depth 7\n"));
+    }
+}

@@ -1,0 +1,161 @@
+//! Who on this instance wants whose posts.
+//!
+//! Lock order, always: a socket's `follows` mutex, then a `by_author` shard,
+//! then an `Interest` shard. No lock is held across an `.await`, and the hub
+//! copies a subscriber list out (an `Arc` clone) before delivering to it.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::routing::Routing;
+use super::socket::Socket;
+use crate::broker::{Applied, Broker};
+use crate::domain::UserId;
+
+type Subscribers = Arc<[Arc<Socket>]>;
+
+pub struct Registry {
+    /// Followed author -> local sockets subscribed to them. Copy-on-write:
+    /// subscribing rebuilds the slice, delivering only clones the `Arc`.
+    by_author: DashMap<UserId, Subscribers>,
+    /// User -> their open sockets (several tabs), for follow changes.
+    by_user: DashMap<UserId, Vec<Arc<Socket>>>,
+    interest: Interest,
+}
+
+impl Registry {
+    pub fn new(broker: Broker, routing: Routing) -> Self {
+        Self {
+            by_author: DashMap::new(),
+            by_user: DashMap::new(),
+            interest: Interest {
+                routes: DashMap::new(),
+                broker,
+                routing,
+            },
+        }
+    }
+
+    /// Makes `socket` findable by its user, so follow changes reach it.
+    pub fn attach(&self, socket: &Arc<Socket>) {
+        self.by_user
+            .entry(socket.user)
+            .or_default()
+            .push(socket.clone());
+    }
+
+    /// Subscribes `socket` to `author`. Returns what to await for the broker
+    /// binding to be in place when this made the instance newly interested.
+    pub fn follow(&self, socket: &Arc<Socket>, author: UserId) -> Option<Applied> {
+        let mut follows = socket.follows.lock().expect("follows lock");
+        if !follows.insert(author) {
+            return None;
+        }
+        match self.by_author.entry(author) {
+            Entry::Occupied(mut entry) => {
+                let grown: Subscribers = entry
+                    .get()
+                    .iter()
+                    .cloned()
+                    .chain([socket.clone()])
+                    .collect();
+                entry.insert(grown);
+                None
+            }
+            Entry::Vacant(entry) => {
+                let applied = self.interest.acquire(author);
+                entry.insert(Arc::from([socket.clone()]));
+                Some(applied)
+            }
+        }
+    }
+
+    pub fn unfollow(&self, socket: &Arc<Socket>, author: UserId) {
+        let mut follows = socket.follows.lock().expect("follows lock");
+        if follows.remove(&author) {
+            self.remove_subscriber(socket, author);
+        }
+    }
+
+    /// Unsubscribes `socket` from everything and forgets it.
+    pub fn detach(&self, socket: &Arc<Socket>) {
+        let mut follows = socket.follows.lock().expect("follows lock");
+        for author in follows.drain() {
+            self.remove_subscriber(socket, author);
+        }
+        drop(follows);
+        if let Entry::Occupied(mut entry) = self.by_user.entry(socket.user) {
+            entry.get_mut().retain(|s| !Arc::ptr_eq(s, socket));
+            if entry.get().is_empty() {
+                entry.remove();
+            }
+        }
+    }
+
+    pub fn subscribers(&self, author: UserId) -> Option<Subscribers> {
+        self.by_author
+            .get(&author)
+            .map(|entry| entry.value().clone())
+    }
+
+    pub fn sockets_of(&self, user: UserId) -> Vec<Arc<Socket>> {
+        self.by_user
+            .get(&user)
+            .map(|entry| entry.value().clone())
+            .unwrap_or_default()
+    }
+
+    fn remove_subscriber(&self, socket: &Arc<Socket>, author: UserId) {
+        if let Entry::Occupied(mut entry) = self.by_author.entry(author) {
+            let rest: Subscribers = entry
+                .get()
+                .iter()
+                .filter(|s| !Arc::ptr_eq(s, socket))
+                .cloned()
+                .collect();
+            if rest.is_empty() {
+                entry.remove();
+                self.interest.release(author);
+            } else {
+                entry.insert(rest);
+            }
+        }
+    }
+}
+
+/// Reference counts of routing keys, binding a key on its first interested
+/// author and unbinding it after the last. The broker call is made while the
+/// key's shard is locked, so binds and unbinds reach the broker in the order
+/// the counts changed.
+struct Interest {
+    routes: DashMap<String, usize>,
+    broker: Broker,
+    routing: Routing,
+}
+
+impl Interest {
+    fn acquire(&self, author: UserId) -> Applied {
+        let key = self.routing.key(author);
+        let mut count = self.routes.entry(key.clone()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.broker.bind(&key)
+        } else {
+            Applied::done()
+        }
+    }
+
+    fn release(&self, author: UserId) {
+        let key = self.routing.key(author);
+        if let Entry::Occupied(mut entry) = self.routes.entry(key) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                // Dropping the `Applied`: nothing waits for an unbind.
+                drop(self.broker.unbind(entry.key()));
+                entry.remove();
+            }
+        }
+    }
+}

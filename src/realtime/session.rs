@@ -1,0 +1,271 @@
+//! One websocket's life: subscribe, catch up, then relay live posts until
+//! the client leaves, falls behind, stops answering pings, or the server
+//! shuts down.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::codec::post_payload;
+use super::socket::Socket;
+use super::{Realtime, unix_micros};
+use crate::domain::{PostId, UserId};
+
+/// Most posts sent on a `?since=` catch-up.
+const CATCH_UP_LIMIT: i64 = 1000;
+/// A close frame to a client that is not reading must not hold the task.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many of the last sent post ids a socket remembers.
+const RECENT_POSTS: usize = 64;
+
+/// Ids of the last posts sent on a socket. Around a seam (a `?since=`
+/// catch-up, or the catch-up after a follow, meeting the live stream) a post
+/// can reach a socket twice; the copies arrive close together, so a short
+/// memory is enough to send each once.
+#[derive(Default)]
+struct RecentPosts(VecDeque<PostId>);
+
+impl RecentPosts {
+    /// Records `id`; false if it was sent already.
+    fn first_time(&mut self, id: PostId) -> bool {
+        if self.0.contains(&id) {
+            return false;
+        }
+        if self.0.len() == RECENT_POSTS {
+            self.0.pop_front();
+        }
+        self.0.push_back(id);
+        true
+    }
+}
+
+/// Why a session ended, and what (if anything) to tell the client.
+#[derive(Debug)]
+enum End {
+    ClientLeft,
+    SlowConsumer,
+    PingTimeout,
+    Shutdown,
+    MessageTooBig,
+    Failed(String),
+}
+
+impl End {
+    fn close_frame(&self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Self::ClientLeft | Self::PingTimeout => return None,
+            Self::SlowConsumer => (
+                CloseCode::Policy,
+                "slow consumer: too many undelivered posts",
+            ),
+            Self::Shutdown => (CloseCode::Away, "server shutting down"),
+            Self::MessageTooBig => (CloseCode::Size, "message too big"),
+            Self::Failed(_) => (CloseCode::Error, "internal error, reconnect later"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+impl From<WsError> for End {
+    fn from(e: WsError) -> Self {
+        match e {
+            WsError::Capacity(_) => Self::MessageTooBig,
+            WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => Self::ClientLeft,
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+pub(super) async fn run<S>(
+    realtime: Arc<Realtime>,
+    mut ws: WebSocketStream<S>,
+    user: UserId,
+    since: Option<PostId>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity));
+    realtime.registry.attach(&socket);
+    let end = serve(&realtime, &mut ws, &socket, since).await;
+    realtime.registry.detach(&socket);
+    match &end {
+        End::Failed(error) => tracing::warn!(%user, %error, "websocket session failed"),
+        other => tracing::debug!(%user, end = ?other, "websocket closed"),
+    }
+    if let Some(frame) = end.close_frame() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+    }
+}
+
+async fn serve<S>(
+    realtime: &Realtime,
+    ws: &mut WebSocketStream<S>,
+    socket: &Arc<Socket>,
+    since: Option<PostId>,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Err(end) = subscribe(realtime, socket).await {
+        return end;
+    }
+    let mut recent = RecentPosts::default();
+    if let Some(since) = since
+        && let Err(end) = catch_up(realtime, ws, socket.user, since, &mut recent).await
+    {
+        return end;
+    }
+    relay_live(realtime, ws, socket, recent).await
+}
+
+/// Subscribes to everyone the user follows and waits until the broker
+/// routes their posts here, so a catch-up read after this misses nothing.
+async fn subscribe(realtime: &Realtime, socket: &Arc<Socket>) -> Result<(), End> {
+    let authors = realtime
+        .store
+        .followed_authors(socket.user)
+        .await
+        .map_err(|e| End::Failed(e.to_string()))?;
+    let pending: Vec<_> = authors
+        .into_iter()
+        .filter_map(|author| realtime.registry.follow(socket, author))
+        .collect();
+    futures_util::future::join_all(pending).await;
+    Ok(())
+}
+
+/// Sends the posts newer than `since`, oldest first. The newest of them may
+/// also be waiting in the live queue; `recent` skips them there.
+async fn catch_up<S>(
+    realtime: &Realtime,
+    ws: &mut WebSocketStream<S>,
+    user: UserId,
+    since: PostId,
+    recent: &mut RecentPosts,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let posts = realtime
+        .store
+        .posts_since(user, since, CATCH_UP_LIMIT)
+        .await
+        .map_err(|e| End::Failed(e.to_string()))?;
+    for post in &posts {
+        recent.first_time(post.id);
+        ws.feed(Message::Text(post_payload(post))).await?;
+    }
+    ws.flush().await?;
+    Ok(())
+}
+
+async fn relay_live<S>(
+    realtime: &Realtime,
+    ws: &mut WebSocketStream<S>,
+    socket: &Socket,
+    mut recent: RecentPosts,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let shutdown = realtime.shutdown.clone();
+    let mut ping = tokio::time::interval(realtime.settings.ping_interval);
+    ping.reset();
+    let mut awaiting_pong = false;
+    loop {
+        tokio::select! {
+            () = socket.pushed() => {
+                if socket.is_slow() {
+                    return End::SlowConsumer;
+                }
+                // The write blocks on a client that stopped reading: the
+                // overflow it causes, or shutdown, must still end the session.
+                let written = tokio::select! {
+                    written = write_queued(realtime, ws, socket, &mut recent) => written,
+                    () = socket.overflowed() => return End::SlowConsumer,
+                    () = shutdown.cancelled() => return End::Shutdown,
+                };
+                if let Err(end) = written {
+                    return end;
+                }
+            }
+            message = ws.next() => match message {
+                None | Some(Ok(Message::Close(_))) => return End::ClientLeft,
+                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                // tungstenite queues the pong; flush sends it now.
+                Some(Ok(Message::Ping(_))) => {
+                    if let Err(e) = ws.flush().await {
+                        return e.into();
+                    }
+                }
+                // The channel is one-way: anything else a client sends is ignored.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.into(),
+            },
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    return End::PingTimeout;
+                }
+                awaiting_pong = true;
+                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
+                    return e.into();
+                }
+            }
+            () = shutdown.cancelled() => return End::Shutdown,
+        }
+    }
+}
+
+/// Writes every queued frame, then flushes once: a burst becomes a few
+/// large writes rather than one per post.
+async fn write_queued<S>(
+    realtime: &Realtime,
+    ws: &mut WebSocketStream<S>,
+    socket: &Socket,
+    recent: &mut RecentPosts,
+) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(frame) = socket.pop() {
+        if socket.is_slow() {
+            return Err(End::SlowConsumer);
+        }
+        if !recent.first_time(frame.post) {
+            continue;
+        }
+        ws.feed(Message::Text(frame.text.clone())).await?;
+        realtime
+            .metrics
+            .observe_latency_micros(unix_micros().saturating_sub(frame.published_at_micros));
+    }
+    ws.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_posts_skip_repeats_within_the_window() {
+        let mut recent = RecentPosts::default();
+        let first = PostId::new_v7();
+        assert!(recent.first_time(first));
+        assert!(!recent.first_time(first));
+        for _ in 0..RECENT_POSTS {
+            assert!(recent.first_time(PostId::new_v7()));
+        }
+        assert!(recent.first_time(first), "forgotten after the window");
+    }
+}

@@ -1,0 +1,218 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::Transaction;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::{Store, StoreError};
+use crate::broker::Topic;
+
+/// An event to publish once the transaction that wrote it commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub topic: Topic,
+    pub routing_key: String,
+    pub body: Bytes,
+}
+
+/// A message claimed for publishing; delete it by `id` once published.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub id: i64,
+    pub message: OutboxMessage,
+}
+
+fn topic_code(topic: Topic) -> i16 {
+    match topic {
+        Topic::Posts => 1,
+        Topic::Control => 2,
+    }
+}
+
+fn topic_from_code(code: i16) -> Option<Topic> {
+    match code {
+        1 => Some(Topic::Posts),
+        2 => Some(Topic::Control),
+        _ => None,
+    }
+}
+
+/// Writes `message` inside the caller's transaction.
+pub(super) async fn enqueue(
+    tx: &Transaction<'_>,
+    message: &OutboxMessage,
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare_cached("INSERT INTO outbox (topic, routing_key, body) VALUES ($1, $2, $3)")
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &topic_code(message.topic),
+            &message.routing_key,
+            &message.body.as_ref(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Any constant shared by every instance: whoever holds this advisory lock
+/// is the one relay, so events are published in a single order.
+const RELAY_LOCK: i64 = 0x6c66_5f72_656c_6179; // "lf_relay"
+
+/// This instance's turn as the outbox relay, held by a dedicated connection:
+/// if it dies, PostgreSQL releases the lock and another instance takes over.
+pub struct OutboxLeader {
+    _client: tokio_postgres::Client,
+    written: Arc<Notify>,
+    lost: CancellationToken,
+}
+
+impl OutboxLeader {
+    /// Completes when a transaction that wrote to the outbox commits.
+    pub async fn written(&self) {
+        self.written.notified().await;
+    }
+
+    /// Completes when the dedicated connection, and so the lock, is gone.
+    pub async fn lost(&self) {
+        self.lost.cancelled().await;
+    }
+}
+
+impl Store {
+    /// Waits until this instance becomes the outbox relay: one connection
+    /// asks for the lock every `retry` while another instance holds it.
+    /// `Ok(None)` when `stop` fires first.
+    pub async fn lead_outbox(
+        &self,
+        retry: Duration,
+        stop: &CancellationToken,
+    ) -> Result<Option<OutboxLeader>, StoreError> {
+        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let written = Arc::new(Notify::new());
+        let lost = CancellationToken::new();
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        tokio::spawn({
+            let written = written.clone();
+            let lost = lost.clone();
+            async move {
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notification(_)) => written.notify_one(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "outbox relay connection failed");
+                            break;
+                        }
+                    }
+                }
+                lost.cancel();
+            }
+        });
+        loop {
+            let locked: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+                .await?
+                .get(0);
+            if locked {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = stop.cancelled() => return Ok(None),
+            }
+        }
+        client.batch_execute("LISTEN livefeed_outbox").await?;
+        Ok(Some(OutboxLeader {
+            _client: client,
+            written,
+            lost,
+        }))
+    }
+
+    /// Claims up to `limit` of the oldest unclaimed messages for `lease`. A
+    /// relay that lost its lock mid-batch cannot publish rows the new relay
+    /// claimed, and rows it claimed are retried once the lease lapses.
+    pub async fn claim_outbox(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let client = self.client().await?;
+        let claim = client
+            .prepare_cached(
+                "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
+                 WHERE id IN ( \
+                     SELECT id FROM outbox \
+                     WHERE claimed_until IS NULL OR claimed_until < now() \
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED \
+                 ) RETURNING id, topic, routing_key, body",
+            )
+            .await?;
+        let rows = client
+            .query(&claim, &[&limit, &lease.as_secs_f64()])
+            .await?;
+        let mut claimed: Vec<ClaimedMessage> = rows
+            .iter()
+            .filter_map(|row| {
+                let topic = topic_from_code(row.get(1))?;
+                Some(ClaimedMessage {
+                    id: row.get(0),
+                    message: OutboxMessage {
+                        topic,
+                        routing_key: row.get(2),
+                        body: Bytes::from(row.get::<_, Vec<u8>>(3)),
+                    },
+                })
+            })
+            .collect();
+        // RETURNING does not keep the subquery's order; publish oldest first.
+        claimed.sort_unstable_by_key(|m| m.id);
+        Ok(claimed)
+    }
+
+    pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let delete = client
+            .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
+            .await?;
+        client.execute(&delete, &[&ids]).await?;
+        Ok(())
+    }
+
+    /// Lets other relays (and this one) claim `ids` again right away.
+    pub async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let release = client
+            .prepare_cached("UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1)")
+            .await?;
+        client.execute(&release, &[&ids]).await?;
+        Ok(())
+    }
+
+    /// Messages written but not yet published.
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let count = client.prepare_cached("SELECT count(*) FROM outbox").await?;
+        Ok(client.query_one(&count, &[]).await?.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_codes_round_trip() {
+        for topic in [Topic::Posts, Topic::Control] {
+            assert_eq!(topic_from_code(topic_code(topic)), Some(topic));
+        }
+        assert_eq!(topic_from_code(0), None);
+    }
+}

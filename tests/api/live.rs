@@ -1,0 +1,439 @@
+//! The live feed over websockets, across two instances, on both brokers.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{
+    Brokers, FeedClient, TcpProxy, TestApp, TestUser, amqp_url, fresh_database, rabbit_broker,
+};
+
+/// Runs a scenario once on the in-process broker and once on RabbitMQ.
+macro_rules! on_both_brokers {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use crate::support::Brokers;
+
+            #[tokio::test]
+            async fn memory() {
+                super::$scenario(Brokers::Memory).await;
+            }
+
+            #[tokio::test]
+            async fn rabbitmq() {
+                super::$scenario(Brokers::RabbitMq).await;
+            }
+        }
+    )*};
+}
+
+on_both_brokers!(
+    a_follower_on_b_receives_a_post_created_on_a,
+    a_non_follower_receives_nothing,
+    unfollow_on_a_stops_delivery_on_b,
+    follow_while_connected_starts_delivery,
+    every_socket_of_a_user_receives,
+    since_catches_up_without_gap_or_duplicate,
+    a_slow_consumer_is_closed_and_others_keep_receiving,
+);
+
+async fn unfollow(app: &TestApp, follower: &TestUser, author: &TestUser) {
+    let path = format!("/friend/delete/{}", author.id);
+    let response = app
+        .call(Method::PUT, &path, Some(&follower.token), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn a_follower_on_b_receives_a_post_created_on_a(brokers: Brokers) {
+    let (a, b) = brokers.spawn_pair(&[]).await;
+    let author = a.register("Автор", "Первый").await;
+    let follower = a.register("Читатель", "Второй").await;
+    a.follow(&follower, &author).await;
+
+    let mut socket = FeedClient::connect(&b, &follower.token).await;
+    let id = a.create_post(&author, "живой пост").await;
+
+    assert_eq!(
+        socket.next_post().await,
+        json!({ "postId": id, "postText": "живой пост", "author_user_id": author.id })
+    );
+}
+
+async fn a_non_follower_receives_nothing(brokers: Brokers) {
+    let (a, b) = brokers.spawn_pair(&[]).await;
+    let stranger = a.register("Чужой", "Автор").await;
+    let friend = a.register("Свой", "Автор").await;
+    let reader = a.register("Читатель", "Разборчивый").await;
+    a.follow(&reader, &friend).await;
+
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    a.create_post(&stranger, "не для тебя").await;
+    // Posts are relayed in creation order: had the first one been delivered,
+    // it would arrive before this one.
+    let marker = a.create_post(&friend, "для тебя").await;
+
+    assert_eq!(socket.next_post().await["postId"], marker.as_str());
+}
+
+async fn unfollow_on_a_stops_delivery_on_b(brokers: Brokers) {
+    let (a, b) = brokers.spawn_pair(&[]).await;
+    let dropped = a.register("Бывший", "Друг").await;
+    let kept = a.register("Верный", "Друг").await;
+    let reader = a.register("Читатель", "Непостоянный").await;
+    a.follow(&reader, &dropped).await;
+    a.follow(&reader, &kept).await;
+
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    let before = a.create_post(&dropped, "ещё читаешь").await;
+    assert_eq!(socket.next_post().await["postId"], before.as_str());
+
+    unfollow(&a, &reader, &dropped).await;
+    a.create_post(&dropped, "уже не читаешь").await;
+    let marker = a.create_post(&kept, "а это читаешь").await;
+    assert_eq!(socket.next_post().await["postId"], marker.as_str());
+}
+
+async fn follow_while_connected_starts_delivery(brokers: Brokers) {
+    let (a, b) = brokers.spawn_pair(&[]).await;
+    let author = a.register("Новый", "Друг").await;
+    let reader = a.register("Читатель", "Общительный").await;
+
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    a.follow(&reader, &author).await;
+    let id = a.create_post(&author, "привет, новый читатель").await;
+
+    assert_eq!(socket.next_post().await["postId"], id.as_str());
+}
+
+async fn every_socket_of_a_user_receives(brokers: Brokers) {
+    let (a, b) = brokers.spawn_pair(&[]).await;
+    let author = a.register("Автор", "Многотабовый").await;
+    let reader = a.register("Читатель", "Вкладкин").await;
+    a.follow(&reader, &author).await;
+
+    let mut on_a = FeedClient::connect(&a, &reader.token).await;
+    let mut on_b = FeedClient::connect(&b, &reader.token).await;
+    let mut second_on_b = FeedClient::connect(&b, &reader.token).await;
+    let id = a.create_post(&author, "всем вкладкам").await;
+
+    for socket in [&mut on_a, &mut on_b, &mut second_on_b] {
+        assert_eq!(socket.next_post().await["postId"], id.as_str());
+    }
+}
+
+async fn since_catches_up_without_gap_or_duplicate(brokers: Brokers) {
+    let (a, b) = brokers.spawn_pair(&[]).await;
+    let author = a.register("Автор", "Плодовитый").await;
+    let other = a.register("Автор", "Второй").await;
+    let reader = a.register("Читатель", "Вернувшийся").await;
+    a.follow(&reader, &author).await;
+    a.follow(&reader, &other).await;
+
+    let seen = a.create_post(&author, "видел до разрыва").await;
+    let mut missed = Vec::new();
+    for n in 0..5 {
+        let by = if n % 2 == 0 { &author } else { &other };
+        missed.push(a.create_post(by, &format!("пропущенный {n}")).await);
+    }
+
+    // Posts keep arriving while the client reconnects: each must come
+    // exactly once, through the catch-up or live.
+    let writer = {
+        let author = author.clone();
+        let a_address = a.address.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut ids = Vec::new();
+            for n in 0..10 {
+                let id: String = client
+                    .post(format!("{a_address}/post/create"))
+                    .bearer_auth(&author.token)
+                    .json(&json!({ "text": format!("во время {n}") }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                ids.push(id);
+            }
+            ids
+        })
+    };
+    let (mut socket, caught_up) =
+        FeedClient::open(&b, Some(&reader.token), &format!("?since={seen}"), None)
+            .await
+            .unwrap();
+    let during = writer.await.unwrap();
+
+    let mut received: Vec<String> = caught_up
+        .iter()
+        .map(|post| post["postId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        received[..missed.len()],
+        missed[..],
+        "catch-up is oldest first"
+    );
+    let expected: Vec<String> = missed.iter().chain(&during).cloned().collect();
+    while received.len() < expected.len() {
+        received.push(
+            socket.next_post().await["postId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(received, expected, "no gap, no duplicate, in order");
+
+    let after = a.create_post(&other, "после").await;
+    assert_eq!(socket.next_post().await["postId"], after.as_str());
+}
+
+async fn a_slow_consumer_is_closed_and_others_keep_receiving(brokers: Brokers) {
+    let (a, b) = brokers
+        .spawn_pair(&["--socket-queue", "16", "--ws-send-buffer", "4096"])
+        .await;
+    let author = a.register("Автор", "Многословный").await;
+    let fast_reader = a.register("Читатель", "Быстрый").await;
+    let slow_reader = a.register("Читатель", "Медленный").await;
+    a.follow(&fast_reader, &author).await;
+    a.follow(&slow_reader, &author).await;
+
+    const POSTS: usize = 60;
+    let mut fast = FeedClient::connect(&b, &fast_reader.token).await;
+    let fast_reads = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(POSTS);
+        for _ in 0..POSTS {
+            ids.push(
+                fast.next_post().await["postId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        ids
+    });
+    // The slow client never reads: its few kilobytes of buffers fill with
+    // the first big posts, then its queue overflows.
+    let (mut slow, _) = FeedClient::open(&b, Some(&slow_reader.token), "", Some(4096))
+        .await
+        .unwrap();
+    let text = "x".repeat(9_000);
+    let mut ids = Vec::with_capacity(POSTS);
+    for _ in 0..POSTS {
+        ids.push(a.create_post(&author, &text).await);
+    }
+
+    assert_eq!(
+        fast_reads.await.unwrap(),
+        ids,
+        "the fast reader got everything"
+    );
+    let metrics = b.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("livefeed_slow_consumer_closes_total 1\n"),
+        "{metrics}"
+    );
+    // Reading at last, the slow client finds its stream cut short: a close
+    // frame saying why if the server could still write it, else the end.
+    let mut received = 0;
+    let close = loop {
+        match slow.next_event().await {
+            Some(Message::Text(_)) => received += 1,
+            Some(Message::Close(frame)) => break frame,
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    assert!(received < POSTS, "the slow client was cut off early");
+    if let Some(frame) = close {
+        assert_eq!(frame.code, CloseCode::Policy);
+        assert!(frame.reason.contains("slow consumer"), "{}", frame.reason);
+    }
+}
+
+#[tokio::test]
+async fn handshake_errors_are_answered_before_upgrading() {
+    let app = TestApp::spawn().await;
+    let user = app.register("Рукопожатие", "Строгое").await;
+
+    let missing = FeedClient::open(&app, None, "", None).await;
+    assert_http_status(missing, StatusCode::UNAUTHORIZED);
+    let bad = FeedClient::open(&app, Some("not-a-token"), "", None).await;
+    assert_http_status(bad, StatusCode::UNAUTHORIZED);
+    let bad_since = FeedClient::open(&app, Some(&user.token), "?since=yesterday", None).await;
+    assert_http_status(bad_since, StatusCode::BAD_REQUEST);
+
+    let plain = app.get("/post/feed/posted", Some(&user.token)).await;
+    assert_eq!(plain.status(), StatusCode::BAD_REQUEST);
+    let bad_key = app
+        .client
+        .get(app.url("/post/feed/posted"))
+        .bearer_auth(&user.token)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "not base64 at all!")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_key.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = bad_key.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Sec-WebSocket-Key")
+    );
+
+    // Browsers cannot set headers: the token may come in the query instead.
+    FeedClient::open(&app, None, &format!("?token={}", user.token), None)
+        .await
+        .expect("a query token is accepted");
+}
+
+fn assert_http_status<T>(
+    result: Result<T, tokio_tungstenite::tungstenite::Error>,
+    expected: StatusCode,
+) {
+    match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), expected.as_u16());
+        }
+        Err(other) => panic!("expected HTTP {expected}, got {other}"),
+        Ok(_) => panic!("expected HTTP {expected}, but the websocket opened"),
+    }
+}
+
+#[tokio::test]
+async fn sockets_beyond_the_cap_get_503() {
+    let app = TestApp::spawn_with(&fresh_database().await, &["--max-sockets", "1"]).await;
+    let user = app.register("Единственный", "Сокет").await;
+    let _first = FeedClient::connect(&app, &user.token).await;
+    let second = FeedClient::open(&app, Some(&user.token), "", None).await;
+    assert_http_status(second, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn client_frames_are_ignored_and_oversized_ones_close_with_1009() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Терпеливый").await;
+    let reader = app.register("Читатель", "Болтливый").await;
+    app.follow(&reader, &author).await;
+    let mut socket = FeedClient::connect(&app, &reader.token).await;
+
+    socket.send(Message::Text("hello?".into())).await;
+    socket.send(Message::Binary(vec![1, 2, 3].into())).await;
+    let id = app.create_post(&author, "всё ещё на связи").await;
+    assert_eq!(socket.next_post().await["postId"], id.as_str());
+
+    socket
+        .send(Message::Text("x".repeat(64 * 1024).into()))
+        .await;
+    let frame = socket.closed().await.expect("a close frame");
+    assert_eq!(frame.code, CloseCode::Size);
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_socket_with_1001() {
+    let mut app = TestApp::spawn().await;
+    let user = app.register("Последний", "Слушатель").await;
+    let mut first = FeedClient::connect(&app, &user.token).await;
+    let mut second = FeedClient::connect(&app, &user.token).await;
+
+    app.begin_shutdown();
+    for socket in [&mut first, &mut second] {
+        let frame = socket.closed().await.expect("a close frame");
+        assert_eq!(frame.code, CloseCode::Away);
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_count_sockets_and_deliveries() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Считаемый").await;
+    let reader = app.register("Читатель", "Считающий").await;
+    app.follow(&reader, &author).await;
+    let mut socket = FeedClient::connect(&app, &reader.token).await;
+    app.create_post(&author, "раз").await;
+    socket.next_post().await;
+
+    let response = app.get("/metrics", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    for line in [
+        "livefeed_open_sockets 1\n",
+        "livefeed_deliveries_total 1\n",
+        "livefeed_publish_to_send_seconds_count 1\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    // The relay deletes a row and counts it just after the broker confirms
+    // it, which may be after the frame went out: wait for the count.
+    let published = "livefeed_outbox_published_total 2\n";
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let text = app.get("/metrics", None).await.text().await.unwrap();
+            if text.contains(published) && text.contains("livefeed_outbox_depth 0\n") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both outbox events are published and deleted");
+}
+
+/// RabbitMQ goes away under both instances: posts are still accepted, and
+/// reach the follower once it is back, without restarting anything.
+#[tokio::test]
+async fn posts_created_while_rabbitmq_is_down_arrive_when_it_returns() {
+    let rabbit: url::Url = amqp_url().parse().unwrap();
+    let target = format!(
+        "{}:{}",
+        rabbit.host_str().unwrap(),
+        rabbit.port().unwrap_or(5672)
+    )
+    .parse()
+    .unwrap();
+    let mut proxy = TcpProxy::start(target).await;
+    let mut through_proxy = rabbit.clone();
+    through_proxy
+        .set_port(Some(proxy.address().port()))
+        .unwrap();
+
+    let database = fresh_database().await;
+    let a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
+    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
+    let author = a.register("Автор", "Настойчивый").await;
+    let reader = a.register("Читатель", "Терпеливый").await;
+    a.follow(&reader, &author).await;
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    let before = a.create_post(&author, "до сбоя").await;
+    assert_eq!(socket.next_post().await["postId"], before.as_str());
+
+    proxy.cut();
+    let during = a.create_post(&author, "во время сбоя").await;
+    proxy.restore().await;
+
+    assert_eq!(socket.next_post().await["postId"], during.as_str());
+    let after = a.create_post(&author, "после сбоя").await;
+    assert_eq!(socket.next_post().await["postId"], after.as_str());
+    let metrics = b.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        !metrics.contains("livefeed_broker_reconnects_total 0\n"),
+        "{metrics}"
+    );
+}

@@ -1,0 +1,155 @@
+//! Websocket clients of `/post/feed/posted`, and instance pairs on either broker.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use livefeed::broker::{AmqpSettings, BrokerKind, MemoryBus};
+use serde_json::Value;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use super::{TestApp, fresh_database};
+
+/// Bound on waiting for any one websocket event.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Which broker the instances of a test share.
+#[derive(Debug, Clone, Copy)]
+pub enum Brokers {
+    Memory,
+    RabbitMq,
+}
+
+impl Brokers {
+    /// Two instances on one database and one broker.
+    pub async fn spawn_pair(self, extra_args: &[&str]) -> (TestApp, TestApp) {
+        let database = fresh_database().await;
+        let (a, b) = match self {
+            Self::Memory => {
+                let bus = MemoryBus::new();
+                (BrokerKind::Memory(bus.clone()), BrokerKind::Memory(bus))
+            }
+            Self::RabbitMq => (rabbit_broker(&amqp_url()), rabbit_broker(&amqp_url())),
+        };
+        (
+            TestApp::spawn_on_broker(&database, extra_args, a).await,
+            TestApp::spawn_on_broker(&database, extra_args, b).await,
+        )
+    }
+}
+
+pub fn rabbit_broker(url: &str) -> BrokerKind {
+    BrokerKind::Amqp(AmqpSettings {
+        url: url.to_owned(),
+        instance_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
+    })
+}
+
+pub struct FeedClient {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl FeedClient {
+    /// Connects with a bearer token and waits until the socket is subscribed.
+    pub async fn connect(app: &TestApp, token: &str) -> Self {
+        Self::open(app, Some(token), "", None)
+            .await
+            .expect("websocket connects")
+            .0
+    }
+
+    /// Connects with `query` appended to the URL (e.g. `?since=...`), the
+    /// token in the Authorization header when given, and a kernel receive
+    /// buffer of `receive_buffer` bytes when given. Returns once the socket
+    /// is subscribed, with the catch-up posts received until then: the
+    /// server answers a client ping only after subscribing and catching up,
+    /// so the pong means every post created from now on is delivered.
+    pub async fn open(
+        app: &TestApp,
+        token: Option<&str>,
+        query: &str,
+        receive_buffer: Option<u32>,
+    ) -> Result<(Self, Vec<Value>), tokio_tungstenite::tungstenite::Error> {
+        let address: std::net::SocketAddr =
+            app.address.trim_start_matches("http://").parse().unwrap();
+        let mut request = format!("ws://{address}/post/feed/posted{query}")
+            .into_client_request()
+            .unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let socket = TcpSocket::new_v4().unwrap();
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size).unwrap();
+        }
+        let stream = socket.connect(address).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        let mut client = Self { ws };
+        client
+            .ws
+            .send(Message::Ping(Bytes::from_static(b"ready?")))
+            .await
+            .unwrap();
+        let mut caught_up = Vec::new();
+        loop {
+            match client.next_message().await {
+                Some(Message::Pong(payload)) if payload.as_ref() == b"ready?" => {
+                    return Ok((client, caught_up));
+                }
+                Some(Message::Text(text)) => caught_up.push(serde_json::from_str(&text).unwrap()),
+                Some(_) => {}
+                None => panic!("socket closed before it was subscribed"),
+            }
+        }
+    }
+
+    /// The next post, as JSON; panics after a bounded wait.
+    pub async fn next_post(&mut self) -> Value {
+        loop {
+            match self.next_message().await {
+                Some(Message::Text(text)) => {
+                    return serde_json::from_str(&text).expect("post is JSON");
+                }
+                Some(Message::Ping(_) | Message::Pong(_)) => {}
+                other => panic!("expected a post, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns its close frame, if it sent one.
+    pub async fn closed(&mut self) -> Option<CloseFrame> {
+        loop {
+            match self.next_message().await {
+                Some(Message::Close(frame)) => return frame,
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    }
+
+    /// The next message of any kind; `None` once the connection has ended.
+    pub async fn next_event(&mut self) -> Option<Message> {
+        self.next_message().await
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.unwrap();
+    }
+
+    async fn next_message(&mut self) -> Option<Message> {
+        match tokio::time::timeout(EVENT_TIMEOUT, self.ws.next()).await {
+            Ok(Some(Ok(message))) => Some(message),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("no websocket event within {EVENT_TIMEOUT:?}"),
+        }
+    }
+}
