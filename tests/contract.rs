@@ -1,5 +1,6 @@
 //! The API cannot drift from the spec: every path and method of
-//! `spec/openapi.json` must resolve to a route.
+//! `spec/openapi.json`, and every channel of `spec/asyncapi.json`, must
+//! resolve to a route.
 
 use std::path::Path;
 
@@ -7,10 +8,15 @@ use hyper::Method;
 use livefeed::http::router::{RouteError, resolve};
 use serde_json::Value;
 
-const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/spec/openapi.json");
+fn load(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("spec")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("vendored spec")).unwrap()
+}
 
 fn spec() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(SPEC).expect("spec/openapi.json")).unwrap()
+    load("openapi.json")
 }
 
 #[test]
