@@ -59,18 +59,36 @@ fn every_path_and_method_of_the_spec_has_a_route() {
     }
 }
 
-/// The spec is vendored so the repository builds on its own; when the shared
-/// original is beside the checkout, the copy must match it.
+/// Websocket channels are opened with a GET (the upgrade request).
 #[test]
-fn vendored_spec_matches_the_shared_original() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/openapi.json");
-    if let Ok(original) = std::fs::read_to_string(&shared) {
-        let original: Value = serde_json::from_str(&original).unwrap();
-        assert_eq!(
-            original,
-            spec(),
-            "spec/openapi.json differs from {}",
-            shared.display()
+fn every_channel_of_the_async_spec_has_a_websocket_route() {
+    let spec = load("asyncapi.json");
+    let channels = spec["channels"].as_object().expect("spec has channels");
+    assert!(!channels.is_empty());
+    for channel in channels.keys() {
+        assert!(
+            resolve(&Method::GET, channel).is_ok(),
+            "{channel} has no route"
         );
+    }
+}
+
+/// The specs are vendored so the repository builds on its own; when the
+/// shared originals are beside the checkout, the copies must match them.
+#[test]
+fn vendored_specs_match_the_shared_originals() {
+    for name in ["openapi.json", "asyncapi.json"] {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/spec")
+            .join(name);
+        if let Ok(original) = std::fs::read_to_string(&shared) {
+            let original: Value = serde_json::from_str(&original).unwrap();
+            assert_eq!(
+                original,
+                load(name),
+                "spec/{name} differs from {}",
+                shared.display()
+            );
+        }
     }
 }
