@@ -4,13 +4,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Passwords, Tokens};
-use crate::broker::BrokerKind;
+use crate::broker::{Broker, BrokerKind};
+use crate::cache::{self, Feeds};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 use crate::store::{Store, StoreSettings};
+
+/// Broker deliveries buffered before the hub.
+const DELIVERY_BUFFER: usize = 4096;
+/// Feed work buffered before the worker (RabbitMQ's prefetch bounds it too).
+const WORK_BUFFER: usize = 64;
 
 pub struct Limits {
     pub max_body_bytes: usize,
@@ -25,6 +33,7 @@ pub struct App {
     pub store: Store,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    pub feeds: Arc<Feeds>,
     pub realtime: Arc<Realtime>,
     pub limits: Limits,
 }
@@ -53,14 +62,29 @@ impl App {
             }
         };
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let (deliveries, incoming) = mpsc::channel(DELIVERY_BUFFER);
+        let (work, work_queue) = mpsc::channel(WORK_BUFFER);
+        let broker = Broker::start(broker, deliveries, work);
+        let feeds =
+            Feeds::new(store.clone(), &config.cache.settings()).context("configuring Redis")?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cache::run_worker(
+            feeds.clone(),
+            work_queue,
+            shutdown.clone(),
+        ));
         let realtime = Realtime::start(
             store.clone(),
+            feeds.clone(),
             broker,
+            incoming,
             config.realtime(),
             Arc::new(Metrics::default()),
+            shutdown,
         );
         Ok(Self {
             store,
+            feeds,
             realtime,
             tokens: Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs))
                 .context("configuring token signing")?,

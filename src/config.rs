@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 
 use crate::broker::{AmqpSettings, BrokerKind, MemoryBus};
+use crate::cache::CacheSettings;
 use crate::realtime::{RealtimeSettings, Routing};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/livefeed";
@@ -18,6 +19,33 @@ pub struct DatabaseConfig {
     /// PostgreSQL URL; the database is created if it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, value_parser = parse_database_url)]
     pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CacheConfig {
+    /// Redis holding the materialised feeds.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", value_parser = parse_redis_url)]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so several deployments can share a Redis.
+    #[arg(long, env = "LIVEFEED_REDIS_PREFIX", default_value = "lf:")]
+    pub redis_prefix: String,
+
+    /// Authors with more followers than this are celebrities: their posts
+    /// are merged into feeds at read time instead of copied into each.
+    #[arg(long, env = "LIVEFEED_CELEBRITY_THRESHOLD", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub celebrity_threshold: i64,
+}
+
+impl CacheConfig {
+    pub fn settings(&self) -> CacheSettings {
+        CacheSettings {
+            redis_url: self.redis_url.clone(),
+            key_prefix: self.redis_prefix.clone(),
+            celebrity_threshold: self.celebrity_threshold,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -103,6 +131,9 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_secs: u64,
 
+    #[command(flatten)]
+    pub cache: CacheConfig,
+
     /// Kernel send buffer of each websocket, in bytes (0: the OS default).
     #[arg(long, env = "LIVEFEED_WS_SEND_BUFFER", default_value_t = 65_536)]
     pub ws_send_buffer: u32,
@@ -164,6 +195,12 @@ impl Config {
 
 fn default_instance_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
+}
+
+fn parse_redis_url(raw: &str) -> Result<String, String> {
+    redis::Client::open(raw)
+        .map(|_| raw.to_owned())
+        .map_err(|_| "not a Redis URL; expected redis://host:port[/db]".to_owned())
 }
 
 fn parse_amqp_url(raw: &str) -> Result<String, String> {
@@ -244,5 +281,6 @@ mod tests {
         let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
         assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
+        assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
     }
 }

@@ -6,10 +6,12 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod metrics;
 pub mod realtime;
+pub mod seed;
 pub mod server;
 pub mod store;

@@ -37,6 +37,9 @@ enum Command {
     Serve(Config),
     /// Apply pending migrations and exit.
     Migrate(DatabaseConfig),
+    /// Fill the database with a deterministic data set (users, follows,
+    /// posts) for load tests; see db/generate_data.sh.
+    Seed(livefeed::seed::SeedArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(database) => store::migrate(&database.database_url).await,
         Command::Serve(config) => serve(config).await,
+        Command::Seed(args) => livefeed::seed::run(&args).await.map(drop),
     }
 }
 

@@ -2,19 +2,29 @@
 //! local one). Every test uses its own instance ids and routing keys, so
 //! tests run in parallel; `Control` messages reach every instance, so tests
 //! skip those they did not send.
+//!
+//! The work queue has a fixed name, so the tests of `Materialize` each run
+//! in a virtual host of their own, made with `rabbitmqctl` (`RABBITMQCTL`,
+//! default /usr/sbin/rabbitmqctl; it must reach the node behind `AMQP_URL`).
+//! Every other instance here leaves the work queue alone: it is started
+//! with its work sink closed, so that it never becomes the active consumer
+//! of the default vhost's work queue, which other test binaries use.
 
 #[path = "api/support/proxy.rs"]
 mod proxy;
+#[path = "api/support/vhost.rs"]
+mod vhost;
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use amqprs::channel::QueueDeclareArguments;
+use amqprs::channel::{BasicGetArguments, QueueDeclareArguments, QueueDeleteArguments};
 use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::{FieldTable, FieldValue};
 use bytes::Bytes;
-use livefeed::broker::{AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Topic};
+use livefeed::broker::{AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Topic, Work};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
@@ -22,6 +32,7 @@ use url::Url;
 use uuid::Uuid;
 
 use proxy::TcpProxy;
+use vhost::{Vhost, amqp_url};
 
 /// For anything that should happen promptly.
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,10 +40,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const PROMPTLY: Duration = Duration::from_secs(1);
 /// For conditions with no event to await: how often to look.
 const POLL: Duration = Duration::from_millis(20);
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+const WORK_QUEUE: &str = "feed.materialize";
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}.{}", Uuid::new_v4())
@@ -42,11 +50,18 @@ struct Instance {
     broker: Broker,
     deliveries: mpsc::Receiver<Delivery>,
     queue: String,
+    /// `None`: started with the work sink closed, taking no work.
+    work: Option<mpsc::Receiver<Work>>,
 }
 
 impl Instance {
-    /// A small sink, so that tests also exercise backpressure.
+    /// Takes no `Materialize` work.
     fn start(url: &str) -> Self {
+        Self::start_with(url, false)
+    }
+
+    /// Small sinks, so that tests also exercise backpressure.
+    fn start_with(url: &str, working: bool) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -58,16 +73,29 @@ impl Instance {
             instance_id,
         };
         let (sink, deliveries) = mpsc::channel(64);
+        let (work_sink, work) = mpsc::channel(4);
+        let work = working.then_some(work);
         Self {
-            broker: Broker::start(BrokerKind::Amqp(settings), sink),
+            broker: Broker::start(BrokerKind::Amqp(settings), sink, work_sink),
             deliveries,
             queue,
+            work,
         }
     }
 
-    /// Started and connected (a publish is confirmed).
+    /// Started and connected (a publish is confirmed); takes no work.
     async fn connected(url: &str) -> Self {
-        let instance = Self::start(url);
+        Self::connected_with(url, false).await
+    }
+
+    /// Started, connected and consuming the work queue (it is consumed
+    /// before a session publishes anything).
+    async fn worker(url: &str) -> Self {
+        Self::connected_with(url, true).await
+    }
+
+    async fn connected_with(url: &str, working: bool) -> Self {
+        let instance = Self::start_with(url, working);
         let probe = unique("probe");
         until("the broker connects", || async {
             instance
@@ -127,6 +155,55 @@ impl Instance {
             }
         }
     }
+
+    fn work(&mut self) -> &mut mpsc::Receiver<Work> {
+        self.work.as_mut().expect("a worker")
+    }
+
+    async fn next_work(&mut self) -> Work {
+        timeout(WAIT, self.work().recv())
+            .await
+            .expect("work in time")
+            .expect("the work sink is open")
+    }
+
+    /// Takes the next work, checks it and marks it done.
+    async fn do_work(&mut self, body: &str) {
+        let work = self.next_work().await;
+        assert_eq!(work.body, body.as_bytes());
+        work.done.send(()).expect("the broker waits for done");
+    }
+
+    /// Nothing more comes: the broker let go of the work sink.
+    async fn expect_work_released(&mut self) {
+        let work = timeout(WAIT, self.work().recv())
+            .await
+            .expect("work sink released in time");
+        assert!(work.is_none(), "unexpected work: {work:?}");
+    }
+
+    async fn shutdown(&self) {
+        timeout(WAIT, self.broker.shutdown())
+            .await
+            .expect("shutdown in time");
+    }
+}
+
+/// How many messages wait in the work queue, consumers aside.
+async fn ready_work(connection: &Connection) -> u32 {
+    let channel = timeout(WAIT, connection.open_channel(None))
+        .await
+        .expect("raw channel in time")
+        .expect("raw channel opens");
+    let declare = QueueDeclareArguments::new(WORK_QUEUE)
+        .passive(true)
+        .finish();
+    let (_, ready, _) = timeout(WAIT, channel.queue_declare(declare))
+        .await
+        .expect("passive declare answered in time")
+        .expect("the work queue exists")
+        .expect("declare-ok");
+    ready
 }
 
 /// Polls `condition` until it holds; only for conditions without an event
@@ -159,7 +236,12 @@ async fn rabbitmq_address() -> SocketAddr {
 }
 
 fn url_via(address: SocketAddr) -> String {
-    let mut url = rabbitmq_url();
+    vhost_via(&amqp_url(), address)
+}
+
+/// `url`, with its vhost, through `address`.
+fn vhost_via(url: &str, address: SocketAddr) -> String {
+    let mut url = Url::parse(url).expect("a URL");
     url.set_ip_host(address.ip())
         .expect("AMQP_URL takes a host");
     url.set_port(Some(address.port()))
@@ -169,7 +251,11 @@ fn url_via(address: SocketAddr) -> String {
 
 /// A connection of our own, to look at RabbitMQ behind the broker's back.
 async fn raw_connection() -> Connection {
-    let url = rabbitmq_url();
+    raw_connection_to(&amqp_url()).await
+}
+
+async fn raw_connection_to(url: &str) -> Connection {
+    let url = Url::parse(url).expect("a URL");
     let address = rabbitmq_address().await;
     let vhost = match url.path().trim_start_matches('/') {
         "" => "/".to_owned(),
@@ -425,4 +511,325 @@ async fn concurrent_publishes_are_each_confirmed_and_delivered_once() {
     // Nothing more is queued behind them.
     a.publish(Topic::Posts, &key, b"end").await;
     assert_eq!(b.next_post().await, &b"end"[..]);
+}
+
+/// The first work either instance gets, and which of them got it.
+async fn first_work(first: &mut Instance, second: &mut Instance) -> (Work, bool) {
+    timeout(WAIT, async {
+        tokio::select! {
+            Some(work) = first.work().recv() => (work, true),
+            Some(work) = second.work().recv() => (work, false),
+        }
+    })
+    .await
+    .expect("work in time")
+}
+
+#[tokio::test]
+async fn work_goes_in_order_to_one_active_consumer_then_fails_over() {
+    let vhost = Vhost::create().await;
+    let raw = raw_connection_to(vhost.url()).await;
+    let publisher = Instance::connected(vhost.url()).await;
+    let mut first = Instance::worker(vhost.url()).await;
+    let mut second = Instance::worker(vhost.url()).await;
+
+    // More than the work sink and the prefetch hold: backpressure, in order.
+    let before: Vec<String> = (0..40).map(|n| format!("before {n}")).collect();
+    for body in &before {
+        publisher.publish(Topic::Materialize, "", body).await;
+    }
+    let (work, first_is_active) = first_work(&mut first, &mut second).await;
+    let (mut active, mut standby) = match first_is_active {
+        true => (first, second),
+        false => (second, first),
+    };
+    assert_eq!(work.body, before[0].as_bytes());
+    work.done.send(()).expect("the broker waits for done");
+    let (last, before) = before.split_last().expect("work");
+    for body in &before[1..] {
+        active.do_work(body).await;
+    }
+    let last_work = active.next_work().await;
+    assert_eq!(last_work.body, last.as_bytes());
+
+    // Done while the instance shuts down: still acked, not given back.
+    let probe = unique("probe");
+    tokio::join!(active.shutdown(), async {
+        until("the shutdown starts", || async {
+            let published = active.broker.publish(Topic::Posts, &probe, Bytes::new());
+            matches!(published.await, Err(BrokerError::Closed))
+        })
+        .await;
+        let done = last_work.done.send(());
+        done.expect("shutdown waits for the work handed out");
+    });
+    active.expect_work_released().await;
+    let after: Vec<String> = (0..10).map(|n| format!("after {n}")).collect();
+    for body in &after {
+        publisher.publish(Topic::Materialize, "", body).await;
+    }
+    // First comes the first of these: the standby got none of the others.
+    for body in &after {
+        standby.do_work(body).await;
+    }
+
+    standby.shutdown().await;
+    standby.expect_work_released().await;
+    // Everything was acked: a shutdown gives back whatever was not.
+    assert_eq!(ready_work(&raw).await, 0);
+    publisher.shutdown().await;
+}
+
+#[tokio::test]
+async fn work_handed_back_is_redelivered_and_acked_once_done() {
+    let vhost = Vhost::create().await;
+    let raw = raw_connection_to(vhost.url()).await;
+    let publisher = Instance::connected(vhost.url()).await;
+    let mut first = Instance::worker(vhost.url()).await;
+    let mut second = Instance::worker(vhost.url()).await;
+
+    for body in ["one", "two", "three"] {
+        publisher.publish(Topic::Materialize, "", body).await;
+    }
+    let mut seen = Vec::new();
+    let mut done = HashSet::new();
+    while done.len() < 3 {
+        let (work, _) = first_work(&mut first, &mut second).await;
+        let body = String::from_utf8(work.body.to_vec()).expect("UTF-8");
+        seen.push(body.clone());
+        if body == "two" && seen.len() == 2 {
+            // Handed back: dropping `done` requeues it.
+            drop(work.done);
+        } else {
+            work.done.send(()).expect("the broker waits for done");
+            assert!(done.insert(body), "done twice: {seen:?}");
+        }
+    }
+    // "three" was on its way before "two" went back to the queue.
+    assert_eq!(seen, ["one", "two", "three", "two"]);
+
+    first.shutdown().await;
+    second.shutdown().await;
+    first.expect_work_released().await;
+    second.expect_work_released().await;
+    assert_eq!(ready_work(&raw).await, 0);
+    publisher.shutdown().await;
+}
+
+#[tokio::test]
+async fn work_not_done_before_a_connection_cut_is_redelivered() {
+    // More than the broker prefetches: the rest waits in the queue, and an
+    // ack that reaches RabbitMQ lets one more out.
+    const WORK: usize = 50;
+    let vhost = Vhost::create().await;
+    let raw = raw_connection_to(vhost.url()).await;
+    let mut proxy = TcpProxy::start(rabbitmq_address().await).await;
+    let publisher = Instance::connected(vhost.url()).await;
+    let mut worker = Instance::worker(&vhost_via(vhost.url(), proxy.address())).await;
+    let bodies: Vec<String> = (0..WORK).map(|n| format!("work {n}")).collect();
+    for body in &bodies {
+        publisher.publish(Topic::Materialize, "", body).await;
+    }
+
+    let waiting = ready_work(&raw).await;
+    worker.do_work(&bodies[0]).await;
+    until("the ack reaches RabbitMQ", || async {
+        ready_work(&raw).await < waiting
+    })
+    .await;
+    // Handed out, not done.
+    let one = worker.next_work().await;
+    let two = worker.next_work().await;
+    assert_eq!(
+        (&one.body[..], &two.body[..]),
+        (bodies[1].as_bytes(), bodies[2].as_bytes())
+    );
+
+    proxy.cut();
+    let probe = unique("probe");
+    until("the worker notices the loss", || async {
+        let published = worker
+            .broker
+            .publish(Topic::Posts, &probe, Bytes::new())
+            .await;
+        matches!(published, Err(BrokerError::Unavailable(_)))
+    })
+    .await;
+    publisher
+        .publish(Topic::Materialize, "", "after the cut")
+        .await;
+    // RabbitMQ took back what the lost connection held.
+    until("all unacked work is back in the queue", || async {
+        ready_work(&raw).await == WORK as u32
+    })
+    .await;
+    proxy.restore().await;
+    until("the worker reconnects", || async {
+        worker.broker.reconnects() >= 1
+    })
+    .await;
+
+    // Done too late. The new channel numbers its deliveries from 1 again:
+    // acking these tags there would ack "work 2" and "work 3" unapplied.
+    let _ = two.done.send(());
+    let _ = one.done.send(());
+    let mut expected: Vec<String> = bodies[1..].to_vec();
+    expected.push("after the cut".into());
+    let mut remaining = expected.clone();
+    let mut applied = Vec::new();
+    let mut handed_back = false;
+    while !remaining.is_empty() {
+        let work = worker.next_work().await;
+        // Handed out by the lost session and left in the sink: nobody
+        // waits for it any more, and it comes again.
+        if work.done.is_closed() {
+            continue;
+        }
+        let body = String::from_utf8(work.body.to_vec()).expect("UTF-8");
+        // Handed back once more, on the new channel: requeued, not acked.
+        if body == bodies[2] && !handed_back {
+            handed_back = true;
+            drop(work.done);
+            continue;
+        }
+        work.done.send(()).expect("the broker waits for done");
+        let position = remaining
+            .iter()
+            .position(|left| *left == body)
+            .unwrap_or_else(|| panic!("unexpected or repeated work: {body}"));
+        remaining.remove(position);
+        applied.push(body);
+    }
+    // In order, but for the one handed back, which came again later.
+    let without = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .filter(|body| **body != bodies[2])
+            .cloned()
+            .collect()
+    };
+    assert_eq!(without(&applied), without(&expected));
+    assert_eq!(worker.broker.reconnects(), 1);
+
+    worker.shutdown().await;
+    worker.expect_work_released().await;
+    assert_eq!(ready_work(&raw).await, 0);
+    publisher.shutdown().await;
+}
+
+#[tokio::test]
+async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() {
+    let vhost = Vhost::create().await;
+    let raw = raw_connection_to(vhost.url()).await;
+    // Declares the work queue, and takes no work.
+    let publisher = Instance::connected(vhost.url()).await;
+
+    for n in 0..3 {
+        publisher
+            .publish(Topic::Materialize, "ignored", format!("work {n}"))
+            .await;
+    }
+    // Confirmed means queued.
+    assert_eq!(ready_work(&raw).await, 3);
+    let channel = timeout(WAIT, raw.open_channel(None))
+        .await
+        .expect("raw channel in time")
+        .expect("raw channel opens");
+    // Declared as specified: a different declaration would close the channel.
+    let mut arguments = FieldTable::new();
+    arguments.insert(
+        "x-single-active-consumer".try_into().unwrap(),
+        FieldValue::t(true),
+    );
+    let declare = QueueDeclareArguments::durable_client_named(WORK_QUEUE)
+        .arguments(arguments)
+        .finish();
+    timeout(WAIT, channel.queue_declare(declare))
+        .await
+        .expect("declare answered in time")
+        .expect("the work queue is durable with a single active consumer");
+    let get = BasicGetArguments::new(WORK_QUEUE).no_ack(true).finish();
+    let (_, properties, body) = timeout(WAIT, channel.basic_get(get))
+        .await
+        .expect("get answered in time")
+        .expect("get succeeds")
+        .expect("a message");
+    assert_eq!(body, b"work 0");
+    assert_eq!(properties.delivery_mode(), Some(2), "persistent");
+
+    // Without its queue, work is refused rather than dropped.
+    let delete = QueueDeleteArguments::new(WORK_QUEUE);
+    timeout(WAIT, channel.queue_delete(delete))
+        .await
+        .expect("delete answered in time")
+        .expect("the work queue is deleted");
+    let published = timeout(
+        WAIT,
+        publisher
+            .broker
+            .publish(Topic::Materialize, "", Bytes::from_static(b"lost")),
+    )
+    .await
+    .expect("publish returns in time");
+    assert!(
+        matches!(published, Err(BrokerError::Unavailable(_))),
+        "{published:?}"
+    );
+    // The return did not break the publish channel.
+    publisher.publish(Topic::Posts, &unique("probe"), b"").await;
+    assert_eq!(publisher.broker.reconnects(), 0);
+    publisher.shutdown().await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = closed.local_addr().expect("bound address");
+    drop(closed);
+    let unreachable = Instance::start_with(&vhost_via(vhost.url(), address), true);
+    let published = timeout(
+        PROMPTLY,
+        unreachable
+            .broker
+            .publish(Topic::Materialize, "", Bytes::from_static(b"nowhere")),
+    )
+    .await
+    .expect("publish returns promptly");
+    assert!(
+        matches!(published, Err(BrokerError::Unavailable(_))),
+        "{published:?}"
+    );
+    unreachable.shutdown().await;
+}
+
+#[tokio::test]
+async fn closing_the_work_sink_settles_what_was_handed_out_and_fails_over() {
+    let vhost = Vhost::create().await;
+    let raw = raw_connection_to(vhost.url()).await;
+    let publisher = Instance::connected(vhost.url()).await;
+    let mut first = Instance::worker(vhost.url()).await;
+    let mut second = Instance::worker(vhost.url()).await;
+
+    for body in ["one", "two"] {
+        publisher.publish(Topic::Materialize, "", body).await;
+    }
+    let (one, first_is_active) = first_work(&mut first, &mut second).await;
+    let (mut active, mut standby) = match first_is_active {
+        true => (first, second),
+        false => (second, first),
+    };
+    assert_eq!(one.body, &b"one"[..]);
+
+    // "two", if already in the sink, is dropped with it: handed back.
+    drop(active.work.take());
+    // Still awaited: the instance waits for work it handed out.
+    one.done.send(()).expect("the broker waits for done");
+    publisher.publish(Topic::Materialize, "", "three").await;
+    standby.do_work("two").await;
+    standby.do_work("three").await;
+    // The instance itself carries on.
+    active.publish(Topic::Posts, &unique("probe"), b"").await;
+    assert_eq!(active.broker.reconnects(), 0);
+
+    active.shutdown().await;
+    standby.shutdown().await;
+    standby.expect_work_released().await;
+    assert_eq!(ready_work(&raw).await, 0);
+    publisher.shutdown().await;
 }

@@ -1,14 +1,25 @@
 //! RabbitMQ through amqprs.
 //!
 //! One supervisor task per instance owns the connection: it connects,
-//! declares the topology, consumes the instance queue and applies binding
-//! changes in the order they were requested. amqprs does not reconnect by
-//! itself, so on any loss the supervisor drops the session and builds a new
-//! one with backoff, re-applying the wanted bindings. Publishes bypass the
-//! supervisor: they go straight to the current session's confirm-mode channel,
-//! so a slow binding change never holds them up.
+//! declares the topology, consumes the instance queue and the work queue, and
+//! applies binding changes in the order they were requested. amqprs does not
+//! reconnect by itself, so on any loss the supervisor drops the session and
+//! builds a new one with backoff, re-applying the wanted bindings. Publishes
+//! bypass the supervisor: they go straight to the current session's
+//! confirm-mode channel, so a slow binding change never holds them up.
+//!
+//! `Materialize` work lives in one durable queue shared by every instance,
+//! with a single active consumer: RabbitMQ hands it, in order, to one
+//! instance at a time and fails over to another one's consumer when that
+//! instance's channel goes away. Each session consumes it on a channel of its
+//! own and acks a message on that channel once its `done` fires; a session
+//! that is lost takes its unacknowledged messages with it, and RabbitMQ
+//! redelivers them. Delivery is at least once: work that session had put in
+//! the sink is still there, its `done` now leading nowhere
+//! (`done.is_closed()`), and comes again. Work handed back (`done` dropped)
+//! is requeued and comes again after what was already handed out.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,29 +27,34 @@ use std::time::Duration;
 
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
 use amqprs::channel::{
-    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicPublishArguments,
-    BasicQosArguments, Channel, ConfirmSelectArguments, ConsumerMessage, ExchangeDeclareArguments,
-    ExchangeType, QueueBindArguments, QueueDeclareArguments, QueueDeleteArguments,
-    QueueUnbindArguments,
+    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicNackArguments,
+    BasicPublishArguments, BasicQosArguments, Channel, ConfirmSelectArguments, ConsumerMessage,
+    ExchangeDeclareArguments, ExchangeType, QueueBindArguments, QueueDeclareArguments,
+    QueueDeleteArguments, QueueUnbindArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::error::Error as AmqpError;
 use amqprs::{
-    Ack, BasicProperties, Cancel, Close, CloseChannel, DELIVERY_MODE_TRANSIENT, FieldTable,
-    FieldValue, Nack, Return,
+    Ack, BasicProperties, Cancel, Close, CloseChannel, DELIVERY_MODE_PERSISTENT,
+    DELIVERY_MODE_TRANSIENT, FieldTable, FieldValue, Nack, Return,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::Instrument;
 
-use super::{Applied, BrokerError, Delivery, Topic};
+use super::{Applied, BrokerError, Delivery, Topic, Work};
 
 const POSTS_EXCHANGE: &str = "feed.posts";
 const CONTROL_EXCHANGE: &str = "feed.control";
 const QUEUE_PREFIX: &str = "livefeed.instance.";
+/// The `Materialize` work queue, shared by every instance; published to
+/// through the default exchange, which routes by queue name.
+const WORK_QUEUE: &str = "feed.materialize";
 /// Long enough to ride out a network blip or a RabbitMQ restart, short
 /// enough that a crashed instance's queue does not collect posts for long.
 const QUEUE_EXPIRES_MS: i32 = 60_000;
@@ -49,6 +65,13 @@ const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// Bounds the deliveries RabbitMQ pushes ahead of the sink, so that a slow
 /// sink holds messages back in the queue rather than in this process.
 const PREFETCH: u16 = 256;
+/// The same for the work queue, whose messages stay unacknowledged until
+/// they have been applied.
+const WORK_PREFETCH: u16 = 32;
+/// How long a consumer that stops taking work (on `shutdown`, or when the
+/// work sink is closed) waits for the work it already handed out to be done
+/// before giving the rest back.
+const WORK_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// For any single request to RabbitMQ: amqprs itself waits forever.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -103,7 +126,13 @@ enum Command {
 }
 
 impl AmqpBroker {
-    pub(super) fn start(settings: AmqpSettings, sink: mpsc::Sender<Delivery>) -> Self {
+    /// A closed `work` sink (its receiver dropped) means this instance does
+    /// no `Materialize` work: it does not consume the work queue.
+    pub(super) fn start(
+        settings: AmqpSettings,
+        sink: mpsc::Sender<Delivery>,
+        work: mpsc::Sender<Work>,
+    ) -> Self {
         let (commands, requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             link: watch::Sender::new(Link::Down),
@@ -114,7 +143,7 @@ impl AmqpBroker {
         match Target::new(&settings) {
             Ok(target) => {
                 let span = tracing::info_span!("amqp", queue = %target.queue);
-                let supervisor = Supervisor::new(target, shared.clone(), requests, sink);
+                let supervisor = Supervisor::new(target, shared.clone(), requests, sink, work);
                 tokio::spawn(supervisor.run().instrument(span));
             }
             Err(error) => {
@@ -195,6 +224,7 @@ struct Target {
     connection: OpenConnectionArguments,
     queue: String,
     queue_arguments: FieldTable,
+    work_queue_arguments: FieldTable,
 }
 
 impl Target {
@@ -212,10 +242,16 @@ impl Target {
             .try_into()
             .map_err(|_| "queue argument name too long".to_owned())?;
         queue_arguments.insert(expires, FieldValue::I(QUEUE_EXPIRES_MS));
+        let mut work_queue_arguments = FieldTable::new();
+        let single_active_consumer = "x-single-active-consumer"
+            .try_into()
+            .map_err(|_| "queue argument name too long".to_owned())?;
+        work_queue_arguments.insert(single_active_consumer, FieldValue::t(true));
         Ok(Self {
             connection,
             queue,
             queue_arguments,
+            work_queue_arguments,
         })
     }
 }
@@ -347,6 +383,7 @@ struct Supervisor {
     shared: Arc<Shared>,
     requests: mpsc::UnboundedReceiver<Command>,
     sink: mpsc::Sender<Delivery>,
+    work: mpsc::Sender<Work>,
     bindings: Bindings,
     connected_before: bool,
 }
@@ -357,12 +394,14 @@ impl Supervisor {
         shared: Arc<Shared>,
         requests: mpsc::UnboundedReceiver<Command>,
         sink: mpsc::Sender<Delivery>,
+        work: mpsc::Sender<Work>,
     ) -> Self {
         Self {
             target: Arc::new(target),
             shared,
             requests,
             sink,
+            work,
             bindings: Bindings::default(),
             connected_before: false,
         }
@@ -381,7 +420,7 @@ impl Supervisor {
         loop {
             let attempt = timeout(
                 OPERATION_TIMEOUT,
-                Session::open(self.target.clone(), self.sink.clone()),
+                Session::open(self.target.clone(), self.sink.clone(), self.work.clone()),
             );
             match self.offline(attempt).await {
                 Err(stop) => return stop,
@@ -476,6 +515,23 @@ impl Supervisor {
                     Ok(PumpEnd::ConsumerEnded) => Ended::Lost("the consumer stopped".into()),
                     Err(error) => Ended::Lost(format!("the delivery task failed: {error}")),
                 },
+                end = work_ended(&mut session.work) => match end {
+                    Ok(WorkEnd::SinkClosed) => {
+                        tracing::info!("the work sink is closed; no longer consuming work");
+                        let consumer = session.work.take();
+                        if let Some(consumer) = consumer
+                            && let Err(error) = consumer.close().await
+                        {
+                            return Ended::Lost(error.to_string());
+                        }
+                    }
+                    Ok(WorkEnd::ConsumerEnded | WorkEnd::Drained) => {
+                        return Ended::Lost("the work consumer stopped".into());
+                    }
+                    Err(error) => {
+                        return Ended::Lost(format!("the work task failed: {error}"));
+                    }
+                },
             }
         }
     }
@@ -543,13 +599,19 @@ struct Session {
     target: Arc<Target>,
     consumer_tag: String,
     pump: JoinHandle<PumpEnd>,
+    /// `None` while this instance takes no work (its work sink is closed).
+    work: Option<WorkConsumer>,
     /// Signalled by amqprs callbacks when RabbitMQ closes the connection, a
     /// channel or the consumer.
     lost: Arc<Notify>,
 }
 
 impl Session {
-    async fn open(target: Arc<Target>, sink: mpsc::Sender<Delivery>) -> Result<Self, SessionError> {
+    async fn open(
+        target: Arc<Target>,
+        sink: mpsc::Sender<Delivery>,
+        work: mpsc::Sender<Work>,
+    ) -> Result<Self, SessionError> {
         let connection = Connection::open(&target.connection).await?;
         let lost = Arc::new(Notify::new());
         connection
@@ -564,6 +626,10 @@ impl Session {
             .await?;
         declare(&topology, &target).await?;
         let publisher = Arc::new(Publisher::open(&connection, lost.clone()).await?);
+        let work_deliveries = match work.is_closed() {
+            true => None,
+            false => Some(consume_work(&connection, lost.clone()).await?),
+        };
         topology
             .basic_qos(BasicQosArguments::new(0, PREFETCH, false))
             .await?;
@@ -571,7 +637,11 @@ impl Session {
             .manual_ack(true)
             .finish();
         let (consumer_tag, deliveries) = topology.basic_consume_rx(consume).await?;
+        // Only once nothing can fail any more: nothing reaches the sinks
+        // from a session that is then dropped.
         let pump = tokio::spawn(pump(topology.clone(), deliveries, sink).in_current_span());
+        let work = work_deliveries
+            .map(|(channel, deliveries)| WorkConsumer::start(channel, deliveries, work));
         Ok(Self {
             connection,
             topology,
@@ -579,6 +649,7 @@ impl Session {
             target,
             consumer_tag,
             pump,
+            work,
             lost,
         })
     }
@@ -598,6 +669,11 @@ impl Session {
     async fn abandon(self) {
         self.publisher.confirms.fail_all();
         stop_pump(self.pump).await;
+        // RabbitMQ requeues what the lost channel had not acked; the `done`s
+        // still out there now fire into nothing.
+        if let Some(work) = self.work {
+            stop_pump(work.pump).await;
+        }
         // Usually gone already; if only a channel failed, this ends the rest.
         let _ = timeout(OPERATION_TIMEOUT, self.connection.close()).await;
     }
@@ -605,6 +681,10 @@ impl Session {
     /// For shutdown: stop consuming, delete the queue, close.
     async fn leave(self) {
         stop_pump(self.pump).await;
+        // First, so that another instance takes over the work promptly.
+        if let Some(work) = self.work {
+            work.stop().await;
+        }
         let cancel = BasicCancelArguments::new(&self.consumer_tag);
         if let Err(error) = within("basic.cancel", self.topology.basic_cancel(cancel)).await {
             tracing::warn!(%error, "cannot cancel the consumer");
@@ -637,7 +717,14 @@ async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError>
         .finish();
     within("queue.declare", channel.queue_declare(queue)).await?;
     let control = QueueBindArguments::new(&target.queue, CONTROL_EXCHANGE, "");
-    within("queue.bind", channel.queue_bind(control)).await
+    within("queue.bind", channel.queue_bind(control)).await?;
+    // Declared by every instance, consuming or not, so that work published
+    // before any consumer ever connected is kept.
+    let work = QueueDeclareArguments::durable_client_named(WORK_QUEUE)
+        .arguments(target.work_queue_arguments.clone())
+        .finish();
+    within("queue.declare", channel.queue_declare(work)).await?;
+    Ok(())
 }
 
 async fn within<T>(
@@ -701,12 +788,186 @@ async fn pump(
 }
 
 /// Waits until the pump has stopped, so that nothing reaches the sink after.
-async fn stop_pump(pump: JoinHandle<PumpEnd>) {
+async fn stop_pump<T>(pump: JoinHandle<T>) {
     pump.abort();
     // A pump that ended may have been awaited by the supervisor already, and
     // polling a finished `JoinHandle` again panics.
     if !pump.is_finished() {
         let _ = pump.await;
+    }
+}
+
+/// Opens a channel of its own for the work queue and consumes the queue on
+/// it: acks must go to the channel the messages came from, and its requests
+/// must not mix with the supervisor's on the topology channel.
+async fn consume_work(
+    connection: &Connection,
+    lost: Arc<Notify>,
+) -> Result<(Channel, mpsc::UnboundedReceiver<ConsumerMessage>), SessionError> {
+    let channel = connection.open_channel(None).await?;
+    channel
+        .register_callback(ChannelEvents {
+            lost,
+            confirms: None,
+        })
+        .await?;
+    channel
+        .basic_qos(BasicQosArguments::new(0, WORK_PREFETCH, false))
+        .await?;
+    let consume = BasicConsumeArguments::new(WORK_QUEUE, "")
+        .manual_ack(true)
+        .finish();
+    let (_, deliveries) = channel.basic_consume_rx(consume).await?;
+    Ok((channel, deliveries))
+}
+
+/// This session's consumer of the work queue.
+struct WorkConsumer {
+    /// Only the supervisor makes requests on it (closing it); the pump only
+    /// acks and nacks, which get no reply.
+    channel: Channel,
+    pump: JoinHandle<WorkEnd>,
+    drain: oneshot::Sender<()>,
+}
+
+impl WorkConsumer {
+    fn start(
+        channel: Channel,
+        deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
+        sink: mpsc::Sender<Work>,
+    ) -> Self {
+        let (drain, drained) = oneshot::channel();
+        let pump = work_pump(channel.clone(), deliveries, sink, drained);
+        Self {
+            channel,
+            pump: tokio::spawn(pump.in_current_span()),
+            drain,
+        }
+    }
+
+    /// For shutdown: stops handing out work and waits, for a while, for the
+    /// work handed out to be done, then closes the channel.
+    async fn stop(self) {
+        let Self {
+            channel,
+            mut pump,
+            drain,
+        } = self;
+        let _ = drain.send(());
+        // The pump bounds its own wait; this only guards against a stuck one.
+        if timeout(WORK_DRAIN_TIMEOUT + OPERATION_TIMEOUT, &mut pump)
+            .await
+            .is_err()
+        {
+            pump.abort();
+        }
+        if let Err(error) = within("channel.close", channel.close()).await {
+            tracing::debug!(%error, "closing the work channel");
+        }
+    }
+
+    /// Closing the channel cancels the consumer and has RabbitMQ requeue
+    /// every message not acked on it, in queue order, before it moves the
+    /// single active consumer on (a `basic.cancel` would let the next
+    /// consumer go ahead while these messages are still held here).
+    async fn close(self) -> Result<(), SessionError> {
+        self.pump.abort();
+        within("channel.close", self.channel.close()).await
+    }
+}
+
+/// Completes when the session's work pump ends; never if there is none.
+async fn work_ended(work: &mut Option<WorkConsumer>) -> Result<WorkEnd, JoinError> {
+    match work {
+        Some(work) => (&mut work.pump).await,
+        None => std::future::pending().await,
+    }
+}
+
+enum WorkEnd {
+    /// Asked to stop handing out work; what was handed out is settled, or
+    /// was not done in time.
+    Drained,
+    /// Nobody takes work any more; settled like `Drained`.
+    SinkClosed,
+    /// The channel or the consumer is gone.
+    ConsumerEnded,
+}
+
+/// Hands work messages to the sink one at a time, in delivery order, waiting
+/// while it is full, and settles each one on its channel as soon as its
+/// `done` fires (ack) or is dropped (nack, requeued), in whatever order that
+/// happens. With the prefetch limit, work not yet done holds RabbitMQ back.
+async fn work_pump(
+    channel: Channel,
+    mut deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
+    sink: mpsc::Sender<Work>,
+    mut drain: oneshot::Receiver<()>,
+) -> WorkEnd {
+    let mut handed_out = FuturesUnordered::new();
+    // Received, waiting for room in the sink.
+    let mut next: Option<(u64, Bytes)> = None;
+    let end = loop {
+        tokio::select! {
+            biased;
+            Some((tag, done)) = handed_out.next(), if !handed_out.is_empty() => {
+                if settle(&channel, tag, done).await.is_err() {
+                    return WorkEnd::ConsumerEnded;
+                }
+            }
+            _ = &mut drain => break WorkEnd::Drained,
+            () = sink.closed() => break WorkEnd::SinkClosed,
+            permit = sink.reserve(), if next.is_some() => match (permit, next.take()) {
+                (Ok(permit), Some((tag, body))) => {
+                    let (done, applied) = oneshot::channel();
+                    permit.send(Work { body, done });
+                    handed_out.push(async move { (tag, applied.await.is_ok()) });
+                }
+                _ => break WorkEnd::SinkClosed,
+            },
+            message = deliveries.recv(), if next.is_none() => match message {
+                // amqprs always fills both in.
+                Some(ConsumerMessage {
+                    deliver: Some(deliver),
+                    content: Some(content),
+                    ..
+                }) => next = Some((deliver.delivery_tag(), Bytes::from(content))),
+                Some(_) => {}
+                None => return WorkEnd::ConsumerEnded,
+            },
+        }
+    };
+    // Whatever is left unacked (including `next` and what RabbitMQ sent
+    // ahead) goes back to the queue when the channel closes.
+    let deadline = Instant::now() + WORK_DRAIN_TIMEOUT;
+    while !handed_out.is_empty() {
+        match timeout_at(deadline, handed_out.next()).await {
+            Ok(Some((tag, done))) => {
+                if settle(&channel, tag, done).await.is_err() {
+                    return WorkEnd::ConsumerEnded;
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    pending = handed_out.len(),
+                    "work not done within {WORK_DRAIN_TIMEOUT:?}; giving it back"
+                );
+                break;
+            }
+        }
+    }
+    end
+}
+
+/// Acks work that was done, requeues work that was handed back.
+async fn settle(channel: &Channel, tag: u64, done: bool) -> Result<(), AmqpError> {
+    if done {
+        channel.basic_ack(BasicAckArguments::new(tag, false)).await
+    } else {
+        channel
+            .basic_nack(BasicNackArguments::new(tag, false, true))
+            .await
     }
 }
 
@@ -753,8 +1014,11 @@ impl Publisher {
             .await
             .map_err(|_| unavailable("the connection is too busy to take the message"))??;
         match timeout_at(deadline, confirm).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(unavailable("RabbitMQ rejected the message (nack)")),
+            Ok(Ok(Outcome::Acked)) => Ok(()),
+            Ok(Ok(Outcome::Nacked)) => Err(unavailable("RabbitMQ rejected the message (nack)")),
+            Ok(Ok(Outcome::Returned)) => Err(unavailable(format!(
+                "RabbitMQ could not route the message: is the {WORK_QUEUE} queue missing?"
+            ))),
             Ok(Err(_)) => Err(unavailable("the channel closed before RabbitMQ confirmed")),
             Err(_) => {
                 self.confirms.forget(tag);
@@ -770,17 +1034,29 @@ impl Publisher {
         topic: Topic,
         routing_key: &str,
         body: Bytes,
-    ) -> Result<(u64, oneshot::Receiver<bool>), BrokerError> {
-        let exchange = match topic {
-            Topic::Posts => POSTS_EXCHANGE,
-            Topic::Control => CONTROL_EXCHANGE,
+    ) -> Result<(u64, oneshot::Receiver<Outcome>), BrokerError> {
+        // Work must survive a RabbitMQ restart, and must not vanish unrouted:
+        // it is mandatory, and a return fails the publish.
+        let work = topic == Topic::Materialize;
+        let (exchange, routing_key) = match topic {
+            Topic::Posts => (POSTS_EXCHANGE, routing_key),
+            Topic::Control => (CONTROL_EXCHANGE, routing_key),
+            Topic::Materialize => ("", WORK_QUEUE),
         };
-        let properties = BasicProperties::default()
-            .with_delivery_mode(DELIVERY_MODE_TRANSIENT)
+        let arguments = BasicPublishArguments::new(exchange, routing_key)
+            .mandatory(work)
             .finish();
-        let arguments = BasicPublishArguments::new(exchange, routing_key);
+        let mut properties = BasicProperties::default();
         let mut next_tag = self.next_tag.lock().await;
         let tag = *next_tag;
+        if work {
+            // A return carries no delivery tag: this tells which publish it was.
+            properties
+                .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+                .with_message_id(&tag.to_string());
+        } else {
+            properties.with_delivery_mode(DELIVERY_MODE_TRANSIENT);
+        }
         // Registered first: the confirm can arrive before `basic_publish`
         // returns.
         let confirm = self.confirms.expect(tag)?;
@@ -801,15 +1077,26 @@ fn unavailable(reason: impl ToString) -> BrokerError {
     BrokerError::Unavailable(reason.to_string())
 }
 
-/// Publishers waiting for their confirm, by delivery tag. A waiter gets
-/// `true` for an ack, `false` for a nack, and is dropped (its receiver sees
-/// an error) when the channel fails.
+/// How RabbitMQ answered a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    Nacked,
+    /// Acked, but returned first: a mandatory message no queue took.
+    Returned,
+}
+
+/// Publishers waiting for their confirm, by delivery tag. A waiter gets the
+/// [`Outcome`], or is dropped (its receiver sees an error) when the channel
+/// fails.
 #[derive(Default)]
 struct Confirms(Mutex<ConfirmState>);
 
 #[derive(Default)]
 struct ConfirmState {
-    waiters: BTreeMap<u64, oneshot::Sender<bool>>,
+    waiters: BTreeMap<u64, oneshot::Sender<Outcome>>,
+    /// Returned and not yet confirmed: RabbitMQ sends the return first.
+    returned: BTreeSet<u64>,
     failed: bool,
 }
 
@@ -820,7 +1107,7 @@ impl Confirms {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn expect(&self, tag: u64) -> Result<oneshot::Receiver<bool>, BrokerError> {
+    fn expect(&self, tag: u64) -> Result<oneshot::Receiver<Outcome>, BrokerError> {
         let mut state = self.state();
         if state.failed {
             return Err(unavailable("the publish channel closed"));
@@ -834,20 +1121,37 @@ impl Confirms {
         self.state().waiters.remove(&tag);
     }
 
+    fn returned(&self, tag: u64) {
+        let mut state = self.state();
+        if !state.failed {
+            state.returned.insert(tag);
+        }
+    }
+
     fn settle(&self, tag: u64, multiple: bool, acked: bool) {
-        let settled: Vec<_> = {
+        let (settled, returned) = {
             let mut state = self.state();
             if multiple {
-                let later = state.waiters.split_off(&tag.saturating_add(1));
-                std::mem::replace(&mut state.waiters, later)
-                    .into_values()
-                    .collect()
+                let later = tag.saturating_add(1);
+                let waiters = state.waiters.split_off(&later);
+                let returned = state.returned.split_off(&later);
+                (
+                    std::mem::replace(&mut state.waiters, waiters),
+                    std::mem::replace(&mut state.returned, returned),
+                )
             } else {
-                state.waiters.remove(&tag).into_iter().collect()
+                let waiter = state.waiters.remove_entry(&tag);
+                let returned = state.returned.take(&tag);
+                (waiter.into_iter().collect(), returned.into_iter().collect())
             }
         };
-        for waiter in settled {
-            let _ = waiter.send(acked);
+        for (tag, waiter) in settled {
+            let outcome = match (acked, returned.contains(&tag)) {
+                (false, _) => Outcome::Nacked,
+                (true, true) => Outcome::Returned,
+                (true, false) => Outcome::Acked,
+            };
+            let _ = waiter.send(outcome);
         }
     }
 
@@ -855,6 +1159,7 @@ impl Confirms {
         let mut state = self.state();
         state.failed = true;
         state.waiters.clear();
+        state.returned.clear();
     }
 }
 
@@ -921,8 +1226,20 @@ impl ChannelCallback for ChannelEvents {
         }
     }
 
-    /// Never `mandatory`, so nothing comes back.
-    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+    /// Only work is `mandatory`; its message id is its delivery tag.
+    async fn publish_return(
+        &mut self,
+        _: &Channel,
+        ret: Return,
+        properties: BasicProperties,
+        _: Vec<u8>,
+    ) {
+        tracing::warn!(%ret, "RabbitMQ returned an unroutable message");
+        let tag = properties.message_id().and_then(|id| id.parse().ok());
+        if let (Some(confirms), Some(tag)) = (&self.confirms, tag) {
+            confirms.returned(tag);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1001,11 +1318,11 @@ mod tests {
         let confirms = Confirms::default();
         let mut receivers: Vec<_> = (1..=4).map(|tag| confirms.expect(tag).unwrap()).collect();
         confirms.settle(2, false, true);
-        assert_eq!(receivers[1].try_recv(), Ok(true));
+        assert_eq!(receivers[1].try_recv(), Ok(Outcome::Acked));
         assert!(receivers[0].try_recv().is_err());
         confirms.settle(3, true, false);
-        assert_eq!(receivers[0].try_recv(), Ok(false));
-        assert_eq!(receivers[2].try_recv(), Ok(false));
+        assert_eq!(receivers[0].try_recv(), Ok(Outcome::Nacked));
+        assert_eq!(receivers[2].try_recv(), Ok(Outcome::Nacked));
         assert!(receivers[3].try_recv().is_err());
         confirms.fail_all();
         assert!(matches!(
@@ -1013,5 +1330,21 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed)
         ));
         assert!(confirms.expect(5).is_err());
+    }
+
+    #[test]
+    fn a_returned_message_fails_its_confirm_only() {
+        let confirms = Confirms::default();
+        let mut receivers: Vec<_> = (1..=4).map(|tag| confirms.expect(tag).unwrap()).collect();
+        confirms.returned(2);
+        confirms.returned(4);
+        confirms.settle(2, true, true);
+        assert_eq!(receivers[0].try_recv(), Ok(Outcome::Acked));
+        assert_eq!(receivers[1].try_recv(), Ok(Outcome::Returned));
+        confirms.settle(3, false, true);
+        assert_eq!(receivers[2].try_recv(), Ok(Outcome::Acked));
+        confirms.settle(4, false, true);
+        assert_eq!(receivers[3].try_recv(), Ok(Outcome::Returned));
+        assert!(confirms.state().returned.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Applied, BrokerError, Delivery, Topic};
+use super::{Applied, BrokerError, Delivery, Topic, Work};
 
 /// The shared medium. Clone it to let several instances (in one process)
 /// talk to each other.
@@ -18,6 +18,7 @@ pub struct MemoryBus {
 
 struct Member {
     sink: mpsc::Sender<Delivery>,
+    work: mpsc::Sender<Work>,
     bindings: Mutex<HashSet<String>>,
 }
 
@@ -32,9 +33,14 @@ impl MemoryBus {
         Self::default()
     }
 
-    pub(super) fn join(self, sink: mpsc::Sender<Delivery>) -> MemoryBroker {
+    pub(super) fn join(
+        self,
+        sink: mpsc::Sender<Delivery>,
+        work: mpsc::Sender<Work>,
+    ) -> MemoryBroker {
         let me = Arc::new(Member {
             sink,
+            work,
             bindings: Mutex::new(HashSet::new()),
         });
         self.members.lock().expect("bus lock").push(me.clone());
@@ -53,6 +59,9 @@ impl MemoryBroker {
         body: Bytes,
     ) -> Result<(), BrokerError> {
         let members = self.bus.members.lock().expect("bus lock").clone();
+        if topic == Topic::Materialize {
+            return deliver_work(&members, body).await;
+        }
         for member in members {
             let wanted = topic == Topic::Control
                 || member
@@ -99,4 +108,27 @@ impl MemoryBroker {
             .expect("bus lock")
             .retain(|member| !Arc::ptr_eq(member, &self.me));
     }
+}
+
+/// Hands a work message to the first member still working, in order, as
+/// RabbitMQ's single active consumer would. In one process nothing survives
+/// a crash anyway, so the acknowledgement is not waited for.
+async fn deliver_work(members: &[Arc<Member>], body: Bytes) -> Result<(), BrokerError> {
+    for member in members {
+        let (done, _applied) = tokio::sync::oneshot::channel();
+        if member
+            .work
+            .send(Work {
+                body: body.clone(),
+                done,
+            })
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+    }
+    Err(BrokerError::Unavailable(
+        "no instance is consuming feed work".into(),
+    ))
 }

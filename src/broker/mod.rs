@@ -1,10 +1,11 @@
 //! Carries events between server instances.
 //!
-//! Two topics: `Posts`, routed by a key derived from the author (each
-//! instance binds only the keys its sockets need), and `Control`, which every
-//! instance hears (follow changes; rare). Two implementations behind one
-//! handle: an in-process [`MemoryBus`] (the default, and for tests) and
-//! RabbitMQ.
+//! Three topics: `Posts`, routed by a key derived from the author (each
+//! instance binds only the keys its sockets need); `Control`, which every
+//! instance hears (follow changes; rare); and `Materialize`, a durable work
+//! queue whose messages are each handled once, in order, by one instance at
+//! a time (feed cache updates). Two implementations behind one handle: an
+//! in-process [`MemoryBus`] (the default, and for tests) and RabbitMQ.
 
 mod amqp;
 mod memory;
@@ -22,6 +23,8 @@ pub enum Topic {
     Posts,
     /// Follow changes; delivered to every instance.
     Control,
+    /// Feed cache work; each message goes to one instance, as a [`Work`].
+    Materialize,
 }
 
 /// One message received by this instance. The body is exactly what was
@@ -30,6 +33,14 @@ pub enum Topic {
 pub struct Delivery {
     pub topic: Topic,
     pub body: Bytes,
+}
+
+/// One message of the `Materialize` queue. Send on `done` once it has been
+/// applied; dropping `done` instead hands the message back to be redelivered.
+#[derive(Debug)]
+pub struct Work {
+    pub body: Bytes,
+    pub done: oneshot::Sender<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +72,16 @@ enum Inner {
 }
 
 impl Broker {
-    /// Starts the broker for this instance; deliveries go to `sink`. Returns
-    /// at once: with RabbitMQ down, the connection is retried in the
-    /// background and publishes fail with `Unavailable` until it is up.
-    pub fn start(kind: BrokerKind, sink: mpsc::Sender<Delivery>) -> Self {
+    /// Starts the broker for this instance: `Posts` and `Control` deliveries
+    /// go to `sink`, `Materialize` messages to `work`. Returns at once: with
+    /// RabbitMQ down, the connection is retried in the background and
+    /// publishes fail with `Unavailable` until it is up.
+    pub fn start(kind: BrokerKind, sink: mpsc::Sender<Delivery>, work: mpsc::Sender<Work>) -> Self {
         let inner = match kind {
-            BrokerKind::Memory(bus) => Inner::Memory(bus.join(sink)),
-            BrokerKind::Amqp(settings) => Inner::Amqp(amqp::AmqpBroker::start(settings, sink)),
+            BrokerKind::Memory(bus) => Inner::Memory(bus.join(sink, work)),
+            BrokerKind::Amqp(settings) => {
+                Inner::Amqp(amqp::AmqpBroker::start(settings, sink, work))
+            }
         };
         Self { inner }
     }

@@ -12,8 +12,8 @@ impl TextRule for PostTextRule {
 
 pub type PostText = Text<PostTextRule>;
 
-/// A post as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A post as the API shows it (and as the feed cache stores it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Post {
     pub id: PostId,
     pub text: String,

@@ -11,14 +11,20 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
     // Serialising our own plain data types into memory cannot fail.
     let body = serde_json::to_vec(value).expect("response types serialise");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = ok_json_bytes(Bytes::from(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, JSON);
     response
 }
 
 pub fn ok<T: Serialize + ?Sized>(value: &T) -> Response<Body> {
     json(StatusCode::OK, value)
+}
+
+/// 200 with a body that is JSON already.
+pub fn ok_json_bytes(body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    response
 }
 
 /// 200 with no body: what the spec documents for writes with nothing to return.

@@ -36,12 +36,14 @@ pub(super) async fn run(
                 Ok(change) => apply_follow_change(&registry, &store, &metrics, change),
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable follow change"),
             },
+            // Work messages go to the feed worker, never here.
+            Topic::Materialize => {}
         }
     }
 }
 
 /// One decode per delivery; each subscriber gets a refcount of the same frame.
-fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
+pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
     // With bucket routing, posts of authors nobody here follows arrive too.
     let Some(subscribers) = registry.subscribers(frame.author) else {
         return;

@@ -6,7 +6,7 @@
 //! broker ─▶ hub ─▶ registry (author ▶ sockets) ─▶ per-socket queue ─▶ session ─▶ client
 //! ```
 
-mod codec;
+pub mod codec;
 mod hub;
 mod registry;
 mod relay;
@@ -24,18 +24,19 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+// The engine's parts are public for the benchmarks in benches/.
+pub use hub::fan_out;
+pub use registry::Registry;
 pub use routing::Routing;
+pub use socket::{Push, Socket};
 
 use self::codec::FollowChange;
-use self::registry::Registry;
 use self::relay::Relay;
-use crate::broker::{Broker, BrokerKind, Topic};
+use crate::broker::{Broker, Delivery, Topic};
+use crate::cache::Feeds;
 use crate::domain::{Post, PostId, UserId};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{OutboxMessage, Store};
-
-/// Deliveries buffered between the broker and the hub.
-const DELIVERY_BUFFER: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct RealtimeSettings {
@@ -49,6 +50,7 @@ pub struct RealtimeSettings {
 
 pub struct Realtime {
     store: Store,
+    feeds: Arc<Feeds>,
     broker: Broker,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -70,18 +72,19 @@ impl Drop for SocketSlot {
 }
 
 impl Realtime {
-    /// Connects the broker and starts the hub and the outbox relay.
+    /// Starts the hub on `deliveries` (this instance's `Posts` and
+    /// `Control` messages) and the outbox relay; `shutdown` stops them.
     pub fn start(
         store: Store,
-        broker: BrokerKind,
+        feeds: Arc<Feeds>,
+        broker: Broker,
+        incoming: mpsc::Receiver<Delivery>,
         settings: RealtimeSettings,
         metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let (deliveries, incoming) = mpsc::channel(DELIVERY_BUFFER);
-        let broker = Broker::start(broker, deliveries);
         let registry = Arc::new(Registry::new(broker.clone(), settings.routing));
         let relay = Relay::new(store.clone(), broker.clone(), metrics.clone());
-        let shutdown = CancellationToken::new();
         tokio::spawn(hub::run(
             incoming,
             registry.clone(),
@@ -94,6 +97,7 @@ impl Realtime {
         });
         Arc::new(Self {
             store,
+            feeds,
             broker,
             registry,
             metrics,

@@ -19,7 +19,7 @@ use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
 
 /// Most posts sent on a `?since=` catch-up.
-const CATCH_UP_LIMIT: i64 = 1000;
+const CATCH_UP_LIMIT: usize = 1000;
 /// A close frame to a client that is not reading must not hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many of the last sent post ids a socket remembers.
@@ -157,8 +157,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let posts = realtime
-        .store
-        .posts_since(user, since, CATCH_UP_LIMIT)
+        .feeds
+        .newer_than(user, since, CATCH_UP_LIMIT)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
     for post in &posts {

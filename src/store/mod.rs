@@ -18,6 +18,7 @@ use tokio_postgres::NoTls;
 pub use error::StoreError;
 pub use migrate::{create_database_if_missing, migrate};
 pub use outbox::{ClaimedMessage, OutboxLeader, OutboxMessage};
+pub use posts::FeedSource;
 
 /// How the service talks to PostgreSQL.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ fn topic_code(topic: Topic) -> i16 {
     match topic {
         Topic::Posts => 1,
         Topic::Control => 2,
+        Topic::Materialize => 3,
     }
 }
 
@@ -37,27 +38,27 @@ fn topic_from_code(code: i16) -> Option<Topic> {
     match code {
         1 => Some(Topic::Posts),
         2 => Some(Topic::Control),
+        3 => Some(Topic::Materialize),
         _ => None,
     }
 }
 
-/// Writes `message` inside the caller's transaction.
+/// Writes `messages`, in order, inside the caller's transaction.
 pub(super) async fn enqueue(
     tx: &Transaction<'_>,
-    message: &OutboxMessage,
+    messages: &[OutboxMessage],
 ) -> Result<(), StoreError> {
     let insert = tx
         .prepare_cached("INSERT INTO outbox (topic, routing_key, body) VALUES ($1, $2, $3)")
         .await?;
-    tx.execute(
-        &insert,
-        &[
-            &topic_code(message.topic),
-            &message.routing_key,
-            &message.body.as_ref(),
-        ],
-    )
-    .await?;
+    for message in messages {
+        let topic = topic_code(message.topic);
+        tx.execute(
+            &insert,
+            &[&topic, &message.routing_key, &message.body.as_ref()],
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -210,7 +211,7 @@ mod tests {
 
     #[test]
     fn topic_codes_round_trip() {
-        for topic in [Topic::Posts, Topic::Control] {
+        for topic in [Topic::Posts, Topic::Control, Topic::Materialize] {
             assert_eq!(topic_from_code(topic_code(topic)), Some(topic));
         }
         assert_eq!(topic_from_code(0), None);

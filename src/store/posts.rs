@@ -6,13 +6,13 @@ use super::{Store, StoreError};
 use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
 
 impl Store {
-    /// Stores the post and, in the same transaction, the event announcing it.
+    /// Stores the post and, in the same transaction, the events announcing it.
     pub async fn create_post(
         &self,
         id: PostId,
         author: UserId,
         text: &PostText,
-        event: &OutboxMessage,
+        events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -29,7 +29,7 @@ impl Store {
                 e.into()
             });
         }
-        enqueue(&tx, event).await?;
+        enqueue(&tx, events).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -39,44 +39,114 @@ impl Store {
         author: UserId,
         id: PostId,
         text: &PostText,
+        events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let update = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let update = tx
             .prepare_cached(
                 "UPDATE posts SET text = $3, updated_at = now() WHERE id = $1 AND author_id = $2",
             )
             .await?;
-        let updated = client
+        let updated = tx
             .execute(&update, &[id.as_uuid(), author.as_uuid(), &text.as_str()])
             .await?;
         if updated == 0 {
-            return Err(Self::why_not_authored(&client, id).await);
+            return Err(Self::why_not_authored(&tx, id).await);
         }
+        enqueue(&tx, events).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn delete_post(&self, author: UserId, id: PostId) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let delete = client
+    pub async fn delete_post(
+        &self,
+        author: UserId,
+        id: PostId,
+        events: &[OutboxMessage],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let delete = tx
             .prepare_cached("DELETE FROM posts WHERE id = $1 AND author_id = $2")
             .await?;
-        let deleted = client
+        let deleted = tx
             .execute(&delete, &[id.as_uuid(), author.as_uuid()])
             .await?;
         if deleted == 0 {
-            return Err(Self::why_not_authored(&client, id).await);
+            return Err(Self::why_not_authored(&tx, id).await);
         }
+        enqueue(&tx, events).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn post(&self, id: PostId) -> Result<Post, StoreError> {
+        self.find_post(id)
+            .await?
+            .ok_or(StoreError::NotFound("post"))
+    }
+
+    pub async fn find_post(&self, id: PostId) -> Result<Option<Post>, StoreError> {
         let client = self.client().await?;
         let select = client
             .prepare_cached("SELECT id, text, author_id FROM posts WHERE id = $1")
             .await?;
         let row = client.query_opt(&select, &[id.as_uuid()]).await?;
-        row.map(|row| post_from_row(&row))
-            .ok_or(StoreError::NotFound("post"))
+        Ok(row.map(|row| post_from_row(&row)))
+    }
+
+    /// What a cached feed is built from: the newest `limit` posts of the
+    /// non-celebrity authors `reader` follows, newest first, and the
+    /// celebrities they follow (merged in at read time instead).
+    pub async fn feed_source(&self, reader: UserId, limit: i64) -> Result<FeedSource, StoreError> {
+        let client = self.client().await?;
+        let posts = client
+            .prepare_cached(
+                "SELECT p.id, p.text, p.author_id \
+                 FROM friends f \
+                 JOIN users u ON u.id = f.friend_id AND NOT u.celebrity \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id, text, author_id FROM posts \
+                     WHERE author_id = f.friend_id \
+                     ORDER BY id DESC LIMIT $2 \
+                 ) p \
+                 WHERE f.user_id = $1 \
+                 ORDER BY p.id DESC LIMIT $2",
+            )
+            .await?;
+        let celebrities = client
+            .prepare_cached(
+                "SELECT f.friend_id FROM friends f \
+                 JOIN users u ON u.id = f.friend_id AND u.celebrity \
+                 WHERE f.user_id = $1",
+            )
+            .await?;
+        let posts = client.query(&posts, &[reader.as_uuid(), &limit]).await?;
+        let celebrities = client.query(&celebrities, &[reader.as_uuid()]).await?;
+        Ok(FeedSource {
+            posts: posts.iter().map(post_from_row).collect(),
+            celebrities: celebrities
+                .iter()
+                .map(|row| UserId::from_uuid(row.get(0)))
+                .collect(),
+        })
+    }
+
+    /// The newest `limit` posts of `author`, newest first.
+    pub async fn newest_posts_of(
+        &self,
+        author: UserId,
+        limit: i64,
+    ) -> Result<Vec<Post>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT id, text, author_id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2",
+            )
+            .await?;
+        let rows = client.query(&select, &[author.as_uuid(), &limit]).await?;
+        Ok(rows.iter().map(post_from_row).collect())
     }
 
     /// The newest posts of the users `reader` follows, newest first.
@@ -156,12 +226,12 @@ impl Store {
 
     /// After an author-scoped write touched no row: was the post missing, or
     /// someone else's?
-    async fn why_not_authored(client: &deadpool_postgres::Client, id: PostId) -> StoreError {
+    async fn why_not_authored(tx: &deadpool_postgres::Transaction<'_>, id: PostId) -> StoreError {
         let lookup = async {
-            let select = client
+            let select = tx
                 .prepare_cached("SELECT 1 FROM posts WHERE id = $1")
                 .await?;
-            client.query_opt(&select, &[id.as_uuid()]).await
+            tx.query_opt(&select, &[id.as_uuid()]).await
         };
         match lookup.await {
             Ok(Some(_)) => StoreError::NotAuthor,
@@ -169,6 +239,12 @@ impl Store {
             Err(e) => e.into(),
         }
     }
+}
+
+/// See [`Store::feed_source`].
+pub struct FeedSource {
+    pub posts: Vec<Post>,
+    pub celebrities: Vec<UserId>,
 }
 
 fn post_from_row(row: &Row) -> Post {

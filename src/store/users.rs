@@ -83,6 +83,25 @@ impl Store {
         Ok(rows.iter().map(user_from_row).collect())
     }
 
+    /// User ids, those who follow the most others first; `limit` of them,
+    /// or all.
+    pub async fn users_by_follows(&self, limit: Option<i64>) -> Result<Vec<UserId>, StoreError> {
+        let client = self.client().await?;
+        let select = client
+            .prepare_cached(
+                "SELECT u.id FROM users u \
+                 LEFT JOIN (SELECT user_id, count(*) AS follows FROM friends GROUP BY user_id) f \
+                   ON f.user_id = u.id \
+                 ORDER BY f.follows DESC NULLS LAST, u.id LIMIT $1",
+            )
+            .await?;
+        let rows = client.query(&select, &[&limit]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| UserId::from_uuid(row.get(0)))
+            .collect())
+    }
+
     pub(super) async fn require_user(
         client: &deadpool_postgres::Client,
         id: UserId,

@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    Brokers, FeedClient, TcpProxy, TestApp, TestUser, amqp_url, fresh_database, rabbit_broker,
+    Brokers, FeedClient, TcpProxy, TestApp, TestUser, Vhost, fresh_database, rabbit_broker,
 };
 
 /// Runs a scenario once on the in-process broker and once on RabbitMQ.
@@ -380,9 +380,10 @@ async fn metrics_count_sockets_and_deliveries() {
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
+    // Two events each for the follow and the post (live, and feed cache).
     // The relay deletes a row and counts it just after the broker confirms
     // it, which may be after the frame went out: wait for the count.
-    let published = "livefeed_outbox_published_total 2\n";
+    let published = "livefeed_outbox_published_total 4\n";
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let text = app.get("/metrics", None).await.text().await.unwrap();
@@ -400,7 +401,8 @@ async fn metrics_count_sockets_and_deliveries() {
 /// reach the follower once it is back, without restarting anything.
 #[tokio::test]
 async fn posts_created_while_rabbitmq_is_down_arrive_when_it_returns() {
-    let rabbit: url::Url = amqp_url().parse().unwrap();
+    let vhost = std::sync::Arc::new(Vhost::create().await);
+    let rabbit: url::Url = vhost.url().parse().unwrap();
     let target = format!(
         "{}:{}",
         rabbit.host_str().unwrap(),
@@ -415,8 +417,10 @@ async fn posts_created_while_rabbitmq_is_down_arrive_when_it_returns() {
         .unwrap();
 
     let database = fresh_database().await;
-    let a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
+    let mut a =
+        TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
     let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
+    a.keep(vhost);
     let author = a.register("Автор", "Настойчивый").await;
     let reader = a.register("Читатель", "Терпеливый").await;
     a.follow(&reader, &author).await;

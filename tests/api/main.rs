@@ -5,6 +5,7 @@ mod auth;
 mod dialogs;
 mod errors;
 mod feed;
+mod feed_cache;
 mod lifecycle;
 mod live;
 mod outage;

@@ -1,32 +1,43 @@
 use hyper::Response;
 
 use crate::app::App;
+use crate::cache::{FeedEvent, Feeds};
 use crate::domain::{FeedPage, NewPost, Post, PostEdit, PostId, UserId};
-use crate::http::response::{ok, ok_empty};
+use crate::http::response::{ok, ok_empty, ok_json_bytes};
 use crate::http::{ApiError, Body};
 
 /// Answers the new post's id as a bare JSON string, as the spec says. The
-/// live event is stored with the post and published after commit.
+/// live and feed events are stored with the post and published after commit.
 pub async fn create(app: &App, me: UserId, new: NewPost) -> Result<Response<Body>, ApiError> {
     let post = Post {
         id: PostId::new_v7(),
         text: new.text.as_str().to_owned(),
         author_user_id: me,
     };
-    let event = app.realtime.post_event(&post);
+    let events = [
+        app.realtime.post_event(&post),
+        Feeds::event(FeedEvent::PostCreated { post: post.id }),
+    ];
     app.store
-        .create_post(post.id, me, &new.text, &event)
+        .create_post(post.id, me, &new.text, &events)
         .await?;
     Ok(ok(&post.id))
 }
 
 pub async fn update(app: &App, me: UserId, edit: PostEdit) -> Result<Response<Body>, ApiError> {
-    app.store.update_post(me, edit.id, &edit.text).await?;
+    let events = [Feeds::event(FeedEvent::PostUpdated { post: edit.id })];
+    app.store
+        .update_post(me, edit.id, &edit.text, &events)
+        .await?;
     Ok(ok_empty())
 }
 
 pub async fn delete(app: &App, me: UserId, id: PostId) -> Result<Response<Body>, ApiError> {
-    app.store.delete_post(me, id).await?;
+    let events = [Feeds::event(FeedEvent::PostDeleted {
+        post: id,
+        author: me,
+    })];
+    app.store.delete_post(me, id, &events).await?;
     Ok(ok_empty())
 }
 
@@ -35,5 +46,5 @@ pub async fn get(app: &App, id: PostId) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn feed(app: &App, me: UserId, page: FeedPage) -> Result<Response<Body>, ApiError> {
-    Ok(ok(&app.store.feed(me, page).await?))
+    Ok(ok_json_bytes(app.feeds.page(me, page).await?))
 }

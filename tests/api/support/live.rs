@@ -1,5 +1,6 @@
 //! Websocket clients of `/post/feed/posted`, and instance pairs on either broker.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,14 +12,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
+use super::vhost::Vhost;
 use super::{TestApp, fresh_database};
 
 /// Bound on waiting for any one websocket event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// Which broker the instances of a test share.
 #[derive(Debug, Clone, Copy)]
@@ -28,20 +26,36 @@ pub enum Brokers {
 }
 
 impl Brokers {
-    /// Two instances on one database and one broker.
+    /// Two instances on one database and one broker (with RabbitMQ, in a
+    /// virtual host of the test's own).
     pub async fn spawn_pair(self, extra_args: &[&str]) -> (TestApp, TestApp) {
         let database = fresh_database().await;
-        let (a, b) = match self {
+        match self {
             Self::Memory => {
                 let bus = MemoryBus::new();
-                (BrokerKind::Memory(bus.clone()), BrokerKind::Memory(bus))
+                (
+                    TestApp::spawn_on_broker(
+                        &database,
+                        extra_args,
+                        BrokerKind::Memory(bus.clone()),
+                    )
+                    .await,
+                    TestApp::spawn_on_broker(&database, extra_args, BrokerKind::Memory(bus)).await,
+                )
             }
-            Self::RabbitMq => (rabbit_broker(&amqp_url()), rabbit_broker(&amqp_url())),
-        };
-        (
-            TestApp::spawn_on_broker(&database, extra_args, a).await,
-            TestApp::spawn_on_broker(&database, extra_args, b).await,
-        )
+            Self::RabbitMq => {
+                let vhost = Arc::new(Vhost::create().await);
+                let mut a =
+                    TestApp::spawn_on_broker(&database, extra_args, rabbit_broker(vhost.url()))
+                        .await;
+                let mut b =
+                    TestApp::spawn_on_broker(&database, extra_args, rabbit_broker(vhost.url()))
+                        .await;
+                a.keep(vhost.clone());
+                b.keep(vhost);
+                (a, b)
+            }
+        }
     }
 }
 

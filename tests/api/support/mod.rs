@@ -3,7 +3,9 @@
 
 mod live;
 mod proxy;
+mod vhost;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use livefeed::app::App;
@@ -15,8 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use live::{Brokers, FeedClient, amqp_url, rabbit_broker};
+pub use live::{Brokers, FeedClient, rabbit_broker};
 pub use proxy::TcpProxy;
+pub use vhost::Vhost;
 
 pub const SECRET: &str = "integration-test-secret-integration-test";
 pub const PASSWORD: &str = "correct horse battery";
@@ -55,6 +58,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Whatever must outlive the server (a RabbitMQ virtual host).
+    resources: Vec<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +89,16 @@ impl TestApp {
         extra_args: &[&str],
         broker: BrokerKind,
     ) -> Self {
+        // `TEST_LOG=debug cargo test ...` shows the servers' logs.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
+        // Instances of one test share its database and so its Redis keys;
+        // other tests' keys are out of reach.
+        let prefix = format!("{}:", database_url.rsplit('/').next().unwrap_or("test"));
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
@@ -91,6 +106,8 @@ impl TestApp {
             database_url,
             "--jwt-secret",
             SECRET,
+            "--redis-prefix",
+            &prefix,
         ];
         args.extend_from_slice(extra_args);
         let config = Config::from_args(args).expect("test configuration is valid");
@@ -116,7 +133,13 @@ impl TestApp {
                 .unwrap(),
             shutdown: Some(shutdown),
             server: Some(server),
+            resources: Vec::new(),
         }
+    }
+
+    /// Keeps `resource` alive as long as this app.
+    pub fn keep(&mut self, resource: Arc<dyn std::any::Any + Send + Sync>) {
+        self.resources.push(resource);
     }
 
     /// Signals shutdown and waits for `server::run` to return.
@@ -224,6 +247,27 @@ impl TestApp {
             .to_owned()
     }
 
+    /// Polls `reader`'s feed until its post texts are `expected`: the cache
+    /// is updated through the queue, a moment after each write.
+    pub async fn feed_settles_to(&self, reader: &TestUser, query: &str, expected: &[&str]) {
+        let mut last = Vec::new();
+        let settled = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                last = self.feed(reader, query).await;
+                if texts(&last) == expected {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            settled.is_ok(),
+            "feed{query} never became {expected:?}; last: {:?}",
+            texts(&last)
+        );
+    }
+
     pub async fn feed(&self, reader: &TestUser, query: &str) -> Vec<Value> {
         let response = self
             .get(&format!("/post/feed{query}"), Some(&reader.token))
@@ -271,6 +315,11 @@ pub async fn expect_error(response: Response, status: StatusCode) -> String {
     let message = body["message"].as_str().expect("message is a string");
     assert!(!message.is_empty());
     message.to_owned()
+}
+
+/// The `text` of each post.
+pub fn texts(posts: &[Value]) -> Vec<&str> {
+    posts.iter().map(|p| p["text"].as_str().unwrap()).collect()
 }
 
 /// The set of keys of a JSON object.

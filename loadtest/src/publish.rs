@@ -1,0 +1,157 @@
+//! Writes the run's posts through `POST /post/create`, open-loop at a rate,
+//! spread over the instances; each post carries its sequence number, author
+//! and send time in its text.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::marker;
+use crate::opts::{Target, unix_micros};
+use crate::pace::Pacer;
+use crate::protocol::Posted;
+use crate::stats::{Latency, Tally};
+use crate::token::Minter;
+
+/// Requests in flight at once; beyond, the schedule waits (and the wait
+/// shows in the create latency).
+const MAX_IN_FLIGHT: usize = 256;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Publisher {
+    http: reqwest::Client,
+    bases: Vec<String>,
+    run: String,
+    /// Token of each author (user index).
+    tokens: HashMap<u32, String>,
+    pub sent: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+}
+
+/// What publishing did.
+pub struct Published {
+    pub attempted: u64,
+    pub posted: Vec<Posted>,
+    pub failures: Tally,
+    /// From each post's due time to its create answer.
+    pub create: Latency,
+    pub first_sent_micros: u64,
+    pub seconds: f64,
+}
+
+impl Publisher {
+    pub fn new(
+        targets: &[Target],
+        run: &str,
+        users: &[Uuid],
+        schedule: &[u32],
+        minter: &Minter,
+    ) -> anyhow::Result<Self> {
+        let mut tokens = HashMap::new();
+        for &author in schedule {
+            tokens
+                .entry(author)
+                .or_insert_with(|| minter.mint(users[author as usize]));
+        }
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .pool_max_idle_per_host(MAX_IN_FLIGHT)
+                .build()?,
+            bases: targets.iter().map(|t| t.base.clone()).collect(),
+            run: run.to_owned(),
+            tokens,
+            sent: Arc::default(),
+            failed: Arc::default(),
+        })
+    }
+
+    /// Post `seq` is written by `schedule[seq]`, due at `seq / rate` seconds.
+    pub async fn run(&self, schedule: &[u32], rate: f64) -> Published {
+        let started = Instant::now();
+        let pacer = Pacer::new(started, rate);
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut tasks = JoinSet::new();
+        let first_sent_micros = unix_micros();
+        for (seq, &author) in schedule.iter().enumerate() {
+            let due = pacer.due(seq as u64);
+            tokio::time::sleep_until(due).await;
+            let permit = in_flight
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let seq = seq as u32;
+            let url = format!(
+                "{}/post/create",
+                self.bases[seq as usize % self.bases.len()]
+            );
+            let request = self.http.post(url).bearer_auth(&self.tokens[&author]);
+            let run = self.run.clone();
+            let sent = self.sent.clone();
+            tasks.spawn(async move {
+                let text = marker::post_text(&run, seq, author, unix_micros());
+                sent.fetch_add(1, Ordering::Relaxed);
+                let outcome = create(request.json(&json!({ "text": text }))).await;
+                drop(permit);
+                (Posted { seq, author }, outcome, due.elapsed())
+            });
+        }
+        let mut published = Published {
+            attempted: schedule.len() as u64,
+            posted: Vec::with_capacity(schedule.len()),
+            failures: Tally::new(),
+            create: Latency::default(),
+            first_sent_micros,
+            seconds: 0.0,
+        };
+        while let Some(joined) = tasks.join_next().await {
+            let (post, outcome, latency) = joined.expect("a create task panicked");
+            published.create.record(latency);
+            match outcome {
+                Ok(()) => published.posted.push(post),
+                Err(kind) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    *published.failures.entry(kind).or_default() += 1;
+                }
+            }
+        }
+        published.posted.sort_unstable_by_key(|post| post.seq);
+        published.seconds = started.elapsed().as_secs_f64();
+        published
+    }
+}
+
+/// Sends one create; the kind of failure if it did not answer a post id.
+async fn create(request: reqwest::RequestBuilder) -> Result<(), String> {
+    let response = request.send().await.map_err(|e| request_error(&e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("http {}", status.as_u16()));
+    }
+    match response.json::<String>().await {
+        Ok(id) if Uuid::parse_str(&id).is_ok() => Ok(()),
+        Ok(_) => Err("answer is not a post id".into()),
+        Err(e) => Err(request_error(&e)),
+    }
+}
+
+pub fn request_error(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timeout".into()
+    } else if error.is_connect() {
+        "connect".into()
+    } else if error.is_decode() {
+        "bad answer".into()
+    } else {
+        "request".into()
+    }
+}

@@ -1,0 +1,467 @@
+//! `rest`: a weighted mix of /post/feed, /post/create, /user/get and
+//! /user/search from seeded users, either open-loop at `--rate` (latency
+//! from each request's due time: coordinated omission corrected) or, with
+//! no rate, as fast as `--concurrency` loops can go (closed loop: latency
+//! is plain service time).
+
+use std::fmt::Write;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::cost::{CpuMark, CpuReport, Servers};
+use crate::marker::TAG;
+use crate::opts::{self, Common, Target};
+use crate::pace::{self, Pacer, parse_rate};
+use crate::population::Population;
+use crate::publish::request_error;
+use crate::report::{self, ProgressLine, Report, Verdict, latency_line, tally_line};
+use crate::rng::Rng;
+use crate::social::follow_graph;
+use crate::stats::{Latency, Summary, Tally, add_tally, tally_total};
+use crate::token::Minter;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Seeded users the requests act as.
+    #[arg(short = 'u', long, default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    users: u32,
+    /// Users each user follows (their posts make up its feed).
+    #[arg(short = 'f', long, default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    follows: u32,
+    /// Posts seeded per user before the run.
+    #[arg(long, default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    posts_per_user: u32,
+    /// Requests per second (open loop). Without it: as fast as possible.
+    #[arg(short = 'r', long, value_parser = parse_rate)]
+    rate: Option<f64>,
+    /// Requests in flight at most (open loop), or request loops (closed loop).
+    #[arg(short = 'c', long, default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+    /// Seconds of traffic.
+    #[arg(short = 'd', long, default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration: u64,
+    /// Weights of the operations: feed, create, get, search.
+    #[arg(long, default_value = "feed=50,create=10,get=25,search=15")]
+    mix: Mix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Feed,
+    Create,
+    Get,
+    Search,
+}
+
+const OPS: [Op; 4] = [Op::Feed, Op::Create, Op::Get, Op::Search];
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Feed => "feed",
+            Op::Create => "create",
+            Op::Get => "get",
+            Op::Search => "search",
+        }
+    }
+}
+
+/// Cumulative weights, in [`OPS`] order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mix([u32; 4]);
+
+impl FromStr for Mix {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let mut weights = [0u32; 4];
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected name=weight, got {part:?}"))?;
+            let slot = OPS
+                .iter()
+                .position(|op| op.name() == name.trim())
+                .ok_or_else(|| format!("unknown operation {name:?} (feed, create, get, search)"))?;
+            weights[slot] = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight {weight:?}"))?;
+        }
+        let mut cumulative = [0u32; 4];
+        let mut sum = 0u32;
+        for (total, weight) in cumulative.iter_mut().zip(weights) {
+            sum = sum.checked_add(weight).ok_or("weights too large")?;
+            *total = sum;
+        }
+        if sum == 0 {
+            return Err("the mix needs a positive weight".into());
+        }
+        Ok(Mix(cumulative))
+    }
+}
+
+impl Mix {
+    fn pick(&self, rng: &mut Rng) -> Op {
+        let draw = rng.below(u64::from(self.0[3])) as u32;
+        OPS[self
+            .0
+            .iter()
+            .position(|total| draw < *total)
+            .expect("draw below the sum")]
+    }
+}
+
+/// Per-operation results.
+#[derive(Default)]
+struct Tallies {
+    latency: [Latency; 4],
+    ok: [u64; 4],
+    errors: [Tally; 4],
+}
+
+#[derive(Serialize)]
+struct RestReport {
+    run: String,
+    instances: Vec<String>,
+    mode: String,
+    target_rate: Option<f64>,
+    concurrency: u32,
+    seconds: f64,
+    requests: u64,
+    errors: u64,
+    achieved_rate: f64,
+    /// Open loop: from each request's due time (coordinated omission
+    /// corrected); closed loop: service time.
+    latency: Summary,
+    operations: Vec<OperationReport>,
+    /// Operations are requests.
+    cpu: CpuReport,
+}
+
+#[derive(Serialize)]
+struct OperationReport {
+    name: &'static str,
+    ok: u64,
+    errors: Tally,
+    latency: Summary,
+}
+
+impl Report for RestReport {
+    const SCENARIO: &'static str = "rest";
+
+    fn human(&self, out: &mut String) {
+        let _ = writeln!(out, "rest (run {})", self.run);
+        let _ = writeln!(out, "  {:<24} {}", "instances", self.instances.join(" "));
+        let _ = writeln!(
+            out,
+            "  {:<24} {}, concurrency {}, {} requests in {:.1}s = {:.0}/s, {} errors",
+            "mode",
+            self.mode,
+            self.concurrency,
+            self.requests,
+            self.seconds,
+            self.achieved_rate,
+            self.errors
+        );
+        latency_line(out, "all", &self.latency);
+        for op in &self.operations {
+            latency_line(out, op.name, &op.latency);
+            tally_line(out, &format!("{} errors", op.name), &op.errors);
+        }
+        self.cpu.human(out, "cpu", "request", "requests");
+        self.cpu.load_human(out);
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.errors > 0 {
+            problems.push(format!("{} requests failed", self.errors));
+        }
+        if let Some(rate) = self.target_rate
+            && self.achieved_rate < rate * 0.9
+        {
+            problems.push(format!(
+                "achieved {:.0} requests/s of the {rate} asked",
+                self.achieved_rate
+            ));
+        }
+        problems
+    }
+}
+
+/// What every request needs.
+struct Caller {
+    http: reqwest::Client,
+    bases: Vec<String>,
+    users: Vec<Uuid>,
+    tokens: Vec<String>,
+    first_name: String,
+    run: String,
+    tallies: Mutex<Tallies>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<Verdict> {
+    let run = opts::new_run_id();
+    let targets = Target::resolve_all(&args.common.urls).await?;
+    let mut line = ProgressLine::new();
+    let mut rng = Rng::new(args.common.seed);
+    let edges = follow_graph(args.users, args.follows, &mut rng);
+    line.note(&format!(
+        "run {run}: seeding {} users, {} follow edges, {} posts each",
+        args.users,
+        edges.len(),
+        args.posts_per_user
+    ));
+    let population = Population::seed(&args.common, &run, args.users as usize, &edges).await?;
+    let outcome = async {
+        population.seed_posts(args.posts_per_user as usize).await?;
+        opts::interruptible(traffic(&args, &targets, &population, rng, &mut line)).await
+    }
+    .await;
+    drop(line);
+    population.cleanup().await;
+    report::conclude(&outcome?, args.common.json)
+}
+
+async fn traffic(
+    args: &Args,
+    targets: &[Target],
+    population: &Population,
+    mut rng: Rng,
+    line: &mut ProgressLine,
+) -> anyhow::Result<RestReport> {
+    let minter = Minter::new(&args.common.jwt_secret)?;
+    let servers = Servers::new(&args.common.server_pids, targets)?;
+    let context = Arc::new(Caller {
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(args.concurrency as usize)
+            .build()
+            .context("building the HTTP client")?,
+        bases: targets.iter().map(|t| t.base.clone()).collect(),
+        users: population.users.clone(),
+        tokens: population.users.iter().map(|u| minter.mint(*u)).collect(),
+        first_name: population.first_name(),
+        run: population.run.clone(),
+        tallies: Mutex::new(Tallies::default()),
+    });
+    let duration = Duration::from_secs(args.duration);
+    let start = CpuMark::take(&servers, &[]);
+    let started = Instant::now();
+    let traffic = async {
+        match args.rate {
+            Some(rate) => {
+                open_loop(
+                    &context,
+                    &args.mix,
+                    rate,
+                    duration,
+                    args.concurrency,
+                    &mut rng,
+                )
+                .await
+            }
+            None => {
+                closed_loop(
+                    &context,
+                    &args.mix,
+                    duration,
+                    args.concurrency,
+                    args.common.seed,
+                )
+                .await
+            }
+        }
+    };
+    tokio::pin!(traffic);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            () = &mut traffic => break,
+            _ = tick.tick() => {
+                let tallies = context.tallies.lock().expect("tallies lock");
+                let ok: u64 = tallies.ok.iter().sum();
+                let errors: u64 = tallies.errors.iter().map(tally_total).sum();
+                drop(tallies);
+                line.show(&format!("requests: {ok} ok, {errors} errors"));
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let end = CpuMark::take(&servers, &[]);
+    line.end_line();
+
+    let tallies = context.tallies.lock().expect("tallies lock");
+    let mut all = Latency::default();
+    let mut errors = Tally::new();
+    let mut operations = Vec::new();
+    for (i, op) in OPS.iter().enumerate() {
+        all.merge(&tallies.latency[i]);
+        add_tally(&mut errors, &tallies.errors[i]);
+        operations.push(OperationReport {
+            name: op.name(),
+            ok: tallies.ok[i],
+            errors: tallies.errors[i].clone(),
+            latency: tallies.latency[i].summary(),
+        });
+    }
+    let requests = all.count();
+    Ok(RestReport {
+        run: population.run.clone(),
+        instances: context.bases.clone(),
+        mode: match args.rate {
+            Some(rate) => format!("open loop at {rate}/s"),
+            None => "closed loop, as fast as possible".to_owned(),
+        },
+        target_rate: args.rate,
+        concurrency: args.concurrency,
+        seconds,
+        requests,
+        errors: tally_total(&errors),
+        achieved_rate: requests as f64 / seconds,
+        latency: all.summary(),
+        operations,
+        cpu: end.since(&start, &servers, requests),
+    })
+}
+
+/// Request `i` is due at `i / rate`; the latency counts from then.
+async fn open_loop(
+    context: &Arc<Caller>,
+    mix: &Mix,
+    rate: f64,
+    duration: Duration,
+    concurrency: u32,
+    rng: &mut Rng,
+) {
+    let pacer = Pacer::new(Instant::now(), rate);
+    let in_flight = Arc::new(Semaphore::new(concurrency as usize));
+    let mut tasks = JoinSet::new();
+    for i in 0..pace::count(duration, rate) {
+        let due = pacer.due(i);
+        tokio::time::sleep_until(due).await;
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let op = mix.pick(rng);
+        let who = rng.below(context.users.len() as u64) as usize;
+        let other = rng.below(context.users.len() as u64) as usize;
+        let context = context.clone();
+        tasks.spawn(async move {
+            context.call(op, i, who, other, due).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// `concurrency` loops, each sending its next request when the last answers.
+async fn closed_loop(
+    context: &Arc<Caller>,
+    mix: &Mix,
+    duration: Duration,
+    concurrency: u32,
+    seed: u64,
+) {
+    let deadline = Instant::now() + duration;
+    let mut tasks = JoinSet::new();
+    for lane in 0..concurrency {
+        let context = context.clone();
+        let mix = mix.clone();
+        let mut rng = Rng::new(seed ^ (u64::from(lane) << 32) ^ 0x5eed);
+        tasks.spawn(async move {
+            let mut i = u64::from(lane) << 40;
+            while Instant::now() < deadline {
+                let op = mix.pick(&mut rng);
+                let who = rng.below(context.users.len() as u64) as usize;
+                let other = rng.below(context.users.len() as u64) as usize;
+                context.call(op, i, who, other, Instant::now()).await;
+                i += 1;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+impl Caller {
+    /// One request as user `who` (about user `other`), timed from `since`.
+    async fn call(&self, op: Op, i: u64, who: usize, other: usize, since: Instant) {
+        let base = &self.bases[i as usize % self.bases.len()];
+        let request = match op {
+            Op::Feed => self.http.get(format!("{base}/post/feed?offset=0&limit=10")),
+            Op::Create => self
+                .http
+                .post(format!("{base}/post/create"))
+                .json(&json!({ "text": format!("{TAG}{}:rest:{i}", self.run) })),
+            Op::Get => self
+                .http
+                .get(format!("{base}/user/get/{}", self.users[other])),
+            Op::Search => self.http.get(format!(
+                // Names are U0000000..: a 5-digit prefix matches up to 100.
+                "{base}/user/search?first_name={}&last_name=U{:05}",
+                self.first_name,
+                other / 100
+            )),
+        };
+        let outcome = match request.bearer_auth(&self.tokens[who]).send().await {
+            Ok(response) if response.status().is_success() => match response.bytes().await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(request_error(&e)),
+            },
+            Ok(response) => Err(format!("http {}", response.status().as_u16())),
+            Err(e) => Err(request_error(&e)),
+        };
+        let elapsed = since.elapsed();
+        let slot = op as usize;
+        let mut tallies = self.tallies.lock().expect("tallies lock");
+        tallies.latency[slot].record(elapsed);
+        match outcome {
+            Ok(()) => tallies.ok[slot] += 1,
+            Err(kind) => *tallies.errors[slot].entry(kind).or_default() += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_picks_by_weight() {
+        let mix: Mix = "feed=3, get=1".parse().unwrap();
+        assert_eq!(mix, Mix([3, 3, 4, 4]));
+        let mut rng = Rng::new(1);
+        let mut counts = [0u32; 4];
+        for _ in 0..4000 {
+            counts[mix.pick(&mut rng) as usize] += 1;
+        }
+        assert_eq!((counts[1], counts[3]), (0, 0));
+        assert!((2800..3200).contains(&counts[0]), "{counts:?}");
+        for bad in ["feed", "feed=x", "nap=1", "feed=0", ""] {
+            assert!(bad.parse::<Mix>().is_err(), "{bad}");
+        }
+    }
+}

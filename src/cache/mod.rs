@@ -1,0 +1,251 @@
+//! The feed: served from Redis, materialised there by the feed worker from
+//! the `Materialize` queue, and read from PostgreSQL whenever the cache
+//! cannot answer (not built yet, too far back, Redis down).
+
+mod events;
+mod redis;
+mod warm;
+mod worker;
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub use self::events::FeedEvent;
+pub use self::redis::{CacheError, FEED_CAPACITY};
+use self::redis::{CachedPage, RedisFeeds};
+pub use self::warm::{WarmOptions, WarmReport, warm};
+pub use self::worker::run as run_worker;
+use crate::broker::Topic;
+use crate::domain::{FeedPage, Post, PostId, UserId};
+use crate::store::{OutboxMessage, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub redis_url: String,
+    /// Prefix of every key, so several deployments (or tests) share a Redis.
+    pub key_prefix: String,
+    /// Authors with more followers than this are celebrities.
+    pub celebrity_threshold: i64,
+}
+
+pub struct Feeds {
+    store: Store,
+    cache: RedisFeeds,
+    celebrity_threshold: i64,
+}
+
+impl Feeds {
+    pub fn new(store: Store, settings: &CacheSettings) -> Result<Arc<Self>, CacheError> {
+        Ok(Arc::new(Self {
+            store,
+            cache: RedisFeeds::new(&settings.redis_url, &settings.key_prefix)?,
+            celebrity_threshold: settings.celebrity_threshold,
+        }))
+    }
+
+    /// The outbox message that will bring the cache up to date with `event`.
+    pub fn event(event: FeedEvent) -> OutboxMessage {
+        OutboxMessage {
+            topic: Topic::Materialize,
+            routing_key: String::new(),
+            body: event.encode(),
+        }
+    }
+
+    /// A page of `reader`'s feed as the JSON array the API answers. From the
+    /// cache when it can answer; from PostgreSQL otherwise (and a missing
+    /// feed is rebuilt in the background).
+    pub async fn page(
+        self: &Arc<Self>,
+        reader: UserId,
+        page: FeedPage,
+    ) -> Result<Bytes, StoreError> {
+        let (offset, limit) = (page.offset() as usize, page.limit() as usize);
+        if offset + limit <= FEED_CAPACITY
+            && let Some(posts) = self.cached(reader, offset, limit).await
+        {
+            return Ok(json_array(posts.iter().map(|(_, body)| body.as_ref())));
+        }
+        let posts = self.store.feed(reader, page).await?;
+        Ok(Bytes::from(
+            serde_json::to_vec(&posts).expect("posts serialise"),
+        ))
+    }
+
+    /// The posts of `reader`'s feed newer than `since`, oldest first, at
+    /// most `limit`: what a reconnecting live client missed.
+    pub async fn newer_than(
+        self: &Arc<Self>,
+        reader: UserId,
+        since: PostId,
+        limit: usize,
+    ) -> Result<Vec<Post>, StoreError> {
+        if let Some(cached) = self.cached(reader, 0, FEED_CAPACITY).await {
+            let window_reaches_since =
+                cached.len() < FEED_CAPACITY || cached.last().is_some_and(|(id, _)| *id <= since);
+            if window_reaches_since {
+                let mut newer: Vec<Post> = cached
+                    .iter()
+                    .take_while(|(id, _)| *id > since)
+                    .filter_map(|(_, body)| serde_json::from_slice(body).ok())
+                    .collect();
+                newer.reverse();
+                newer.truncate(limit);
+                return Ok(newer);
+            }
+        }
+        self.store.posts_since(reader, since, limit as i64).await
+    }
+
+    /// The cached page, or `None` after scheduling whatever rebuild it needs.
+    async fn cached(
+        self: &Arc<Self>,
+        reader: UserId,
+        offset: usize,
+        limit: usize,
+    ) -> Option<Vec<(PostId, Bytes)>> {
+        match self.cache.page(reader, offset, limit).await {
+            Ok(CachedPage::Hit(posts)) => return Some(posts),
+            Ok(CachedPage::MissingFeed) => {
+                let feeds = self.clone();
+                tokio::spawn(async move { feeds.rebuild_feed(reader).await });
+            }
+            Ok(CachedPage::MissingAuthor(author)) => {
+                let feeds = self.clone();
+                tokio::spawn(async move { feeds.rebuild_author(author).await });
+            }
+            Ok(CachedPage::Incomplete) => {}
+            Err(e) => tracing::debug!(error = %e, "feed cache unavailable, reading PostgreSQL"),
+        }
+        None
+    }
+
+    async fn rebuild_feed(&self, user: UserId) {
+        if let Err(e) = self.try_rebuild_feed(user).await {
+            tracing::warn!(%user, error = %e, "feed rebuild failed");
+        }
+    }
+
+    async fn try_rebuild_feed(&self, user: UserId) -> Result<(), WorkError> {
+        if !self.cache.begin_feed(user).await? {
+            return Ok(());
+        }
+        let source = self.store.feed_source(user, FEED_CAPACITY as i64).await?;
+        let complete = source.posts.len() < FEED_CAPACITY;
+        self.cache
+            .finish_feed(user, &source.posts, complete, &source.celebrities)
+            .await?;
+        Ok(())
+    }
+
+    /// Builds `user`'s feed afresh from PostgreSQL, replacing a cached one.
+    pub async fn warm_feed(&self, user: UserId) -> Result<(), WorkError> {
+        self.cache.invalidate_feeds(&[user]).await?;
+        self.try_rebuild_feed(user).await
+    }
+
+    async fn rebuild_author(&self, author: UserId) {
+        let rebuilt = async {
+            if !self.cache.begin_author(author).await? {
+                return Ok(());
+            }
+            let posts = self
+                .store
+                .newest_posts_of(author, FEED_CAPACITY as i64)
+                .await?;
+            let complete = posts.len() < FEED_CAPACITY;
+            self.cache.finish_author(author, &posts, complete).await?;
+            Ok::<_, WorkError>(())
+        };
+        if let Err(e) = rebuilt.await {
+            tracing::warn!(%author, error = %e, "celebrity timeline rebuild failed");
+        }
+    }
+
+    /// Brings the cache in line with the truth after `event`.
+    async fn apply(&self, event: FeedEvent) -> Result<(), WorkError> {
+        match event {
+            FeedEvent::PostCreated { post } => {
+                let Some(post) = self.store.find_post(post).await? else {
+                    return Ok(());
+                };
+                self.cache.put_posts(std::slice::from_ref(&post)).await?;
+                let author = post.author_user_id;
+                if self.store.is_celebrity(author).await? {
+                    self.cache.add_to_author(author, post.id).await?;
+                } else {
+                    let followers = self.store.followers(author).await?;
+                    self.cache.add_to_feeds(&followers, post.id).await?;
+                }
+            }
+            FeedEvent::PostUpdated { post: id } => match self.store.find_post(id).await? {
+                Some(post) => self.cache.put_posts(&[post]).await?,
+                None => self.cache.delete_post(id).await?,
+            },
+            FeedEvent::PostDeleted { post, author } => {
+                self.cache.delete_post(post).await?;
+                self.cache.remove_from_author(author, post).await?;
+                let followers = self.store.followers(author).await?;
+                self.cache.remove_from_feeds(&followers, post).await?;
+            }
+            FeedEvent::FollowChanged { user, author } => {
+                // Rebuilt from the truth when next read: the followed
+                // author's recent posts appear, or an unfollowed one's go.
+                self.cache.invalidate_feeds(&[user]).await?;
+                self.reconsider_celebrity(author).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flips `author`'s celebrity flag when their follower count crossed the
+    /// threshold, and drops the feeds that were built the other way.
+    async fn reconsider_celebrity(&self, author: UserId) -> Result<(), WorkError> {
+        let (celebrity, followers) = self.store.celebrity_status(author).await?;
+        let should_be = followers > self.celebrity_threshold;
+        if should_be == celebrity {
+            return Ok(());
+        }
+        self.store.set_celebrity(author, should_be).await?;
+        tracing::info!(%author, followers, celebrity = should_be, "celebrity status changed");
+        let followers = self.store.followers(author).await?;
+        self.cache.invalidate_feeds(&followers).await?;
+        self.cache.invalidate_author(author).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Joins JSON documents into a JSON array without parsing them.
+fn json_array<'a>(items: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut out = BytesMut::with_capacity(1024);
+    out.put_u8(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(item);
+    }
+    out.put_u8(b']');
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_array;
+
+    #[test]
+    fn joins_documents_into_an_array() {
+        assert_eq!(&json_array([].into_iter())[..], b"[]");
+        let docs: [&[u8]; 2] = [b"{\"a\":1}", b"{\"b\":2}"];
+        assert_eq!(&json_array(docs.into_iter())[..], b"[{\"a\":1},{\"b\":2}]");
+    }
+}

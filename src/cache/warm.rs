@@ -1,0 +1,74 @@
+//! `livefeed warm-cache`: builds cached feeds ahead of their first read,
+//! after a Redis flush or on a new deployment. Uses the same build protocol
+//! as a read, so it is safe while the service serves traffic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+
+use super::Feeds;
+use crate::store::Store;
+
+pub struct WarmOptions {
+    /// Only the users who follow the most others (their feeds cost the most
+    /// to build from PostgreSQL); all users when `None`.
+    pub users: Option<i64>,
+    /// Feeds built at once.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct WarmReport {
+    pub built: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+}
+
+pub async fn warm(
+    store: &Store,
+    feeds: &Arc<Feeds>,
+    options: &WarmOptions,
+) -> anyhow::Result<WarmReport> {
+    let started = Instant::now();
+    let users = store.users_by_follows(options.users).await?;
+    let total = users.len();
+    eprintln!("warming {total} feeds, {} at a time", options.concurrency);
+    let built = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    let progress = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let done = built.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r{done}/{total} feeds, {rate:.0}/s, {} failed   ",
+                failed.load(Ordering::Relaxed)
+            );
+        }
+    };
+    let work = futures_util::stream::iter(users).for_each_concurrent(options.concurrency, |user| {
+        let (built, failed) = (&built, &failed);
+        async move {
+            match feeds.warm_feed(user).await {
+                Ok(()) => built.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "cannot warm feed");
+                    failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    });
+    tokio::select! {
+        () = work => {}
+        () = progress => {}
+    }
+    eprintln!();
+    Ok(WarmReport {
+        built: built.into_inner(),
+        failed: failed.into_inner(),
+        elapsed: started.elapsed(),
+    })
+}

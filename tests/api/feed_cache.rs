@@ -1,0 +1,371 @@
+//! The feed served from Redis: materialised through the queue, celebrities
+//! merged at read time, rebuilt from PostgreSQL when missing, and PostgreSQL
+//! alone when Redis is down.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::support::{TestApp, TestUser, fresh_database, sql, texts};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The test's Redis key prefix (the harness uses the database name).
+fn prefix(app: &TestApp) -> String {
+    format!("{}:", app.database_url.rsplit('/').next().unwrap())
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is reachable")
+}
+
+/// Deletes every key of this test, as a flush or an eviction would.
+async fn flush(app: &TestApp) {
+    let mut redis = redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", prefix(app)))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+}
+
+/// How many post ids the cached feed of `user` holds, once it is built.
+async fn cached_feed_len(app: &TestApp, user: &TestUser) -> usize {
+    cached_len(app, user, &format!("{}feed:{}", prefix(app), user.id)).await
+}
+
+/// How many post ids the cached set `key` holds, once it is built. Reading
+/// `reader`'s feed meanwhile is what makes missing sets get built.
+async fn cached_len(app: &TestApp, reader: &TestUser, key: &str) -> usize {
+    let mut redis = redis().await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            app.feed(reader, "").await;
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            if members.iter().any(|m| m == "!c" || m == "!p") {
+                return members.iter().filter(|m| !m.starts_with('!')).count();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the feed gets cached")
+}
+
+async fn update(app: &TestApp, author: &TestUser, id: &str, text: &str) {
+    let response = app
+        .call(
+            Method::PUT,
+            "/post/update",
+            Some(&author.token),
+            Some(json!({ "id": id, "text": text })),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn delete(app: &TestApp, author: &TestUser, id: &str) {
+    let path = format!("/post/delete/{id}");
+    let response = app
+        .call(Method::PUT, &path, Some(&author.token), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+async fn unfollow(app: &TestApp, follower: &TestUser, author: &TestUser) {
+    let path = format!("/friend/delete/{}", author.id);
+    let response = app
+        .call(Method::PUT, &path, Some(&follower.token), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn updates_and_deletes_show_at_once_in_cached_feeds() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Правящий").await;
+    let readers = [
+        app.register("Читатель", "Один").await,
+        app.register("Читатель", "Два").await,
+    ];
+    for reader in &readers {
+        app.follow(reader, &author).await;
+    }
+    let first = app.create_post(&author, "первый").await;
+    let second = app.create_post(&author, "второй").await;
+    for reader in &readers {
+        app.feed_settles_to(reader, "", &["второй", "первый"]).await;
+        assert_eq!(
+            cached_feed_len(&app, reader).await,
+            2,
+            "served from the cache"
+        );
+    }
+
+    update(&app, &author, &first, "первый, исправленный").await;
+    delete(&app, &author, &second).await;
+    for reader in &readers {
+        app.feed_settles_to(reader, "", &["первый, исправленный"])
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn following_adds_recent_posts_and_unfollowing_removes_them() {
+    let app = TestApp::spawn().await;
+    let old_friend = app.register("Старый", "Друг").await;
+    let new_friend = app.register("Новый", "Друг").await;
+    let reader = app.register("Читатель", "Переменчивый").await;
+    app.follow(&reader, &old_friend).await;
+    app.create_post(&new_friend, "n1").await;
+    app.create_post(&old_friend, "o1").await;
+    app.create_post(&new_friend, "n2").await;
+    app.feed_settles_to(&reader, "", &["o1"]).await;
+    cached_feed_len(&app, &reader).await;
+
+    app.follow(&reader, &new_friend).await;
+    app.feed_settles_to(&reader, "", &["n2", "o1", "n1"]).await;
+
+    unfollow(&app, &reader, &old_friend).await;
+    app.feed_settles_to(&reader, "", &["n2", "n1"]).await;
+}
+
+#[tokio::test]
+async fn crossing_the_celebrity_threshold_does_not_change_what_followers_see() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &["--celebrity-threshold", "2"]).await;
+    let star = app.register("Звезда", "Яркая").await;
+    let friend = app.register("Друг", "Обычный").await;
+    let fans = [
+        app.register("Поклонник", "Первый").await,
+        app.register("Поклонник", "Второй").await,
+        app.register("Поклонник", "Третий").await,
+    ];
+    for fan in &fans {
+        app.follow(fan, &friend).await;
+    }
+    app.follow(&fans[0], &star).await;
+    app.follow(&fans[1], &star).await;
+    app.create_post(&star, "s1").await;
+    app.create_post(&friend, "f1").await;
+    app.create_post(&star, "s2").await;
+    for fan in &fans[..2] {
+        app.feed_settles_to(fan, "", &["s2", "f1", "s1"]).await;
+    }
+
+    // The third follower makes the star a celebrity (more than 2 followers).
+    app.follow(&fans[2], &star).await;
+    let db = sql(&database).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = db
+                .query_one(
+                    "SELECT celebrity FROM users WHERE id = $1::text::uuid",
+                    &[&star.id],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, bool>(0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the star becomes a celebrity");
+    app.create_post(&star, "s3").await;
+    app.create_post(&friend, "f2").await;
+    for fan in &fans {
+        app.feed_settles_to(fan, "", &["f2", "s3", "s2", "f1", "s1"])
+            .await;
+        app.feed_settles_to(fan, "?offset=1&limit=2", &["s3", "s2"])
+            .await;
+    }
+    let timeline = cached_len(
+        &app,
+        &fans[0],
+        &format!("{}author:{}", prefix(&app), star.id),
+    )
+    .await;
+    assert_eq!(timeline, 3, "the star's posts, kept once for all fans");
+
+    // Back under the threshold: the same feeds again.
+    unfollow(&app, &fans[2], &star).await;
+    app.create_post(&star, "s4").await;
+    for fan in &fans[..2] {
+        app.feed_settles_to(fan, "", &["s4", "f2", "s3", "s2", "f1", "s1"])
+            .await;
+    }
+    app.feed_settles_to(&fans[2], "", &["f2", "f1"]).await;
+}
+
+#[tokio::test]
+async fn feeds_come_back_identical_after_redis_is_flushed() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Стойкий").await;
+    let reader = app.register("Читатель", "Упорный").await;
+    app.follow(&reader, &author).await;
+    for n in 0..5 {
+        app.create_post(&author, &format!("p{n}")).await;
+    }
+    let expected = ["p4", "p3", "p2", "p1", "p0"];
+    app.feed_settles_to(&reader, "", &expected).await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 5);
+
+    flush(&app).await;
+    app.feed_settles_to(&reader, "", &expected).await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 5, "rebuilt on read");
+    app.create_post(&author, "p5").await;
+    app.feed_settles_to(&reader, "?limit=2", &["p5", "p4"])
+        .await;
+}
+
+#[tokio::test]
+async fn feeds_are_served_from_postgresql_while_redis_is_unreachable() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let redis_url = format!("redis://127.0.0.1:{closed}");
+    let app = TestApp::spawn_with(&fresh_database().await, &["--redis-url", &redis_url]).await;
+    let author = app.register("Автор", "Независимый").await;
+    let reader = app.register("Читатель", "Терпеливый").await;
+    app.follow(&reader, &author).await;
+    app.create_post(&author, "без кеша").await;
+
+    let response = app.get("/post/feed", Some(&reader.token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let feed: Vec<serde_json::Value> = response.json().await.unwrap();
+    assert_eq!(texts(&feed), ["без кеша"]);
+}
+
+#[tokio::test]
+async fn pages_beyond_the_cached_thousand_come_from_postgresql() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Графоман").await;
+    let reader = app.register("Читатель", "Дотошный").await;
+    app.follow(&reader, &author).await;
+    // Written straight to the database: 1,005 posts through the API would
+    // only slow the test; the feed is built from PostgreSQL on first read.
+    let db = sql(&app.database_url).await;
+    db.execute(
+        "INSERT INTO posts (id, author_id, text) \
+         SELECT (lpad(to_hex(n), 12, '0') || '-7000-8000-000000000000')::uuid, $1::text::uuid, 'p' || n \
+         FROM generate_series(1, 1005) n",
+        &[&author.id],
+    )
+    .await
+    .unwrap();
+
+    app.feed_settles_to(&reader, "?limit=3", &["p1005", "p1004", "p1003"])
+        .await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 1000);
+    app.feed_settles_to(&reader, "?offset=998&limit=4", &["p7", "p6", "p5", "p4"])
+        .await;
+    app.feed_settles_to(
+        &reader,
+        "?offset=1000&limit=10",
+        &["p5", "p4", "p3", "p2", "p1"],
+    )
+    .await;
+}
+
+/// A long random mix of writes through the API, with some authors above
+/// the celebrity threshold; once the queue has drained, every feed page
+/// equals a plain SQL query of the truth.
+#[tokio::test]
+async fn random_writes_leave_every_feed_equal_to_the_truth() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &["--celebrity-threshold", "3"]).await;
+    let mut users = Vec::new();
+    for n in 0..8 {
+        users.push(app.register("Случайный", &format!("Пользователь{n}")).await);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut posts: HashMap<String, usize> = HashMap::new();
+    for step in 0..300 {
+        let actor = rng.random_range(0..users.len());
+        let other = rng.random_range(0..users.len());
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let id = app
+                    .create_post(&users[actor], &format!("post {step}"))
+                    .await;
+                posts.insert(id, actor);
+            }
+            4 => {
+                if let Some((id, author)) = posts
+                    .iter()
+                    .nth(rng.random_range(0..posts.len().max(1)))
+                    .map(|(id, a)| (id.clone(), *a))
+                {
+                    update(&app, &users[author], &id, &format!("edited {step}")).await;
+                }
+            }
+            5 => {
+                if let Some((id, author)) = posts
+                    .iter()
+                    .nth(rng.random_range(0..posts.len().max(1)))
+                    .map(|(id, a)| (id.clone(), *a))
+                {
+                    delete(&app, &users[author], &id).await;
+                    posts.remove(&id);
+                }
+            }
+            6..=7 if actor != other => app.follow(&users[actor], &users[other]).await,
+            8 if actor != other => unfollow(&app, &users[actor], &users[other]).await,
+            _ => {
+                // Reads in between, so feeds get built and then kept up to date.
+                app.feed(&users[actor], "?limit=5").await;
+            }
+        }
+    }
+
+    let db = sql(&database).await;
+    let celebrities: i64 = db
+        .query_one("SELECT count(*) FROM users WHERE celebrity", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(celebrities > 0, "the run crossed the celebrity threshold");
+    for user in &users {
+        let truth: Vec<String> = db
+            .query(
+                "SELECT p.text FROM posts p JOIN friends f ON f.friend_id = p.author_id \
+                 WHERE f.user_id = $1::text::uuid ORDER BY p.id DESC",
+                &[&user.id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let truth: Vec<&str> = truth.iter().map(String::as_str).collect();
+        app.feed_settles_to(user, "?limit=1000", &truth).await;
+        let page: Vec<&str> = truth.iter().skip(3).take(4).copied().collect();
+        app.feed_settles_to(user, "?offset=3&limit=4", &page).await;
+    }
+}

@@ -1,0 +1,523 @@
+//! `deploy/nginx.conf` in front of two instances: the real nginx (Debian's
+//! package, installed by `scripts/test`) runs the committed configuration,
+//! through a symlink, with test-made include files that point its upstream at
+//! two local instances on one database and RabbitMQ. Everything the test does
+//! afterwards goes through nginx.
+
+#[allow(dead_code, unused_imports)]
+#[path = "api/support/mod.rs"]
+mod support;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+use support::{PASSWORD, TestApp, TestUser, Vhost, fresh_database, json_ok, rabbit_broker};
+
+/// The binary of Debian's `nginx` package.
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// Bound on nginx starting to accept connections, and on it stopping.
+const NGINX_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on every request and every websocket event of the test.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn nginx_balances_rest_and_websockets_over_two_instances() {
+    assert!(
+        Path::new(NGINX).exists(),
+        "{NGINX} not found: this test runs Debian's nginx. Run scripts/test, which \
+         installs it (or: apt-get install -y nginx)"
+    );
+    let database = fresh_database().await;
+    let vhost = std::sync::Arc::new(Vhost::create().await);
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    a.keep(vhost);
+    let taps = [Tap::start(&a).await, Tap::start(&b).await];
+    let nginx = Nginx::start(&[taps[0].address, taps[1].address]).await;
+    let gateway = Gateway::new(nginx.address);
+
+    // REST is spread over both instances, on upstream connections that nginx
+    // keeps alive between requests, with the forwarding headers set.
+    const REQUESTS: usize = 20;
+    for n in 0..REQUESTS {
+        let mut request = gateway.request(Method::GET, "/healthz");
+        if n == 0 {
+            request = request.header("x-request-id", "chosen-by-the-client");
+        }
+        let response = request.send().await.expect("request reaches nginx");
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .expect("the app's x-request-id comes through nginx")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(is_app_request_id(&request_id), "{request_id}");
+        assert_eq!(json_ok(response).await, json!({ "status": "ok" }));
+    }
+    let traffic = taps.each_ref().map(Tap::traffic);
+    let served = traffic
+        .each_ref()
+        .map(|requests| requests.matches("GET /healthz HTTP/1.1\r\n").count());
+    assert_eq!(served.iter().sum::<usize>(), REQUESTS, "{served:?}");
+    assert!(
+        served.iter().all(|&count| count > 0),
+        "the {REQUESTS} requests through nginx went to one instance only: {served:?}"
+    );
+    let opened: usize = taps.each_ref().map(Tap::connections).iter().sum();
+    assert!(
+        opened <= 4,
+        "{REQUESTS} requests opened {opened} upstream connections: no keepalive?"
+    );
+    let traffic = traffic.concat();
+    let request_ids = header_values(&traffic, "x-request-id");
+    assert_eq!(request_ids.len(), REQUESTS, "{request_ids:?}");
+    assert!(
+        request_ids.contains(&"chosen-by-the-client"),
+        "{request_ids:?}"
+    );
+    let made_by_nginx = request_ids
+        .iter()
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .count();
+    assert_eq!(made_by_nginx, REQUESTS - 1, "{request_ids:?}");
+    assert_eq!(
+        header_values(&traffic, "x-forwarded-for"),
+        vec!["127.0.0.1"; REQUESTS]
+    );
+
+    // A body over the app's limit (64 KiB) but within nginx's (1 MiB) gets
+    // the app's JSON 413, not nginx's HTML one.
+    let big = json!({ "first_name": "x".repeat(100 * 1024) });
+    let response = gateway
+        .call(Method::POST, "/user/register", None, Some(big))
+        .await;
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "nginx answered {} itself, not the app",
+        response.status()
+    );
+    support::expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+
+    // The live feed: a post reaches the follower's sockets on both instances.
+    let author = gateway.register("Автор", "Балансируемый").await;
+    let follower = gateway.register("Читатель", "Проксированный").await;
+    gateway.follow(&follower, &author).await;
+    let mut first = FeedSocket::connect(nginx.address, &follower.token).await;
+    let mut second = FeedSocket::connect(nginx.address, &follower.token).await;
+    // least_conn: the second socket goes to the instance without one.
+    assert_eq!(
+        (open_sockets(&a).await, open_sockets(&b).await),
+        (1, 1),
+        "one websocket on each instance"
+    );
+    let id = gateway.create_post(&author, "пост через nginx").await;
+    let expected =
+        json!({ "postId": id, "postText": "пост через nginx", "author_user_id": author.id });
+    assert_eq!(first.next_post().await, expected);
+    assert_eq!(second.next_post().await, expected);
+
+    let errors: Vec<String> = nginx
+        .error_log()
+        .lines()
+        .filter(|line| {
+            ["[error]", "[crit]", "[alert]", "[emerg]"]
+                .iter()
+                .any(|level| line.contains(level))
+        })
+        // worker_rlimit_nofile above this machine's hard limit: compose raises
+        // that limit for the nginx container; here the old one stays.
+        .filter(|line| !line.contains("setrlimit(RLIMIT_NOFILE"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "nginx logged errors:\n{}",
+        errors.join("\n")
+    );
+}
+
+/// `<8 hex digits>-<hex counter>`, as the app makes them.
+fn is_app_request_id(id: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    id.split_once('-')
+        .is_some_and(|(prefix, counter)| prefix.len() == 8 && hex(prefix) && hex(counter))
+}
+
+/// The values of header `name` in the requests of `traffic`.
+fn header_values<'a>(traffic: &'a str, name: &str) -> Vec<&'a str> {
+    traffic
+        .split("\r\n")
+        .filter_map(|line| line.split_once(": "))
+        .filter(|(header, _)| header.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value)
+        .collect()
+}
+
+/// `livefeed_open_sockets` of one instance, asked directly.
+async fn open_sockets(app: &TestApp) -> u64 {
+    let metrics = app
+        .get("/metrics", None)
+        .await
+        .text()
+        .await
+        .expect("reading /metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("livefeed_open_sockets "))
+        .expect("livefeed_open_sockets in /metrics")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+// ------------------------------------------------------------------ nginx ---
+
+/// nginx running `deploy/nginx.conf` in a directory of its own (its prefix:
+/// temp files, pid file, include files, error log). Stopped on drop.
+struct Nginx {
+    address: SocketAddr,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    /// Starts nginx in front of `upstreams`, on a free local port, and waits
+    /// until it accepts connections.
+    async fn start(upstreams: &[SocketAddr]) -> Self {
+        let dir = std::env::temp_dir().join(format!("livefeed-nginx-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).expect("creating nginx's directory");
+        // The committed file itself: nginx finds the includes next to the
+        // path it is given, so a symlink here makes it read ours.
+        let conf = dir.join("nginx.conf");
+        let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf");
+        std::os::unix::fs::symlink(&committed, &conf).expect("linking deploy/nginx.conf");
+        let servers: String = upstreams
+            .iter()
+            .map(|address| format!("server {address};\n"))
+            .collect();
+        std::fs::write(dir.join("nginx-upstreams.conf"), servers).unwrap();
+        let address = free_local_port();
+        std::fs::write(
+            dir.join("nginx-listen.conf"),
+            format!("listen {address};\n"),
+        )
+        .unwrap();
+
+        let log = File::create(dir.join("error.log")).unwrap();
+        let globals = format!("daemon off; pid {};", dir.join("nginx.pid").display());
+        let child = Command::new(NGINX)
+            .arg("-e")
+            .arg("stderr")
+            .arg("-p")
+            .arg(format!("{}/", dir.display()))
+            .arg("-c")
+            .arg(&conf)
+            .arg("-g")
+            .arg(globals)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting nginx");
+        let mut nginx = Self {
+            address,
+            dir,
+            child,
+        };
+        nginx.wait_until_accepting().await;
+        nginx
+    }
+
+    async fn wait_until_accepting(&mut self) {
+        let deadline = Instant::now() + NGINX_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("nginx exited ({status}) at start:\n{}", self.error_log());
+            }
+            if TcpStream::connect(self.address).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not accept connections on {} within {NGINX_TIMEOUT:?}:\n{}",
+                self.address,
+                self.error_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    /// SIGTERM, so the master stops its workers too; SIGKILL if it lingers.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + NGINX_TIMEOUT;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A local address nobody listens on (bound and released: another process
+/// could take it meanwhile, which would fail the start clearly).
+fn free_local_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+// ------------------------------------------------------------------- taps ---
+
+/// A TCP forwarder between nginx and one instance that counts the
+/// connections nginx opens and records what it sends: which instance
+/// requests reach, with which headers, and whether upstream connections are
+/// kept alive.
+struct Tap {
+    address: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<u8>>>,
+    forwarding: JoinHandle<()>,
+}
+
+impl Tap {
+    async fn start(app: &TestApp) -> Self {
+        let target: SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let forwarding = tokio::spawn(forward(
+            listener,
+            target,
+            connections.clone(),
+            received.clone(),
+        ));
+        Self {
+            address,
+            connections,
+            received,
+            forwarding,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Everything nginx sent to the instance so far.
+    fn traffic(&self) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()).into_owned()
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.forwarding.abort();
+    }
+}
+
+async fn forward(
+    listener: TcpListener,
+    target: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    received: Arc<Mutex<Vec<u8>>>,
+) {
+    // Connections end when either side closes, or with the test's runtime.
+    while let Ok((inbound, _)) = listener.accept().await {
+        connections.fetch_add(1, Ordering::SeqCst);
+        let received = received.clone();
+        tokio::spawn(async move {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            let (mut from_nginx, mut to_nginx) = inbound.into_split();
+            let (mut from_app, mut to_app) = outbound.into_split();
+            let upstream = async {
+                let mut buffer = vec![0; 16 * 1024];
+                while let Ok(n @ 1..) = from_nginx.read(&mut buffer).await {
+                    received.lock().unwrap().extend_from_slice(&buffer[..n]);
+                    if to_app.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to_app.shutdown().await;
+            };
+            let downstream = async {
+                let _ = tokio::io::copy(&mut from_app, &mut to_nginx).await;
+                let _ = to_nginx.shutdown().await;
+            };
+            tokio::join!(upstream, downstream);
+        });
+    }
+}
+
+// ---------------------------------------------------------------- clients ---
+
+/// The REST calls of the test, against nginx's address.
+struct Gateway {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    fn new(address: SocketAddr) -> Self {
+        Self {
+            base: format!("http://{address}"),
+            client: reqwest::Client::builder().timeout(TIMEOUT).build().unwrap(),
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut request = self.request(method, path);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request reaches nginx")
+    }
+
+    async fn register(&self, first_name: &str, second_name: &str) -> TestUser {
+        let body = json!({
+            "first_name": first_name,
+            "second_name": second_name,
+            "birthdate": "1990-05-17",
+            "biography": "За балансировщиком",
+            "city": "Москва",
+            "password": PASSWORD,
+        });
+        let response = self
+            .call(Method::POST, "/user/register", None, Some(body))
+            .await;
+        let id = json_ok(response).await["user_id"]
+            .as_str()
+            .expect("user_id is a string")
+            .to_owned();
+        let login = json!({ "id": id, "password": PASSWORD });
+        let response = self.call(Method::POST, "/login", None, Some(login)).await;
+        let token = json_ok(response).await["token"]
+            .as_str()
+            .expect("token is a string")
+            .to_owned();
+        TestUser { id, token }
+    }
+
+    async fn follow(&self, follower: &TestUser, author: &TestUser) {
+        let path = format!("/friend/set/{}", author.id);
+        let response = self
+            .call(Method::PUT, &path, Some(&follower.token), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    async fn create_post(&self, author: &TestUser, text: &str) -> String {
+        let body = json!({ "text": text });
+        let response = self
+            .call(
+                Method::POST,
+                "/post/create",
+                Some(&author.token),
+                Some(body),
+            )
+            .await;
+        json_ok(response)
+            .await
+            .as_str()
+            .expect("/post/create answers the id as a JSON string")
+            .to_owned()
+    }
+}
+
+/// A websocket of `/post/feed/posted` through nginx.
+struct FeedSocket {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl FeedSocket {
+    /// Connects and returns once the socket is subscribed: the server answers
+    /// a client ping only then, so every later post is delivered.
+    async fn connect(address: SocketAddr, token: &str) -> Self {
+        let mut request = format!("ws://{address}/post/feed/posted")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let stream = TcpStream::connect(address).await.unwrap();
+        let (ws, _) =
+            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream))
+                .await
+                .expect("websocket handshake within the timeout")
+                .expect("websocket handshake through nginx");
+        let mut socket = Self { ws };
+        socket
+            .ws
+            .send(Message::Ping(Bytes::from_static(b"ready?")))
+            .await
+            .unwrap();
+        loop {
+            match socket.next_message().await {
+                Message::Pong(payload) if payload.as_ref() == b"ready?" => return socket,
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected the pong, got {other:?}"),
+            }
+        }
+    }
+
+    async fn next_post(&mut self) -> Value {
+        loop {
+            match self.next_message().await {
+                Message::Text(text) => return serde_json::from_str(&text).expect("post is JSON"),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("expected a post, got {other:?}"),
+            }
+        }
+    }
+
+    async fn next_message(&mut self) -> Message {
+        match tokio::time::timeout(TIMEOUT, self.ws.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(other) => panic!("websocket ended: {other:?}"),
+            Err(_) => panic!("no websocket event within {TIMEOUT:?}"),
+        }
+    }
+}
