@@ -27,20 +27,8 @@
 # --until                LIVEFEED_SEED_UNTIL            2026-11-01 (posts dated over the year before)
 # --replace              LIVEFEED_SEED_REPLACE          off
 #
-# The binary: $LIVEFEED_BIN if set, else target/release/livefeed if it exists
-# (rebuild it with `cargo build --release` after changing the code), else
-# `cargo run --release`. The default size takes a few minutes on 2 cores and
-# about 5 GB of disk (tables, indexes and WAL).
+# The binary is picked by scripts/run-livefeed ($LIVEFEED_BIN, else
+# target/release/livefeed, else `cargo run --release`). The default size
+# takes a few minutes on 2 cores and about 6 GB of disk (tables, indexes and WAL).
 set -euo pipefail
-
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-release_bin="${CARGO_TARGET_DIR:-$root/target}/release/livefeed"
-
-if [[ -n "${LIVEFEED_BIN:-}" ]]; then
-  exec "$LIVEFEED_BIN" seed "$@"
-elif [[ -x "$release_bin" ]]; then
-  exec "$release_bin" seed "$@"
-else
-  cd "$root"
-  exec cargo run --release --bin livefeed -- seed "$@"
-fi
+exec "$(dirname "${BASH_SOURCE[0]}")/../scripts/run-livefeed" seed "$@"

@@ -48,6 +48,25 @@ impl CacheConfig {
     }
 }
 
+/// `livefeed warm-cache`.
+#[derive(Debug, Clone, Args)]
+pub struct WarmCacheArgs {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    #[command(flatten)]
+    pub cache: CacheConfig,
+
+    /// Only the N users who follow the most others; all users when unset.
+    #[arg(long, env = "LIVEFEED_WARM_USERS", value_parser = clap::value_parser!(i64).range(1..))]
+    pub users: Option<i64>,
+
+    /// Feeds built at once.
+    #[arg(long, env = "LIVEFEED_WARM_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use livefeed::app::App;
-use livefeed::config::{Config, DatabaseConfig};
+use livefeed::cache::{self, Feeds, WarmOptions};
+use livefeed::config::{Config, DatabaseConfig, WarmCacheArgs};
+use livefeed::store::{Store, StoreSettings};
 use livefeed::{server, store};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -40,6 +41,9 @@ enum Command {
     /// Fill the database with a deterministic data set (users, follows,
     /// posts) for load tests; see db/generate_data.sh.
     Seed(livefeed::seed::SeedArgs),
+    /// Build the Redis feeds from PostgreSQL ahead of their first read
+    /// (safe while the service runs); see cache/generate_data.sh.
+    WarmCache(WarmCacheArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,16 +78,46 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(database) => store::migrate(&database.database_url).await,
         Command::Serve(config) => serve(config).await,
         Command::Seed(args) => livefeed::seed::run(&args).await.map(drop),
+        Command::WarmCache(args) => warm_cache(args).await,
     }
+}
+
+async fn warm_cache(args: WarmCacheArgs) -> anyhow::Result<()> {
+    let concurrency = usize::from(args.concurrency);
+    let store = Store::new(&StoreSettings {
+        database_url: args.database.database_url.clone(),
+        pool_size: concurrency + 1,
+        acquire_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(60),
+    })
+    .context("configuring the database pool")?;
+    let feeds = Feeds::new(store.clone(), &args.cache.settings()).context("configuring Redis")?;
+    let options = WarmOptions {
+        users: args.users,
+        concurrency,
+    };
+    let report = cache::warm(&store, &feeds, &options).await?;
+    eprintln!(
+        "built {} feeds in {:.1} s ({:.0}/s), {} failed",
+        report.built,
+        report.elapsed.as_secs_f64(),
+        report.built as f64 / report.elapsed.as_secs_f64().max(0.001),
+        report.failed
+    );
+    anyhow::ensure!(
+        report.failed == 0,
+        "{} feeds could not be built",
+        report.failed
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     migrate_when_reachable(&config.database.database_url).await?;
     let app = App::start(&config, config.broker()).context("building the application")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        server::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     server::run(listener, Arc::new(app), shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -19,6 +19,21 @@ use crate::http;
 
 /// Time a client gets to send its request headers before it is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel queues before `accept`: a storm of websocket
+/// clients overflows the usual 128 (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener for [`run`], with a backlog sized for connection storms.
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
 /// accepting, waits up to the configured grace period for open requests to

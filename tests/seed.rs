@@ -1,21 +1,23 @@
-//! `db/generate_data.sh` end to end, at a small size: the script runs the
-//! real `livefeed seed` binary into fresh databases named `livefeed_test_*`
-//! (which `scripts/test` drops if a run leaves them behind), the data are
-//! checked in SQL, a second seed refuses without `--replace`, the same seed
-//! gives the same rows, and the real server then serves the seeded users.
+//! `db/generate_data.sh` and `cache/generate_data.sh` end to end, at a small
+//! size: the script runs the real `livefeed seed` binary into fresh
+//! databases named `livefeed_test_*` (which `scripts/test` drops if a run
+//! leaves them behind), the data are checked in SQL, a second seed refuses
+//! without `--replace`, the same seed gives the same rows; the cache script
+//! then builds every feed in Redis, and the real server serves the seeded
+//! users from there.
+
+#[allow(dead_code, unused_imports)]
+#[path = "api/support/mod.rs"]
+mod support;
 
 use std::collections::HashSet;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use livefeed::app::App;
-use livefeed::broker::{BrokerKind, MemoryBus};
-use livefeed::config::Config;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use support::TestApp;
 use tokio_postgres::NoTls;
 
 const USERS: &str = "10000";
@@ -27,8 +29,6 @@ const PASSWORD: &str = "livefeed-seed";
 /// Bound on one run of the script (a debug build seeding 10,000 users takes
 /// seconds); the child is killed past it.
 const SEED_TIMEOUT: Duration = Duration::from_secs(240);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-const SECRET: &str = "seed-test-secret-seed-test-secret-seed-test";
 
 fn base_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -53,13 +53,14 @@ impl Run {
     }
 }
 
-/// Runs `db/generate_data.sh ARGS` with the test's binary against
-/// `database_url`, killing it if it outlives [`SEED_TIMEOUT`].
-fn generate_data(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/db/generate_data.sh");
+/// Runs the data script `script` (relative to the repository) with ARGS and
+/// the test's binary against `database_url`, killing it if it outlives
+/// [`SEED_TIMEOUT`].
+fn generate_data(script: &str, database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let script = format!("{}/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut command = Command::new("bash");
     command
-        .arg(script)
+        .arg(&script)
         .args(args)
         .env("LIVEFEED_BIN", env!("CARGO_BIN_EXE_livefeed"))
         .env("DATABASE_URL", database_url)
@@ -76,11 +77,13 @@ fn generate_data(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run
         "LIVEFEED_SEED_REPLACE",
         "LIVEFEED_SEED_UNTIL",
         "LIVEFEED_CELEBRITY_THRESHOLD",
+        "LIVEFEED_REDIS_PREFIX",
+        "LIVEFEED_WARM_USERS",
     ] {
         command.env_remove(name);
     }
     command.envs(env.iter().copied());
-    let mut child = command.spawn().expect("starting db/generate_data.sh");
+    let mut child = command.spawn().expect("starting the data script");
     let drain = |mut pipe: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut text = String::new();
@@ -99,7 +102,7 @@ fn generate_data(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "db/generate_data.sh {args:?} did not finish within {SEED_TIMEOUT:?}; stderr:\n{}",
+                "{script} {args:?} did not finish within {SEED_TIMEOUT:?}; stderr:\n{}",
                 stderr.join().unwrap_or_default()
             );
         }
@@ -113,6 +116,15 @@ fn generate_data(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run
 }
 
 async fn seed(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_script("db/generate_data.sh", database_url, args, env).await
+}
+
+async fn run_script(
+    script: &'static str,
+    database_url: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
     let (url, args, env) = (
         database_url.to_owned(),
         args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -123,7 +135,7 @@ async fn seed(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        generate_data(&url, &args, &env)
+        generate_data(script, &url, &args, &env)
     })
     .await
     .expect("the seed thread did not panic")
@@ -336,39 +348,48 @@ async fn generate_data_seeds_a_deterministic_data_set_the_api_serves() {
     drop_database(&first).await;
 }
 
-/// The real server on port 0 against the seeded database: a seeded user
-/// logs in with the documented password, reads a profile, searches, and
-/// reads a feed.
+/// `cache/generate_data.sh` builds every feed; then the real server on
+/// port 0 against the seeded database: a seeded user logs in with the
+/// documented password, reads a profile, searches, and reads a feed, which
+/// comes from the cache and equals the truth.
 async fn api_serves_the_seeded_users(database_url: &str, db: &tokio_postgres::Client) {
+    let threshold = CELEBRITY_THRESHOLD.to_string();
+    // The prefix the test harness gives the server (the database's name).
     let prefix = format!("{}:", database_url.rsplit('/').next().unwrap());
-    let config = Config::from_args([
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
+    let warmed = run_script(
+        "cache/generate_data.sh",
         database_url,
-        "--jwt-secret",
-        SECRET,
-        "--redis-prefix",
-        &prefix,
-    ])
-    .expect("a valid configuration");
-    let app = App::start(&config, BrokerKind::Memory(MemoryBus::new())).expect("building the app");
-    let listener = TcpListener::bind(config.listen)
+        &["--celebrity-threshold", &threshold],
+        &[("LIVEFEED_REDIS_PREFIX", &prefix)],
+    )
+    .await;
+    assert!(
+        warmed.success,
+        "cache/generate_data.sh failed\n{}",
+        warmed.output()
+    );
+    assert!(
+        warmed.stderr.contains("built 10000 feeds"),
+        "{}",
+        warmed.output()
+    );
+    let mut redis = redis::Client::open(
+        std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+    )
+    .unwrap()
+    .get_multiplexed_async_connection()
+    .await
+    .expect("Redis is reachable");
+    let feeds: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}feed:*"))
+        .query_async(&mut redis)
         .await
-        .expect("binding port 0");
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(livefeed::server::run(
-        listener,
-        std::sync::Arc::new(app),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let http = reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
-        .build()
         .unwrap();
+    assert_eq!(feeds.len(), 10_000, "one cached feed per user");
+
+    let app = TestApp::spawn_with(database_url, &["--celebrity-threshold", &threshold]).await;
+    let base = app.address.clone();
+    let http = app.client.clone();
 
     // A reader who follows someone who has posted.
     let row = db
@@ -468,15 +489,46 @@ async fn api_serves_the_seeded_users(database_url: &str, db: &tokio_postgres::Cl
         );
         assert!(!post["text"].as_str().unwrap().is_empty());
     }
-    let ids: Vec<&str> = feed.iter().map(|p| p["id"].as_str().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
-
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
+    let ids: Vec<String> = feed
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    let truth: Vec<String> = db
+        .query(
+            "SELECT p.id::text FROM posts p JOIN friends f ON f.friend_id = p.author_id \
+             WHERE f.user_id = $1::text::uuid ORDER BY p.id DESC LIMIT 10",
+            &[&id],
+        )
         .await
-        .expect("the server stops")
-        .expect("the server task did not panic")
-        .expect("the server ran cleanly");
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ids, truth, "the cached feed is the truth, newest first");
+    // Each post came from the cache: the reader's feed, or (celebrities
+    // are merged at read time) its author's timeline.
+    for post in feed {
+        let author = post["author_user_id"].as_str().unwrap();
+        let post_id = post["id"].as_str().unwrap();
+        let mut holders = Vec::new();
+        for key in [
+            format!("{prefix}feed:{id}"),
+            format!("{prefix}author:{author}"),
+        ] {
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(&key)
+                .arg(post_id)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            if score.is_some() {
+                holders.push(key);
+            }
+        }
+        assert!(!holders.is_empty(), "{post_id} is in no cached set");
+    }
+
+    app.stop().await.expect("the server ran cleanly");
 }
 
 fn search_url(base: &str, first_name: &str, last_name: &str) -> url::Url {

@@ -145,22 +145,29 @@ impl Feeds {
         self.try_rebuild_feed(user).await
     }
 
+    /// Builds a celebrity's timeline afresh, replacing a cached one.
+    pub async fn warm_author(&self, author: UserId) -> Result<(), WorkError> {
+        self.cache.invalidate_author(author).await?;
+        self.try_rebuild_author(author).await
+    }
+
     async fn rebuild_author(&self, author: UserId) {
-        let rebuilt = async {
-            if !self.cache.begin_author(author).await? {
-                return Ok(());
-            }
-            let posts = self
-                .store
-                .newest_posts_of(author, FEED_CAPACITY as i64)
-                .await?;
-            let complete = posts.len() < FEED_CAPACITY;
-            self.cache.finish_author(author, &posts, complete).await?;
-            Ok::<_, WorkError>(())
-        };
-        if let Err(e) = rebuilt.await {
+        if let Err(e) = self.try_rebuild_author(author).await {
             tracing::warn!(%author, error = %e, "celebrity timeline rebuild failed");
         }
+    }
+
+    async fn try_rebuild_author(&self, author: UserId) -> Result<(), WorkError> {
+        if !self.cache.begin_author(author).await? {
+            return Ok(());
+        }
+        let posts = self
+            .store
+            .newest_posts_of(author, FEED_CAPACITY as i64)
+            .await?;
+        let complete = posts.len() < FEED_CAPACITY;
+        self.cache.finish_author(author, &posts, complete).await?;
+        Ok(())
     }
 
     /// Brings the cache in line with the truth after `event`.

@@ -32,6 +32,12 @@ pub async fn warm(
     options: &WarmOptions,
 ) -> anyhow::Result<WarmReport> {
     let started = Instant::now();
+    // Celebrity timelines first: every feed that follows one merges it.
+    let celebrities = store.celebrities().await?;
+    eprintln!("warming {} celebrity timelines", celebrities.len());
+    for author in celebrities {
+        feeds.warm_author(author).await?;
+    }
     let users = store.users_by_follows(options.users).await?;
     let total = users.len();
     eprintln!("warming {total} feeds, {} at a time", options.concurrency);

@@ -49,15 +49,13 @@ pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
         return;
     };
     let mut queued = 0;
-    for socket in subscribers.iter() {
-        match socket.push(frame.clone()) {
-            Push::Queued => queued += 1,
-            Push::Overflowed => {
-                metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-            }
-            Push::Dropped => {}
+    subscribers.for_each(|socket| match socket.push(frame.clone()) {
+        Push::Queued => queued += 1,
+        Push::Overflowed => {
+            metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
         }
-    }
+        Push::Dropped => {}
+    });
     metrics.deliveries.fetch_add(queued, Ordering::Relaxed);
 }
 

@@ -1,25 +1,59 @@
 //! Who on this instance wants whose posts.
 //!
 //! Lock order, always: a socket's `follows` mutex, then a `by_author` shard,
-//! then an `Interest` shard. No lock is held across an `.await`, and the hub
-//! copies a subscriber list out (an `Arc` clone) before delivering to it.
+//! then an author's `Subscribers` lock, then an `Interest` shard. No lock is
+//! held across an `.await`. The hub clones an author's `Arc<Subscribers>`
+//! out of the map (releasing the shard) and pushes to each socket's queue
+//! under that author's read lock: pushing never blocks, so a slow client
+//! holds nobody up.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use indexmap::IndexMap;
 
 use super::routing::Routing;
 use super::socket::Socket;
 use crate::broker::{Applied, Broker};
 use crate::domain::UserId;
 
-type Subscribers = Arc<[Arc<Socket>]>;
+/// The local sockets subscribed to one author. Keyed by the socket's
+/// address, so a subscribe or an unsubscribe is O(1) however popular the
+/// author (an `IndexMap` removes by swapping with the last entry) and
+/// iterating stays a walk over contiguous memory.
+#[derive(Default)]
+pub struct Subscribers(RwLock<IndexMap<usize, Arc<Socket>>>);
+
+impl Subscribers {
+    pub fn for_each(&self, mut visit: impl FnMut(&Arc<Socket>)) {
+        for socket in self.0.read().expect("subscribers lock").values() {
+            visit(socket);
+        }
+    }
+
+    fn insert(&self, socket: &Arc<Socket>) {
+        self.0
+            .write()
+            .expect("subscribers lock")
+            .insert(key(socket), socket.clone());
+    }
+
+    /// Removes `socket`; true if none are left.
+    fn remove(&self, socket: &Arc<Socket>) -> bool {
+        let mut sockets = self.0.write().expect("subscribers lock");
+        sockets.swap_remove(&key(socket));
+        sockets.is_empty()
+    }
+}
+
+fn key(socket: &Arc<Socket>) -> usize {
+    Arc::as_ptr(socket) as usize
+}
 
 pub struct Registry {
-    /// Followed author -> local sockets subscribed to them. Copy-on-write:
-    /// subscribing rebuilds the slice, delivering only clones the `Arc`.
-    by_author: DashMap<UserId, Subscribers>,
+    /// Followed author -> local sockets subscribed to them.
+    by_author: DashMap<UserId, Arc<Subscribers>>,
     /// User -> their open sockets (several tabs), for follow changes.
     by_user: DashMap<UserId, Vec<Arc<Socket>>>,
     interest: Interest,
@@ -54,19 +88,13 @@ impl Registry {
             return None;
         }
         match self.by_author.entry(author) {
-            Entry::Occupied(mut entry) => {
-                let grown: Subscribers = entry
-                    .get()
-                    .iter()
-                    .cloned()
-                    .chain([socket.clone()])
-                    .collect();
-                entry.insert(grown);
+            Entry::Occupied(entry) => {
+                entry.get().insert(socket);
                 None
             }
             Entry::Vacant(entry) => {
                 let applied = self.interest.acquire(author);
-                entry.insert(Arc::from([socket.clone()]));
+                entry.insert(Arc::default()).insert(socket);
                 Some(applied)
             }
         }
@@ -94,7 +122,7 @@ impl Registry {
         }
     }
 
-    pub fn subscribers(&self, author: UserId) -> Option<Subscribers> {
+    pub fn subscribers(&self, author: UserId) -> Option<Arc<Subscribers>> {
         self.by_author
             .get(&author)
             .map(|entry| entry.value().clone())
@@ -108,19 +136,11 @@ impl Registry {
     }
 
     fn remove_subscriber(&self, socket: &Arc<Socket>, author: UserId) {
-        if let Entry::Occupied(mut entry) = self.by_author.entry(author) {
-            let rest: Subscribers = entry
-                .get()
-                .iter()
-                .filter(|s| !Arc::ptr_eq(s, socket))
-                .cloned()
-                .collect();
-            if rest.is_empty() {
-                entry.remove();
-                self.interest.release(author);
-            } else {
-                entry.insert(rest);
-            }
+        if let Entry::Occupied(entry) = self.by_author.entry(author)
+            && entry.get().remove(socket)
+        {
+            entry.remove();
+            self.interest.release(author);
         }
     }
 }

@@ -49,6 +49,8 @@ impl RecentPosts {
 /// Why a session ended, and what (if anything) to tell the client.
 #[derive(Debug)]
 enum End {
+    /// The client sent a close frame; tungstenite has queued the reply.
+    ClientClosed,
     ClientLeft,
     SlowConsumer,
     PingTimeout,
@@ -60,7 +62,7 @@ enum End {
 impl End {
     fn close_frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            Self::ClientLeft | Self::PingTimeout => return None,
+            Self::ClientClosed | Self::ClientLeft | Self::PingTimeout => return None,
             Self::SlowConsumer => (
                 CloseCode::Policy,
                 "slow consumer: too many undelivered posts",
@@ -104,6 +106,9 @@ pub(super) async fn run<S>(
     }
     if let Some(frame) = end.close_frame() {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+    } else if matches!(end, End::ClientClosed) {
+        // Completes the closing handshake: sends the queued reply.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
     }
 }
 
@@ -200,7 +205,8 @@ where
                 }
             }
             message = ws.next() => match message {
-                None | Some(Ok(Message::Close(_))) => return End::ClientLeft,
+                None => return End::ClientLeft,
+                Some(Ok(Message::Close(_))) => return End::ClientClosed,
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 // tungstenite queues the pong; flush sends it now.
                 Some(Ok(Message::Ping(_))) => {

@@ -14,15 +14,9 @@ impl Store {
         to: UserId,
         text: &MessageText,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO dialog_messages (id, sender_id, recipient_id, text) VALUES ($1, $2, $3, $4)",
-            )
-            .await?;
-        match client
+        let sent = self
             .execute(
-                &insert,
+                "INSERT INTO dialog_messages (id, sender_id, recipient_id, text) VALUES ($1, $2, $3, $4)",
                 &[
                     &Uuid::now_v7(),
                     from.as_uuid(),
@@ -30,10 +24,12 @@ impl Store {
                     &text.as_str(),
                 ],
             )
-            .await
-        {
-            Err(e) if is_missing_reference(&e) => Err(StoreError::NotFound("user")),
-            other => other.map(drop).map_err(Into::into),
+            .await;
+        match sent {
+            Err(StoreError::Query(e)) if is_missing_reference(&e) => {
+                Err(StoreError::NotFound("user"))
+            }
+            other => other.map(drop),
         }
     }
 
@@ -43,30 +39,25 @@ impl Store {
         me: UserId,
         other: UserId,
     ) -> Result<Vec<DialogMessage>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
+        let messages = self
+            .fetch_all(
                 "SELECT sender_id, recipient_id, text FROM ( \
                      SELECT id, sender_id, recipient_id, text FROM dialog_messages \
                      WHERE LEAST(sender_id, recipient_id) = LEAST($1::uuid, $2::uuid) \
                        AND GREATEST(sender_id, recipient_id) = GREATEST($1::uuid, $2::uuid) \
                      ORDER BY id DESC LIMIT $3 \
                  ) newest ORDER BY id",
+                &[me.as_uuid(), other.as_uuid(), &DIALOG_LIMIT],
+                |row| DialogMessage {
+                    from: UserId::from_uuid(row.get(0)),
+                    to: UserId::from_uuid(row.get(1)),
+                    text: row.get(2),
+                },
             )
             .await?;
-        let rows = client
-            .query(&select, &[me.as_uuid(), other.as_uuid(), &DIALOG_LIMIT])
-            .await?;
-        if rows.is_empty() {
-            Self::require_user(&client, other).await?;
+        if messages.is_empty() {
+            Self::require_user(&self.client().await?, other).await?;
         }
-        Ok(rows
-            .iter()
-            .map(|row| DialogMessage {
-                from: UserId::from_uuid(row.get(0)),
-                to: UserId::from_uuid(row.get(1)),
-                text: row.get(2),
-            })
-            .collect())
+        Ok(messages)
     }
 }

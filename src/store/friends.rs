@@ -1,6 +1,6 @@
 use super::error::is_missing_reference;
 use super::outbox::{OutboxMessage, enqueue};
-use super::{Store, StoreError};
+use super::{Store, StoreError, user_id_from_row};
 use crate::domain::UserId;
 
 impl Store {
@@ -61,60 +61,64 @@ impl Store {
 
     /// Everyone who follows `author`.
     pub async fn followers(&self, author: UserId) -> Result<Vec<UserId>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached("SELECT user_id FROM friends WHERE friend_id = $1")
-            .await?;
-        let rows = client.query(&select, &[author.as_uuid()]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| UserId::from_uuid(row.get(0)))
-            .collect())
+        self.fetch_all(
+            "SELECT user_id FROM friends WHERE friend_id = $1",
+            &[author.as_uuid()],
+            user_id_from_row,
+        )
+        .await
+    }
+
+    /// Every author flagged as a celebrity.
+    pub async fn celebrities(&self) -> Result<Vec<UserId>, StoreError> {
+        self.fetch_all(
+            "SELECT id FROM users WHERE celebrity",
+            &[],
+            user_id_from_row,
+        )
+        .await
     }
 
     pub async fn is_celebrity(&self, author: UserId) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached("SELECT celebrity FROM users WHERE id = $1")
+        let celebrity = self
+            .fetch_opt(
+                "SELECT celebrity FROM users WHERE id = $1",
+                &[author.as_uuid()],
+                |row| row.get(0),
+            )
             .await?;
-        let row = client.query_opt(&select, &[author.as_uuid()]).await?;
-        Ok(row.is_some_and(|row| row.get(0)))
+        Ok(celebrity.unwrap_or(false))
     }
 
     /// `author`'s celebrity flag and follower count.
     pub async fn celebrity_status(&self, author: UserId) -> Result<(bool, i64), StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
+        let status = self
+            .fetch_opt(
                 "SELECT u.celebrity, (SELECT count(*) FROM friends WHERE friend_id = u.id) \
                  FROM users u WHERE u.id = $1",
+                &[author.as_uuid()],
+                |row| (row.get(0), row.get(1)),
             )
             .await?;
-        let row = client.query_opt(&select, &[author.as_uuid()]).await?;
-        Ok(row.map_or((false, 0), |row| (row.get(0), row.get(1))))
+        Ok(status.unwrap_or((false, 0)))
     }
 
     pub async fn set_celebrity(&self, author: UserId, celebrity: bool) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let update = client
-            .prepare_cached("UPDATE users SET celebrity = $2 WHERE id = $1")
-            .await?;
-        client
-            .execute(&update, &[author.as_uuid(), &celebrity])
-            .await?;
+        self.execute(
+            "UPDATE users SET celebrity = $2 WHERE id = $1",
+            &[author.as_uuid(), &celebrity],
+        )
+        .await?;
         Ok(())
     }
 
     /// Everyone `user` follows.
     pub async fn followed_authors(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached("SELECT friend_id FROM friends WHERE user_id = $1")
-            .await?;
-        let rows = client.query(&select, &[user.as_uuid()]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| UserId::from_uuid(row.get(0)))
-            .collect())
+        self.fetch_all(
+            "SELECT friend_id FROM friends WHERE user_id = $1",
+            &[user.as_uuid()],
+            user_id_from_row,
+        )
+        .await
     }
 }

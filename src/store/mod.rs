@@ -13,7 +13,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+use crate::domain::UserId;
 
 pub use error::StoreError;
 pub use migrate::{create_database_if_missing, migrate};
@@ -80,4 +83,42 @@ impl Store {
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
         Ok(self.pool.get().await?)
     }
+
+    /// Every row `sql` returns, each through `map`.
+    async fn fetch_all<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl Fn(&Row) -> T,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        let rows = client.query(&statement, params).await?;
+        Ok(rows.iter().map(map).collect())
+    }
+
+    /// The row `sql` returns, if any, through `map`.
+    async fn fetch_opt<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        map: impl FnOnce(&Row) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        let row = client.query_opt(&statement, params).await?;
+        Ok(row.as_ref().map(map))
+    }
+
+    /// How many rows `sql` changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+}
+
+/// For queries whose only column is a user id.
+fn user_id_from_row(row: &Row) -> UserId {
+    UserId::from_uuid(row.get(0))
 }

@@ -145,55 +145,47 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<ClaimedMessage>, StoreError> {
-        let client = self.client().await?;
-        let claim = client
-            .prepare_cached(
+        let rows = self
+            .fetch_all(
                 "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
                  WHERE id IN ( \
                      SELECT id FROM outbox \
                      WHERE claimed_until IS NULL OR claimed_until < now() \
                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED \
                  ) RETURNING id, topic, routing_key, body",
+                &[&limit, &lease.as_secs_f64()],
+                |row| {
+                    let topic = topic_from_code(row.get(1))?;
+                    Some(ClaimedMessage {
+                        id: row.get(0),
+                        message: OutboxMessage {
+                            topic,
+                            routing_key: row.get(2),
+                            body: Bytes::from(row.get::<_, Vec<u8>>(3)),
+                        },
+                    })
+                },
             )
             .await?;
-        let rows = client
-            .query(&claim, &[&limit, &lease.as_secs_f64()])
-            .await?;
-        let mut claimed: Vec<ClaimedMessage> = rows
-            .iter()
-            .filter_map(|row| {
-                let topic = topic_from_code(row.get(1))?;
-                Some(ClaimedMessage {
-                    id: row.get(0),
-                    message: OutboxMessage {
-                        topic,
-                        routing_key: row.get(2),
-                        body: Bytes::from(row.get::<_, Vec<u8>>(3)),
-                    },
-                })
-            })
-            .collect();
+        let mut claimed: Vec<ClaimedMessage> = rows.into_iter().flatten().collect();
         // RETURNING does not keep the subquery's order; publish oldest first.
         claimed.sort_unstable_by_key(|m| m.id);
         Ok(claimed)
     }
 
     pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let delete = client
-            .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
+        self.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
             .await?;
-        client.execute(&delete, &[&ids]).await?;
         Ok(())
     }
 
     /// Lets other relays (and this one) claim `ids` again right away.
     pub async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let release = client
-            .prepare_cached("UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1)")
-            .await?;
-        client.execute(&release, &[&ids]).await?;
+        self.execute(
+            "UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@ use tokio_postgres::Row;
 
 use super::error::is_missing_reference;
 use super::outbox::{OutboxMessage, enqueue};
-use super::{Store, StoreError};
+use super::{Store, StoreError, user_id_from_row};
 use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
 
 impl Store {
@@ -88,21 +88,20 @@ impl Store {
     }
 
     pub async fn find_post(&self, id: PostId) -> Result<Option<Post>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached("SELECT id, text, author_id FROM posts WHERE id = $1")
-            .await?;
-        let row = client.query_opt(&select, &[id.as_uuid()]).await?;
-        Ok(row.map(|row| post_from_row(&row)))
+        self.fetch_opt(
+            "SELECT id, text, author_id FROM posts WHERE id = $1",
+            &[id.as_uuid()],
+            post_from_row,
+        )
+        .await
     }
 
     /// What a cached feed is built from: the newest `limit` posts of the
     /// non-celebrity authors `reader` follows, newest first, and the
     /// celebrities they follow (merged in at read time instead).
     pub async fn feed_source(&self, reader: UserId, limit: i64) -> Result<FeedSource, StoreError> {
-        let client = self.client().await?;
-        let posts = client
-            .prepare_cached(
+        let posts = self
+            .fetch_all(
                 "SELECT p.id, p.text, p.author_id \
                  FROM friends f \
                  JOIN users u ON u.id = f.friend_id AND NOT u.celebrity \
@@ -113,24 +112,20 @@ impl Store {
                  ) p \
                  WHERE f.user_id = $1 \
                  ORDER BY p.id DESC LIMIT $2",
+                &[reader.as_uuid(), &limit],
+                post_from_row,
             )
             .await?;
-        let celebrities = client
-            .prepare_cached(
+        let celebrities = self
+            .fetch_all(
                 "SELECT f.friend_id FROM friends f \
                  JOIN users u ON u.id = f.friend_id AND u.celebrity \
                  WHERE f.user_id = $1",
+                &[reader.as_uuid()],
+                user_id_from_row,
             )
             .await?;
-        let posts = client.query(&posts, &[reader.as_uuid(), &limit]).await?;
-        let celebrities = client.query(&celebrities, &[reader.as_uuid()]).await?;
-        Ok(FeedSource {
-            posts: posts.iter().map(post_from_row).collect(),
-            celebrities: celebrities
-                .iter()
-                .map(|row| UserId::from_uuid(row.get(0)))
-                .collect(),
-        })
+        Ok(FeedSource { posts, celebrities })
     }
 
     /// The newest `limit` posts of `author`, newest first.
@@ -139,41 +134,35 @@ impl Store {
         author: UserId,
         limit: i64,
     ) -> Result<Vec<Post>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
-                "SELECT id, text, author_id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2",
-            )
-            .await?;
-        let rows = client.query(&select, &[author.as_uuid(), &limit]).await?;
-        Ok(rows.iter().map(post_from_row).collect())
+        self.fetch_all(
+            "SELECT id, text, author_id FROM posts WHERE author_id = $1 ORDER BY id DESC LIMIT $2",
+            &[author.as_uuid(), &limit],
+            post_from_row,
+        )
+        .await
     }
 
     /// The newest posts of the users `reader` follows, newest first.
     pub async fn feed(&self, reader: UserId, page: FeedPage) -> Result<Vec<Post>, StoreError> {
-        let client = self.client().await?;
+        let offset = i64::from(page.offset());
+        let limit = i64::from(page.limit());
         // Each followed author contributes at most offset + limit of their own
         // newest posts (an index range on posts_author_id_id_idx), so the
         // cost grows with the page, not with how much the authors wrote.
-        let select = client
-            .prepare_cached(
-                "SELECT p.id, p.text, p.author_id \
-                 FROM friends f \
-                 CROSS JOIN LATERAL ( \
-                     SELECT id, text, author_id FROM posts \
-                     WHERE author_id = f.friend_id \
-                     ORDER BY id DESC LIMIT $2::bigint + $3::bigint \
-                 ) p \
-                 WHERE f.user_id = $1 \
-                 ORDER BY p.id DESC OFFSET $2 LIMIT $3",
-            )
-            .await?;
-        let offset = i64::from(page.offset());
-        let limit = i64::from(page.limit());
-        let rows = client
-            .query(&select, &[reader.as_uuid(), &offset, &limit])
-            .await?;
-        Ok(rows.iter().map(post_from_row).collect())
+        self.fetch_all(
+            "SELECT p.id, p.text, p.author_id \
+             FROM friends f \
+             CROSS JOIN LATERAL ( \
+                 SELECT id, text, author_id FROM posts \
+                 WHERE author_id = f.friend_id \
+                 ORDER BY id DESC LIMIT $2::bigint + $3::bigint \
+             ) p \
+             WHERE f.user_id = $1 \
+             ORDER BY p.id DESC OFFSET $2 LIMIT $3",
+            &[reader.as_uuid(), &offset, &limit],
+            post_from_row,
+        )
+        .await
     }
 
     /// Posts of the users `reader` follows that are newer than `since`,
@@ -184,24 +173,20 @@ impl Store {
         since: PostId,
         limit: i64,
     ) -> Result<Vec<Post>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
-                "SELECT p.id, p.text, p.author_id \
-                 FROM friends f \
-                 CROSS JOIN LATERAL ( \
-                     SELECT id, text, author_id FROM posts \
-                     WHERE author_id = f.friend_id AND id > $2 \
-                     ORDER BY id LIMIT $3 \
-                 ) p \
-                 WHERE f.user_id = $1 \
-                 ORDER BY p.id LIMIT $3",
-            )
-            .await?;
-        let rows = client
-            .query(&select, &[reader.as_uuid(), since.as_uuid(), &limit])
-            .await?;
-        Ok(rows.iter().map(post_from_row).collect())
+        self.fetch_all(
+            "SELECT p.id, p.text, p.author_id \
+             FROM friends f \
+             CROSS JOIN LATERAL ( \
+                 SELECT id, text, author_id FROM posts \
+                 WHERE author_id = f.friend_id AND id > $2 \
+                 ORDER BY id LIMIT $3 \
+             ) p \
+             WHERE f.user_id = $1 \
+             ORDER BY p.id LIMIT $3",
+            &[reader.as_uuid(), since.as_uuid(), &limit],
+            post_from_row,
+        )
+        .await
     }
 
     /// Posts of `author` newer than `since`, oldest first.
@@ -211,17 +196,13 @@ impl Store {
         since: PostId,
         limit: i64,
     ) -> Result<Vec<Post>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
-                "SELECT id, text, author_id FROM posts \
-                 WHERE author_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-            )
-            .await?;
-        let rows = client
-            .query(&select, &[author.as_uuid(), since.as_uuid(), &limit])
-            .await?;
-        Ok(rows.iter().map(post_from_row).collect())
+        self.fetch_all(
+            "SELECT id, text, author_id FROM posts \
+             WHERE author_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            &[author.as_uuid(), since.as_uuid(), &limit],
+            post_from_row,
+        )
+        .await
     }
 
     /// After an author-scoped write touched no row: was the post missing, or

@@ -1,6 +1,6 @@
 use tokio_postgres::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, user_id_from_row};
 use crate::domain::{NewUser, User, UserId, UserSearch};
 
 /// The most rows `/user/search` answers.
@@ -13,93 +13,72 @@ impl Store {
         password_hash: &str,
     ) -> Result<UserId, StoreError> {
         let id = UserId::new_v7();
-        let client = self.client().await?;
-        let insert = client
-            .prepare_cached(
-                "INSERT INTO users (id, first_name, second_name, birthdate, biography, city, password_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .await?;
-        client
-            .execute(
-                &insert,
-                &[
-                    id.as_uuid(),
-                    &user.first_name.as_str(),
-                    &user.second_name.as_str(),
-                    &user.birthdate.date(),
-                    &user.biography.as_str(),
-                    &user.city.as_str(),
-                    &password_hash,
-                ],
-            )
-            .await?;
+        self.execute(
+            "INSERT INTO users (id, first_name, second_name, birthdate, biography, city, password_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                id.as_uuid(),
+                &user.first_name.as_str(),
+                &user.second_name.as_str(),
+                &user.birthdate.date(),
+                &user.biography.as_str(),
+                &user.city.as_str(),
+                &password_hash,
+            ],
+        )
+        .await?;
         Ok(id)
     }
 
     pub async fn user(&self, id: UserId) -> Result<User, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
-                "SELECT id, first_name, second_name, birthdate, biography, city FROM users WHERE id = $1",
-            )
-            .await?;
-        let row = client.query_opt(&select, &[id.as_uuid()]).await?;
-        row.map(|row| user_from_row(&row))
-            .ok_or(StoreError::NotFound("user"))
+        self.fetch_opt(
+            "SELECT id, first_name, second_name, birthdate, biography, city FROM users WHERE id = $1",
+            &[id.as_uuid()],
+            user_from_row,
+        )
+        .await?
+        .ok_or(StoreError::NotFound("user"))
     }
 
     /// The stored password hash of `id`, for checking a login.
     pub async fn password_hash(&self, id: UserId) -> Result<String, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached("SELECT password_hash FROM users WHERE id = $1")
-            .await?;
-        let row = client.query_opt(&select, &[id.as_uuid()]).await?;
-        row.map(|row| row.get(0))
-            .ok_or(StoreError::NotFound("user"))
+        self.fetch_opt(
+            "SELECT password_hash FROM users WHERE id = $1",
+            &[id.as_uuid()],
+            |row| row.get(0),
+        )
+        .await?
+        .ok_or(StoreError::NotFound("user"))
     }
 
     /// Users whose names start with both prefixes, ordered by id.
     pub async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
-                "SELECT id, first_name, second_name, birthdate, biography, city FROM users \
-                 WHERE first_name LIKE $1 AND second_name LIKE $2 \
-                 ORDER BY id LIMIT $3",
-            )
-            .await?;
-        let rows = client
-            .query(
-                &select,
-                &[
-                    &prefix_pattern(search.first_name.as_str()),
-                    &prefix_pattern(search.last_name.as_str()),
-                    &SEARCH_LIMIT,
-                ],
-            )
-            .await?;
-        Ok(rows.iter().map(user_from_row).collect())
+        self.fetch_all(
+            "SELECT id, first_name, second_name, birthdate, biography, city FROM users \
+             WHERE first_name LIKE $1 AND second_name LIKE $2 \
+             ORDER BY id LIMIT $3",
+            &[
+                &prefix_pattern(search.first_name.as_str()),
+                &prefix_pattern(search.last_name.as_str()),
+                &SEARCH_LIMIT,
+            ],
+            user_from_row,
+        )
+        .await
     }
 
     /// User ids, those who follow the most others first; `limit` of them,
     /// or all.
     pub async fn users_by_follows(&self, limit: Option<i64>) -> Result<Vec<UserId>, StoreError> {
-        let client = self.client().await?;
-        let select = client
-            .prepare_cached(
-                "SELECT u.id FROM users u \
-                 LEFT JOIN (SELECT user_id, count(*) AS follows FROM friends GROUP BY user_id) f \
-                   ON f.user_id = u.id \
-                 ORDER BY f.follows DESC NULLS LAST, u.id LIMIT $1",
-            )
-            .await?;
-        let rows = client.query(&select, &[&limit]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| UserId::from_uuid(row.get(0)))
-            .collect())
+        self.fetch_all(
+            "SELECT u.id FROM users u \
+             LEFT JOIN (SELECT user_id, count(*) AS follows FROM friends GROUP BY user_id) f \
+               ON f.user_id = u.id \
+             ORDER BY f.follows DESC NULLS LAST, u.id LIMIT $1",
+            &[&limit],
+            user_id_from_row,
+        )
+        .await
     }
 
     pub(super) async fn require_user(

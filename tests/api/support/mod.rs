@@ -13,7 +13,6 @@ use livefeed::broker::{BrokerKind, MemoryBus};
 use livefeed::config::Config;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -112,9 +111,7 @@ impl TestApp {
         args.extend_from_slice(extra_args);
         let config = Config::from_args(args).expect("test configuration is valid");
         let app = App::start(&config, broker).expect("building the app");
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .expect("binding port 0");
+        let listener = livefeed::server::bind(config.listen).expect("binding port 0");
         let address = format!("http://{}", listener.local_addr().unwrap());
         let (shutdown, stop) = oneshot::channel::<()>();
         let server = tokio::spawn(livefeed::server::run(
