@@ -1,7 +1,6 @@
 use uuid::Uuid;
 
-use super::error::is_missing_reference;
-use super::{Store, StoreError};
+use super::{Store, StoreError, missing_user};
 use crate::domain::{DialogMessage, MessageText, UserId};
 
 /// The most messages `/dialog/{user_id}/list` answers: the newest ones.
@@ -14,8 +13,7 @@ impl Store {
         to: UserId,
         text: &MessageText,
     ) -> Result<(), StoreError> {
-        let sent = self
-            .execute(
+        self.execute(
                 "INSERT INTO dialog_messages (id, sender_id, recipient_id, text) VALUES ($1, $2, $3, $4)",
                 &[
                     &Uuid::now_v7(),
@@ -24,13 +22,9 @@ impl Store {
                     &text.as_str(),
                 ],
             )
-            .await;
-        match sent {
-            Err(StoreError::Query(e)) if is_missing_reference(&e) => {
-                Err(StoreError::NotFound("user"))
-            }
-            other => other.map(drop),
-        }
+            .await
+            .map_err(missing_user)?;
+        Ok(())
     }
 
     /// The conversation between `me` and `other`, oldest message first.
@@ -56,7 +50,7 @@ impl Store {
             )
             .await?;
         if messages.is_empty() {
-            Self::require_user(&self.client().await?, other).await?;
+            self.require_user(other).await?;
         }
         Ok(messages)
     }

@@ -1,6 +1,5 @@
-use super::error::is_missing_reference;
-use super::outbox::{OutboxMessage, enqueue};
-use super::{Store, StoreError, user_id_from_row};
+use super::outbox::OutboxMessage;
+use super::{Store, StoreError, missing_user, user_id_from_row};
 use crate::domain::UserId;
 
 impl Store {
@@ -12,24 +11,13 @@ impl Store {
         friend: UserId,
         events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let insert = tx
-            .prepare_cached(
-                "INSERT INTO friends (user_id, friend_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .await?;
-        let inserted = match tx
-            .execute(&insert, &[user.as_uuid(), friend.as_uuid()])
-            .await
-        {
-            Err(e) if is_missing_reference(&e) => return Err(StoreError::NotFound("user")),
-            other => other?,
-        };
-        if inserted > 0 {
-            enqueue(&tx, events).await?;
-        }
-        tx.commit().await?;
+        self.write_announced(
+            "INSERT INTO friends (user_id, friend_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[user.as_uuid(), friend.as_uuid()],
+            events,
+        )
+        .await
+        .map_err(missing_user)?;
         Ok(())
     }
 
@@ -41,20 +29,15 @@ impl Store {
         friend: UserId,
         events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let delete = tx
-            .prepare_cached("DELETE FROM friends WHERE user_id = $1 AND friend_id = $2")
+        let deleted = self
+            .write_announced(
+                "DELETE FROM friends WHERE user_id = $1 AND friend_id = $2",
+                &[user.as_uuid(), friend.as_uuid()],
+                events,
+            )
             .await?;
-        let deleted = tx
-            .execute(&delete, &[user.as_uuid(), friend.as_uuid()])
-            .await?;
-        if deleted > 0 {
-            enqueue(&tx, events).await?;
-        }
-        tx.commit().await?;
         if deleted == 0 {
-            Self::require_user(&client, friend).await?;
+            self.require_user(friend).await?;
         }
         Ok(())
     }

@@ -116,6 +116,41 @@ impl Store {
         let statement = client.prepare_cached(sql).await?;
         Ok(client.execute(&statement, params).await?)
     }
+
+    /// Runs the write `sql` and, when it changed any row, stores `events` in
+    /// the outbox in the same transaction: the change and its announcement
+    /// commit together or not at all. Returns how many rows changed.
+    async fn write_announced(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        events: &[OutboxMessage],
+    ) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(sql).await?;
+        let changed = tx.execute(&statement, params).await?;
+        if changed > 0 {
+            outbox::enqueue(&tx, events).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// An error for a write that found no row: was the user missing?
+    async fn require_user(&self, id: UserId) -> Result<(), StoreError> {
+        self.fetch_opt("SELECT 1 FROM users WHERE id = $1", &[id.as_uuid()], |_| ())
+            .await?
+            .ok_or(StoreError::NotFound("user"))
+    }
+}
+
+/// A foreign-key violation means the user the row points to does not exist.
+fn missing_user(error: StoreError) -> StoreError {
+    match error {
+        StoreError::Query(e) if error::is_missing_reference(&e) => StoreError::NotFound("user"),
+        other => other,
+    }
 }
 
 /// For queries whose only column is a user id.

@@ -1,8 +1,7 @@
 use tokio_postgres::Row;
 
-use super::error::is_missing_reference;
-use super::outbox::{OutboxMessage, enqueue};
-use super::{Store, StoreError, user_id_from_row};
+use super::outbox::OutboxMessage;
+use super::{Store, StoreError, missing_user, user_id_from_row};
 use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
 
 impl Store {
@@ -14,23 +13,13 @@ impl Store {
         text: &PostText,
         events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let insert = tx
-            .prepare_cached("INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)")
-            .await?;
-        if let Err(e) = tx
-            .execute(&insert, &[id.as_uuid(), author.as_uuid(), &text.as_str()])
-            .await
-        {
-            return Err(if is_missing_reference(&e) {
-                StoreError::NotFound("user")
-            } else {
-                e.into()
-            });
-        }
-        enqueue(&tx, events).await?;
-        tx.commit().await?;
+        self.write_announced(
+            "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
+            &[id.as_uuid(), author.as_uuid(), &text.as_str()],
+            events,
+        )
+        .await
+        .map_err(missing_user)?;
         Ok(())
     }
 
@@ -41,21 +30,16 @@ impl Store {
         text: &PostText,
         events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let update = tx
-            .prepare_cached(
+        let updated = self
+            .write_announced(
                 "UPDATE posts SET text = $3, updated_at = now() WHERE id = $1 AND author_id = $2",
+                &[id.as_uuid(), author.as_uuid(), &text.as_str()],
+                events,
             )
             .await?;
-        let updated = tx
-            .execute(&update, &[id.as_uuid(), author.as_uuid(), &text.as_str()])
-            .await?;
         if updated == 0 {
-            return Err(Self::why_not_authored(&tx, id).await);
+            return Err(self.why_not_authored(id).await);
         }
-        enqueue(&tx, events).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -65,19 +49,16 @@ impl Store {
         id: PostId,
         events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let delete = tx
-            .prepare_cached("DELETE FROM posts WHERE id = $1 AND author_id = $2")
-            .await?;
-        let deleted = tx
-            .execute(&delete, &[id.as_uuid(), author.as_uuid()])
+        let deleted = self
+            .write_announced(
+                "DELETE FROM posts WHERE id = $1 AND author_id = $2",
+                &[id.as_uuid(), author.as_uuid()],
+                events,
+            )
             .await?;
         if deleted == 0 {
-            return Err(Self::why_not_authored(&tx, id).await);
+            return Err(self.why_not_authored(id).await);
         }
-        enqueue(&tx, events).await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -207,17 +188,14 @@ impl Store {
 
     /// After an author-scoped write touched no row: was the post missing, or
     /// someone else's?
-    async fn why_not_authored(tx: &deadpool_postgres::Transaction<'_>, id: PostId) -> StoreError {
-        let lookup = async {
-            let select = tx
-                .prepare_cached("SELECT 1 FROM posts WHERE id = $1")
-                .await?;
-            tx.query_opt(&select, &[id.as_uuid()]).await
-        };
-        match lookup.await {
-            Ok(Some(_)) => StoreError::NotAuthor,
+    async fn why_not_authored(&self, id: PostId) -> StoreError {
+        match self
+            .fetch_opt("SELECT 1 FROM posts WHERE id = $1", &[id.as_uuid()], |_| ())
+            .await
+        {
+            Ok(Some(())) => StoreError::NotAuthor,
             Ok(None) => StoreError::NotFound("post"),
-            Err(e) => e.into(),
+            Err(e) => e,
         }
     }
 }

@@ -80,19 +80,6 @@ impl Store {
         )
         .await
     }
-
-    pub(super) async fn require_user(
-        client: &deadpool_postgres::Client,
-        id: UserId,
-    ) -> Result<(), StoreError> {
-        let select = client
-            .prepare_cached("SELECT 1 FROM users WHERE id = $1")
-            .await?;
-        match client.query_opt(&select, &[id.as_uuid()]).await? {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound("user")),
-        }
-    }
 }
 
 fn user_from_row(row: &Row) -> User {
