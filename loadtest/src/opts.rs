@@ -65,9 +65,10 @@ pub struct FleetOptions {
     #[arg(long, conflicts_with = "source_ips")]
     pub no_source_ip: bool,
 
-    /// Connections being opened at once, over all workers. livefeed listens
-    /// with a backlog of 128: more than that in flight overflows it, and the
-    /// dropped SYNs come back a second later.
+    /// Connections being opened at once, over all workers. More than the
+    /// server's listen backlog in flight overflows it (livefeed listens with
+    /// 4096, capped by the kernel's somaxconn), and the dropped SYNs come
+    /// back a second later.
     #[arg(long, default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub connect_concurrency: u32,
