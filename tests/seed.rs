@@ -380,12 +380,19 @@ async fn api_serves_the_seeded_users(database_url: &str, db: &tokio_postgres::Cl
     .get_multiplexed_async_connection()
     .await
     .expect("Redis is reachable");
-    let feeds: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}feed:*"))
+    let feed_keys: Vec<String> = db
+        .query("SELECT id::text FROM users", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| format!("{prefix}feed:{}", row.get::<_, String>(0)))
+        .collect();
+    let cached: usize = redis::cmd("EXISTS")
+        .arg(&feed_keys)
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(feeds.len(), 10_000, "one cached feed per user");
+    assert_eq!(cached, 10_000, "one cached feed per user");
 
     let app = TestApp::spawn_with(database_url, &["--celebrity-threshold", &threshold]).await;
     let base = app.address.clone();

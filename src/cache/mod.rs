@@ -122,16 +122,19 @@ impl Feeds {
     }
 
     async fn rebuild_feed(&self, user: UserId) {
-        if let Err(e) = self.try_rebuild_feed(user).await {
+        if let Err(e) = self.try_rebuild_feed(user, Bodies::Write).await {
             tracing::warn!(%user, error = %e, "feed rebuild failed");
         }
     }
 
-    async fn try_rebuild_feed(&self, user: UserId) -> Result<(), WorkError> {
+    async fn try_rebuild_feed(&self, user: UserId, bodies: Bodies) -> Result<(), WorkError> {
         if !self.cache.begin_feed(user).await? {
             return Ok(());
         }
         let source = self.store.feed_source(user, FEED_CAPACITY as i64).await?;
+        if bodies == Bodies::Write {
+            self.cache.put_posts(&source.posts).await?;
+        }
         let complete = source.posts.len() < FEED_CAPACITY;
         self.cache
             .finish_feed(user, &source.posts, complete, &source.celebrities)
@@ -139,25 +142,45 @@ impl Feeds {
         Ok(())
     }
 
-    /// Builds `user`'s feed afresh from PostgreSQL, replacing a cached one.
+    /// Builds `user`'s feed afresh from PostgreSQL, replacing a cached one;
+    /// every post body must be cached already ([`Self::warm_posts`]).
     pub async fn warm_feed(&self, user: UserId) -> Result<(), WorkError> {
         self.cache.invalidate_feeds(&[user]).await?;
-        self.try_rebuild_feed(user).await
+        self.try_rebuild_feed(user, Bodies::AlreadyCached).await
     }
 
-    /// Builds a celebrity's timeline afresh, replacing a cached one.
+    /// Builds a celebrity's timeline afresh, replacing a cached one;
+    /// every post body must be cached already ([`Self::warm_posts`]).
     pub async fn warm_author(&self, author: UserId) -> Result<(), WorkError> {
         self.cache.invalidate_author(author).await?;
-        self.try_rebuild_author(author).await
+        self.try_rebuild_author(author, Bodies::AlreadyCached).await
+    }
+
+    /// Caches the body of every post, oldest first, `chunk` at a time;
+    /// `progress` hears how many are done. Feeds then share the bodies
+    /// instead of each writing its thousand.
+    pub async fn warm_posts(&self, chunk: i64, progress: impl Fn(usize)) -> Result<(), WorkError> {
+        let mut after = None;
+        let mut done = 0;
+        loop {
+            let posts = self.store.posts_after(after, chunk).await?;
+            let Some(last) = posts.last() else {
+                return Ok(());
+            };
+            after = Some(last.id);
+            self.cache.put_posts(&posts).await?;
+            done += posts.len();
+            progress(done);
+        }
     }
 
     async fn rebuild_author(&self, author: UserId) {
-        if let Err(e) = self.try_rebuild_author(author).await {
+        if let Err(e) = self.try_rebuild_author(author, Bodies::Write).await {
             tracing::warn!(%author, error = %e, "celebrity timeline rebuild failed");
         }
     }
 
-    async fn try_rebuild_author(&self, author: UserId) -> Result<(), WorkError> {
+    async fn try_rebuild_author(&self, author: UserId, bodies: Bodies) -> Result<(), WorkError> {
         if !self.cache.begin_author(author).await? {
             return Ok(());
         }
@@ -165,6 +188,9 @@ impl Feeds {
             .store
             .newest_posts_of(author, FEED_CAPACITY as i64)
             .await?;
+        if bodies == Bodies::Write {
+            self.cache.put_posts(&posts).await?;
+        }
         let complete = posts.len() < FEED_CAPACITY;
         self.cache.finish_author(author, &posts, complete).await?;
         Ok(())
@@ -221,6 +247,14 @@ impl Feeds {
         self.cache.invalidate_author(author).await?;
         Ok(())
     }
+}
+
+/// Whether a rebuild writes the bodies of the posts it caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    Write,
+    /// Warming cached every body beforehand.
+    AlreadyCached,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -155,7 +155,8 @@ impl RedisFeeds {
     /// Completes a feed claimed with [`Self::begin_feed`]: `posts` are the
     /// newest (at most [`FEED_CAPACITY`]) of its non-celebrity authors,
     /// `complete` says there are no older ones. Does nothing if the feed was
-    /// invalidated meanwhile.
+    /// invalidated meanwhile. Their bodies must be cached first, so that a
+    /// reader who sees an id finds its body.
     pub async fn finish_feed(
         &self,
         user: UserId,
@@ -195,8 +196,6 @@ impl RedisFeeds {
         for celebrity in celebrities {
             finish.arg(celebrity.to_string());
         }
-        // Bodies first: a reader that sees an id finds its body.
-        self.put_posts(posts).await?;
         let _: i64 = self.call(&finish).await?;
         Ok(())
     }
@@ -355,26 +354,39 @@ end
 local ids, status = newest(KEYS[1])
 if not ids then return {status} end
 if redis.call('EXISTS', KEYS[2]) == 0 then return {'missing'} end
-local celebrities = redis.call('SMEMBERS', KEYS[2])
-if #celebrities > 1 then
-    for _, celebrity in ipairs(celebrities) do
-        if celebrity ~= '!' then
-            local theirs, why = newest(prefix .. 'author:' .. celebrity)
-            if not theirs then
-                if why == 'partial' then return {why} end
-                return {'missing_author', celebrity}
-            end
-            for _, id in ipairs(theirs) do ids[#ids + 1] = id end
+-- Each source is newest first; a k-way merge of their heads yields the
+-- page without sorting (a Lua comparator sort costs far more than the
+-- Redis commands). A post in two sources (around a celebrity change) is
+-- skipped the second time: equal ids meet as consecutive picks.
+local sources = {ids}
+for _, celebrity in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if celebrity ~= '!' then
+        local theirs, why = newest(prefix .. 'author:' .. celebrity)
+        if not theirs then
+            if why == 'partial' then return {why} end
+            return {'missing_author', celebrity}
         end
+        sources[#sources + 1] = theirs
     end
-    table.sort(ids, function(a, b) return a > b end)
 end
-local page = {}
-local last = ''
-for i = 1, #ids do
-    if ids[i] ~= last then
-        page[#page + 1] = ids[i]
-        last = ids[i]
+local page = ids
+if #sources > 1 then
+    page = {}
+    local next_of = {}
+    for i = 1, #sources do next_of[i] = 1 end
+    local last
+    while #page < wanted do
+        local best, from
+        for i = 1, #sources do
+            local id = sources[i][next_of[i]]
+            if id and (not best or id > best) then best, from = id, i end
+        end
+        if not best then break end
+        next_of[from] = next_of[from] + 1
+        if best ~= last then
+            page[#page + 1] = best
+            last = best
+        end
     end
 end
 local reply = {'ok'}

@@ -11,6 +11,9 @@ use futures_util::StreamExt;
 use super::Feeds;
 use crate::store::Store;
 
+/// Post bodies written per round trip.
+const POST_CHUNK: i64 = 5000;
+
 pub struct WarmOptions {
     /// Only the users who follow the most others (their feeds cost the most
     /// to build from PostgreSQL); all users when `None`.
@@ -32,6 +35,11 @@ pub async fn warm(
     options: &WarmOptions,
 ) -> anyhow::Result<WarmReport> {
     let started = Instant::now();
+    eprintln!("caching post bodies");
+    feeds
+        .warm_posts(POST_CHUNK, |done| eprint!("\r{done} posts   "))
+        .await?;
+    eprintln!();
     // Celebrity timelines first: every feed that follows one merges it.
     let celebrities = store.celebrities().await?;
     eprintln!("warming {} celebrity timelines", celebrities.len());

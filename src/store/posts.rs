@@ -109,6 +109,22 @@ impl Store {
         Ok(FeedSource { posts, celebrities })
     }
 
+    /// Up to `limit` posts with ids after `after` (from the first when
+    /// `None`), oldest first: a walk over every post in keyset pages.
+    pub async fn posts_after(
+        &self,
+        after: Option<PostId>,
+        limit: i64,
+    ) -> Result<Vec<Post>, StoreError> {
+        let after = after.map(|id| *id.as_uuid()).unwrap_or_default();
+        self.fetch_all(
+            "SELECT id, text, author_id FROM posts WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after, &limit],
+            post_from_row,
+        )
+        .await
+    }
+
     /// The newest `limit` posts of `author`, newest first.
     pub async fn newest_posts_of(
         &self,

@@ -29,21 +29,28 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("Redis is reachable")
 }
 
-/// Deletes every key of this test, as a flush or an eviction would.
-async fn flush(app: &TestApp) {
+/// Deletes every key of this test, as a flush or an eviction would: the
+/// feeds of `users` and the bodies of `posts` (listed rather than found
+/// with KEYS, which would scan everything else in a shared Redis).
+async fn flush(app: &TestApp, users: &[&TestUser], posts: &[String]) {
+    let prefix = prefix(app);
+    let mut keys: Vec<String> = users
+        .iter()
+        .flat_map(|user| {
+            [
+                format!("{prefix}feed:{}", user.id),
+                format!("{prefix}celebs:{}", user.id),
+            ]
+        })
+        .collect();
+    keys.extend(posts.iter().map(|id| format!("{prefix}post:{id}")));
     let mut redis = redis().await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}*", prefix(app)))
+    let deleted: usize = redis::cmd("DEL")
+        .arg(keys)
         .query_async(&mut redis)
         .await
         .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    assert!(deleted > 0, "the test's keys existed");
 }
 
 /// How many post ids the cached feed of `user` holds, once it is built.
@@ -228,14 +235,15 @@ async fn feeds_come_back_identical_after_redis_is_flushed() {
     let author = app.register("Автор", "Стойкий").await;
     let reader = app.register("Читатель", "Упорный").await;
     app.follow(&reader, &author).await;
+    let mut posts = Vec::new();
     for n in 0..5 {
-        app.create_post(&author, &format!("p{n}")).await;
+        posts.push(app.create_post(&author, &format!("p{n}")).await);
     }
     let expected = ["p4", "p3", "p2", "p1", "p0"];
     app.feed_settles_to(&reader, "", &expected).await;
     assert_eq!(cached_feed_len(&app, &reader).await, 5);
 
-    flush(&app).await;
+    flush(&app, &[&reader, &author], &posts).await;
     app.feed_settles_to(&reader, "", &expected).await;
     assert_eq!(cached_feed_len(&app, &reader).await, 5, "rebuilt on read");
     app.create_post(&author, "p5").await;
