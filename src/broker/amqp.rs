@@ -51,11 +51,12 @@ use amqprs::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Applied, BrokerError, Delivery, Topic, Work};
@@ -693,10 +694,10 @@ impl Session {
     /// for the next session.
     async fn abandon(mut self) {
         self.publisher.confirms.fail_all();
+        stop_pump(self.pump).await;
         // What they had not applied is still wanted: the next session
         // applies it.
         self.lanes.stop().await;
-        stop_pump(self.pump).await;
         // RabbitMQ requeues what the lost channel had not acked; the `done`s
         // still out there now fire into nothing.
         if let Some(work) = self.work {
@@ -734,6 +735,11 @@ impl Session {
 
 /// A session's binding channels, each with a worker that applies the
 /// changes sent to it one at a time, in the order they came.
+///
+/// A request on a lane is never dropped half-way: amqprs panics (in the
+/// channel's own task) when a request is dropped while it registers for its
+/// reply. So workers and restores stop between two requests, when `stop`
+/// is cancelled, and the request in hand finishes or times out first.
 struct Lanes {
     binders: Vec<Binder>,
     /// One queue per lane; a change waits in it until the lane's worker
@@ -741,8 +747,10 @@ struct Lanes {
     queues: Vec<mpsc::UnboundedSender<Change>>,
     /// The receiving ends, until `start` hands them to the workers.
     idle: Vec<mpsc::UnboundedReceiver<Change>>,
-    /// A worker ends only when a change fails, which loses the session.
+    /// A worker ends with an error when a change fails, which loses the
+    /// session, or once stopped.
     workers: JoinSet<Result<(), SessionError>>,
+    stop: CancellationToken,
 }
 
 /// One binding change on its way to RabbitMQ.
@@ -768,6 +776,7 @@ impl Lanes {
             queues: Vec::with_capacity(BINDING_LANES),
             idle: Vec::with_capacity(BINDING_LANES),
             workers: JoinSet::new(),
+            stop: CancellationToken::new(),
         };
         for _ in 0..BINDING_LANES {
             lanes.binders.push(Binder {
@@ -790,21 +799,32 @@ impl Lanes {
             by_lane[lane_of(&key)].push((key, bound));
         }
         let lanes = self.binders.iter().zip(by_lane);
-        let restored = lanes.map(|(binder, changes)| async move {
-            for (key, bound) in changes {
-                binder.apply(&key, bound).await?;
+        let restored = lanes.map(|(binder, changes)| self.restore_lane(binder, changes));
+        join_all(restored).await.into_iter().collect()
+    }
+
+    /// The first failure stops the other lanes too: the session is lost.
+    async fn restore_lane(
+        &self,
+        binder: &Binder,
+        changes: Vec<(String, bool)>,
+    ) -> Result<(), SessionError> {
+        for (key, bound) in changes {
+            if self.stop.is_cancelled() {
+                break;
             }
-            Ok::<_, SessionError>(())
-        });
-        // On failure the other lanes' requests are dropped mid-flight, which
-        // leaves their channels unusable: the session is lost anyway.
-        try_join_all(restored).await.map(drop)
+            if let Err(error) = binder.apply(&key, bound).await {
+                self.stop.cancel();
+                return Err(error);
+            }
+        }
+        Ok(())
     }
 
     fn start(&mut self) {
         let idle = std::mem::take(&mut self.idle);
         for (binder, changes) in self.binders.iter().zip(idle) {
-            let worker = apply_in_order(binder.clone(), changes);
+            let worker = apply_in_order(binder.clone(), changes, self.stop.clone());
             self.workers.spawn(worker.in_current_span());
         }
     }
@@ -816,7 +836,8 @@ impl Lanes {
         let _ = self.queues[lane_of(&change.key)].send(change);
     }
 
-    /// Completes when a worker fails, with why; never before `start`.
+    /// Completes when a worker fails, with why; never before `start` (nor
+    /// after `stop`).
     async fn failed(&mut self) -> String {
         match self.workers.join_next().await {
             Some(Ok(Err(error))) => error.to_string(),
@@ -826,9 +847,12 @@ impl Lanes {
         }
     }
 
-    /// Stops the workers, dropping the changes they had not applied.
+    /// Stops the workers once the requests in hand are answered (a closed
+    /// connection fails them at once; at worst they time out), dropping the
+    /// changes left queued.
     async fn stop(&mut self) {
-        self.workers.shutdown().await;
+        self.stop.cancel();
+        while self.workers.join_next().await.is_some() {}
     }
 }
 
@@ -843,12 +867,22 @@ fn lane_of(key: &str) -> usize {
 
 /// A lane's worker: applies its changes one at a time (amqprs mixes up
 /// concurrent requests of one kind on a channel), and stops at the first
-/// failure.
+/// failure, or between two changes once `stop` is cancelled.
 async fn apply_in_order(
     binder: Binder,
     mut changes: mpsc::UnboundedReceiver<Change>,
+    stop: CancellationToken,
 ) -> Result<(), SessionError> {
-    while let Some(change) = changes.recv().await {
+    loop {
+        let change = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Ok(()),
+            change = changes.recv() => change,
+        };
+        // The supervisor holds the sending end while the worker runs.
+        let Some(change) = change else {
+            return Ok(());
+        };
         let result = match change.bound {
             Some(bound) => binder.apply(&change.key, bound).await,
             None => Ok(()),
@@ -858,7 +892,6 @@ async fn apply_in_order(
         let _ = change.applied.send(());
         result?;
     }
-    Ok(())
 }
 
 /// Binds and unbinds the instance queue on one channel, keeping track of
