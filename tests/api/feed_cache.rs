@@ -102,14 +102,6 @@ async fn delete(app: &TestApp, author: &TestUser, id: &str) {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-async fn unfollow(app: &TestApp, follower: &TestUser, author: &TestUser) {
-    let path = format!("/friend/delete/{}", author.id);
-    let response = app
-        .call(Method::PUT, &path, Some(&follower.token), None)
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-}
-
 #[tokio::test]
 async fn updates_and_deletes_show_at_once_in_cached_feeds() {
     let app = TestApp::spawn().await;
@@ -156,7 +148,7 @@ async fn following_adds_recent_posts_and_unfollowing_removes_them() {
     app.follow(&reader, &new_friend).await;
     app.feed_settles_to(&reader, "", &["n2", "o1", "n1"]).await;
 
-    unfollow(&app, &reader, &old_friend).await;
+    app.unfollow(&reader, &old_friend).await;
     app.feed_settles_to(&reader, "", &["n2", "n1"]).await;
 }
 
@@ -220,7 +212,7 @@ async fn crossing_the_celebrity_threshold_does_not_change_what_followers_see() {
     assert_eq!(timeline, 3, "the star's posts, kept once for all fans");
 
     // Back under the threshold: the same feeds again.
-    unfollow(&app, &fans[2], &star).await;
+    app.unfollow(&fans[2], &star).await;
     app.create_post(&star, "s4").await;
     for fan in &fans[..2] {
         app.feed_settles_to(fan, "", &["s4", "f2", "s3", "s2", "f1", "s1"])
@@ -344,7 +336,7 @@ async fn random_writes_leave_every_feed_equal_to_the_truth() {
                 }
             }
             6..=7 if actor != other => app.follow(&users[actor], &users[other]).await,
-            8 if actor != other => unfollow(&app, &users[actor], &users[other]).await,
+            8 if actor != other => app.unfollow(&users[actor], &users[other]).await,
             _ => {
                 // Reads in between, so feeds get built and then kept up to date.
                 app.feed(&users[actor], "?limit=5").await;

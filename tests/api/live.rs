@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    Brokers, FeedClient, TcpProxy, TestApp, TestUser, Vhost, fresh_database, rabbit_broker,
+    Brokers, FeedClient, TcpProxy, TestApp, Vhost, fresh_database, rabbit_broker,
 };
 
 /// Runs a scenario once on the in-process broker and once on RabbitMQ.
@@ -39,14 +39,6 @@ on_both_brokers!(
     since_catches_up_without_gap_or_duplicate,
     a_slow_consumer_is_closed_and_others_keep_receiving,
 );
-
-async fn unfollow(app: &TestApp, follower: &TestUser, author: &TestUser) {
-    let path = format!("/friend/delete/{}", author.id);
-    let response = app
-        .call(Method::PUT, &path, Some(&follower.token), None)
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-}
 
 async fn a_follower_on_b_receives_a_post_created_on_a(brokers: Brokers) {
     let (a, b) = brokers.spawn_pair(&[]).await;
@@ -91,7 +83,7 @@ async fn unfollow_on_a_stops_delivery_on_b(brokers: Brokers) {
     let before = a.create_post(&dropped, "ещё читаешь").await;
     assert_eq!(socket.next_post().await["postId"], before.as_str());
 
-    unfollow(&a, &reader, &dropped).await;
+    a.unfollow(&reader, &dropped).await;
     a.create_post(&dropped, "уже не читаешь").await;
     let marker = a.create_post(&kept, "а это читаешь").await;
     assert_eq!(socket.next_post().await["postId"], marker.as_str());

@@ -228,6 +228,14 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::OK);
     }
 
+    pub async fn unfollow(&self, follower: &TestUser, author: &TestUser) {
+        let path = format!("/friend/delete/{}", author.id);
+        let response = self
+            .call(Method::PUT, &path, Some(&follower.token), None)
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     pub async fn create_post(&self, author: &TestUser, text: &str) -> String {
         let response = self
             .call(
