@@ -1,11 +1,11 @@
 //! `broadcast`: one author (a celebrity), N subscribers following only
 //! them, M posts at rate R. Every subscriber must get all M, once.
 
-use crate::fanout::{self, FanoutReport, Plan};
+use crate::fanout::{self, Plan};
 use crate::opts::{self, Common, FleetOptions, Target};
 use crate::pace::parse_rate;
 use crate::population::{Follow, Population};
-use crate::report::{self, ProgressLine, Report, Verdict};
+use crate::report::{self, ProgressLine, Verdict};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -24,22 +24,6 @@ pub struct Args {
     /// Posts per second.
     #[arg(short = 'r', long, default_value_t = 10.0, value_parser = parse_rate)]
     rate: f64,
-}
-
-#[derive(serde::Serialize)]
-#[serde(transparent)]
-struct Broadcast(FanoutReport);
-
-impl Report for Broadcast {
-    const SCENARIO: &'static str = "broadcast";
-
-    fn human(&self, out: &mut String) {
-        self.0.human(out, "broadcast");
-    }
-
-    fn problems(&self) -> Vec<String> {
-        self.0.problems()
-    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Verdict> {
@@ -70,5 +54,5 @@ pub async fn run(args: Args) -> anyhow::Result<Verdict> {
     .await;
     drop(line);
     population.cleanup().await;
-    report::conclude(&Broadcast(outcome?), args.common.json)
+    report::conclude(&outcome?.named("broadcast"), args.common.json)
 }

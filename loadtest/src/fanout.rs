@@ -31,6 +31,29 @@ pub struct Plan {
     pub rate: f64,
 }
 
+/// A fan-out report under its scenario's name (`broadcast`, `social`).
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct NamedReport {
+    #[serde(skip)]
+    scenario: &'static str,
+    report: FanoutReport,
+}
+
+impl crate::report::Report for NamedReport {
+    fn scenario(&self) -> &'static str {
+        self.scenario
+    }
+
+    fn human(&self, out: &mut String) {
+        self.report.human(out, self.scenario);
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.report.problems()
+    }
+}
+
 #[derive(Serialize)]
 pub struct FanoutReport {
     pub run: String,
@@ -417,6 +440,14 @@ impl Deliveries {
 }
 
 impl FanoutReport {
+    /// This report under the name of the scenario that produced it.
+    pub fn named(self, scenario: &'static str) -> NamedReport {
+        NamedReport {
+            scenario,
+            report: self,
+        }
+    }
+
     pub fn human(&self, out: &mut String, title: &str) {
         let _ = writeln!(out, "{title} (run {})", self.run);
         let _ = writeln!(out, "  {:<24} {}", "instances", self.instances.join(" "));

@@ -20,7 +20,8 @@ pub enum Verdict {
 
 /// A scenario's result.
 pub trait Report: Serialize {
-    const SCENARIO: &'static str;
+    /// The scenario's name, as the command line spells it.
+    fn scenario(&self) -> &'static str;
     /// The human summary.
     fn human(&self, out: &mut String);
     /// What makes the run a failure (lost or duplicated deliveries,
@@ -43,7 +44,7 @@ pub fn conclude<R: Report>(report: &R, json: bool) -> anyhow::Result<Verdict> {
     let mut out = String::new();
     if json {
         let envelope = Envelope {
-            scenario: R::SCENARIO,
+            scenario: report.scenario(),
             pass: problems.is_empty(),
             problems: &problems,
             report,

@@ -166,7 +166,9 @@ struct OperationReport {
 }
 
 impl Report for RestReport {
-    const SCENARIO: &'static str = "rest";
+    fn scenario(&self) -> &'static str {
+        "rest"
+    }
 
     fn human(&self, out: &mut String) {
         let _ = writeln!(out, "rest (run {})", self.run);

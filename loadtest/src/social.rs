@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::fanout::{self, FanoutReport, Plan};
+use crate::fanout::{self, Plan};
 use crate::opts::{self, Common, FleetOptions, Target};
 use crate::pace::{self, parse_rate};
 use crate::population::{Follow, Population};
-use crate::report::{self, ProgressLine, Report, Verdict};
+use crate::report::{self, ProgressLine, Verdict};
 use crate::rng::Rng;
 
 #[derive(Debug, clap::Args)]
@@ -38,22 +38,6 @@ pub struct Args {
     /// instead of seeding new ones (only the run's posts are deleted after).
     #[arg(long)]
     from_db: bool,
-}
-
-#[derive(serde::Serialize)]
-#[serde(transparent)]
-struct Social(FanoutReport);
-
-impl Report for Social {
-    const SCENARIO: &'static str = "social";
-
-    fn human(&self, out: &mut String) {
-        self.0.human(out, "social");
-    }
-
-    fn problems(&self) -> Vec<String> {
-        self.0.problems()
-    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Verdict> {
@@ -112,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<Verdict> {
     .await;
     drop(line);
     population.cleanup().await;
-    report::conclude(&Social(outcome?), args.common.json)
+    report::conclude(&outcome?.named("social"), args.common.json)
 }
 
 /// Each of `users` follows `per_user` distinct others (all others when

@@ -53,7 +53,9 @@ struct StormReport {
 }
 
 impl Report for StormReport {
-    const SCENARIO: &'static str = "connect-storm";
+    fn scenario(&self) -> &'static str {
+        "connect-storm"
+    }
 
     fn human(&self, out: &mut String) {
         let _ = writeln!(out, "connect-storm (run {})", self.run);
