@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::{Passwords, Tokens};
 use crate::broker::{Broker, BrokerKind};
 use crate::cache::{self, Feeds};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::outbox::{Announcer, Relay};
 use crate::realtime::Realtime;
 use crate::store::{Store, StoreSettings};
 
@@ -35,12 +38,18 @@ pub struct App {
     pub passwords: Passwords,
     pub feeds: Arc<Feeds>,
     pub realtime: Arc<Realtime>,
+    pub announcer: Announcer,
     pub limits: Limits,
+    broker: Broker,
+    /// Stops the background tasks and closes the sockets.
+    shutdown: CancellationToken,
+    /// The background tasks (hub, outbox relay, feed worker), awaited at shutdown.
+    tasks: TaskTracker,
 }
 
 impl App {
     /// Builds the application and starts its background tasks (broker
-    /// connection, hub, outbox relay). Nothing here waits on the network:
+    /// connection, hub, outbox relay, feed worker). Nothing here waits on the network:
     /// the database is connected on first use and the broker in the
     /// background, so the service starts, and reports 503, while either is down.
     pub fn start(config: &Config, broker: BrokerKind) -> anyhow::Result<Self> {
@@ -68,24 +77,43 @@ impl App {
         let feeds =
             Feeds::new(store.clone(), &config.cache.settings()).context("configuring Redis")?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(cache::run_worker(
+        let metrics = Arc::new(Metrics::default());
+        let settings = config.realtime();
+        let announcer = Announcer::new(settings.routing);
+        let realtime = Realtime::new(
+            store.clone(),
+            feeds.clone(),
+            broker.clone(),
+            settings,
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        let tasks = TaskTracker::new();
+        // The broker keeps the delivery channel open while any handle to it
+        // lives, so the hub is stopped by the token, like the others.
+        tasks.spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(realtime.hub(incoming)),
+        );
+        tasks.spawn(cache::run_worker(
             feeds.clone(),
             work_queue,
             shutdown.clone(),
         ));
-        let realtime = Realtime::start(
-            store.clone(),
-            feeds.clone(),
-            broker,
-            incoming,
-            config.realtime(),
-            Arc::new(Metrics::default()),
-            shutdown,
-        );
+        let relay = Relay::new(store.clone(), broker.clone(), metrics);
+        tasks.spawn({
+            let stop = shutdown.clone();
+            async move { relay.run(stop).await }
+        });
         Ok(Self {
             store,
             feeds,
             realtime,
+            announcer,
+            broker,
+            shutdown,
+            tasks,
             tokens: Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs))
                 .context("configuring token signing")?,
             passwords: Passwords::new(cores),
@@ -97,6 +125,26 @@ impl App {
                 ws_send_buffer: config.ws_send_buffer as usize,
             },
         })
+    }
+
+    /// Stops the background tasks and closes every socket with 1001, waits
+    /// for both until `grace` is over at most, then leaves the broker
+    /// (deleting this instance's queue). The relay finishes the batch it is
+    /// publishing first, so its rows are not published twice.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        self.shutdown.cancel();
+        self.tasks.close();
+        let tasks_done = async {
+            if tokio::time::timeout_at(deadline, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("background tasks still running after the grace period");
+            }
+        };
+        tokio::join!(self.realtime.close_sockets(deadline), tasks_done);
+        self.broker.shutdown().await;
     }
 }
 

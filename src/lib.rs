@@ -11,6 +11,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod outbox;
 pub mod realtime;
 pub mod seed;
 pub mod server;

@@ -112,9 +112,6 @@ pub async fn run(
     };
     // Websockets left hyper at their upgrade: they are closed (1001) by the
     // realtime side, at the same time as HTTP requests finish.
-    tokio::join!(
-        requests_done,
-        app.realtime.shutdown(app.limits.shutdown_grace)
-    );
+    tokio::join!(requests_done, app.shutdown(app.limits.shutdown_grace));
     Ok(())
 }

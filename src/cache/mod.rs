@@ -16,9 +16,8 @@ pub use self::redis::{CacheError, FEED_CAPACITY};
 use self::redis::{CachedPage, RedisFeeds};
 pub use self::warm::{WarmOptions, WarmReport, warm};
 pub use self::worker::run as run_worker;
-use crate::broker::Topic;
 use crate::domain::{FeedPage, Post, PostId, UserId};
-use crate::store::{OutboxMessage, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -42,15 +41,6 @@ impl Feeds {
             cache: RedisFeeds::new(&settings.redis_url, &settings.key_prefix)?,
             celebrity_threshold: settings.celebrity_threshold,
         }))
-    }
-
-    /// The outbox message that will bring the cache up to date with `event`.
-    pub fn event(event: FeedEvent) -> OutboxMessage {
-        OutboxMessage {
-            topic: Topic::Materialize,
-            routing_key: String::new(),
-            body: event.encode(),
-        }
     }
 
     /// A page of `reader`'s feed as the JSON array the API answers. From the

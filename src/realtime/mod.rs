@@ -1,15 +1,14 @@
 //! The live feed: sockets subscribe here, posts arrive from the broker and
-//! are fanned out to them.
+//! are fanned out to them. What reaches the broker, and how, is
+//! [`crate::outbox`]'s business.
 //!
 //! ```text
-//! post/create ─▶ outbox row (same transaction) ─▶ relay ─▶ broker
 //! broker ─▶ hub ─▶ registry (author ▶ sockets) ─▶ per-socket queue ─▶ session ─▶ client
 //! ```
 
 pub mod codec;
 mod hub;
 mod registry;
-mod relay;
 mod routing;
 mod session;
 mod socket;
@@ -20,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,13 +30,11 @@ pub use registry::Registry;
 pub use routing::Routing;
 pub use socket::{Push, Socket};
 
-use self::codec::FollowChange;
-use self::relay::Relay;
-use crate::broker::{Broker, Delivery, Topic};
+use crate::broker::{Broker, Delivery};
 use crate::cache::Feeds;
-use crate::domain::{Post, PostId, UserId};
+use crate::domain::{PostId, UserId};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{OutboxMessage, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct RealtimeSettings {
@@ -72,34 +70,20 @@ impl Drop for SocketSlot {
 }
 
 impl Realtime {
-    /// Starts the hub on `deliveries` (this instance's `Posts` and
-    /// `Control` messages) and the outbox relay; `shutdown` stops them.
-    pub fn start(
+    /// Cancelling `shutdown` closes every socket with 1001.
+    pub fn new(
         store: Store,
         feeds: Arc<Feeds>,
         broker: Broker,
-        incoming: mpsc::Receiver<Delivery>,
         settings: RealtimeSettings,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let registry = Arc::new(Registry::new(broker.clone(), settings.routing));
-        let relay = Relay::new(store.clone(), broker.clone(), metrics.clone());
-        tokio::spawn(hub::run(
-            incoming,
-            registry.clone(),
-            store.clone(),
-            metrics.clone(),
-        ));
-        tokio::spawn({
-            let stop = shutdown.clone();
-            async move { relay.run(stop).await }
-        });
         Arc::new(Self {
+            registry: Arc::new(Registry::new(broker.clone(), settings.routing)),
             store,
             feeds,
             broker,
-            registry,
             metrics,
             settings,
             shutdown,
@@ -107,29 +91,15 @@ impl Realtime {
         })
     }
 
-    /// The outbox event announcing a new post.
-    pub fn post_event(&self, post: &Post) -> OutboxMessage {
-        OutboxMessage {
-            topic: Topic::Posts,
-            routing_key: self.settings.routing.key(post.author_user_id),
-            body: codec::encode_post(post, unix_micros()),
-        }
-    }
-
-    /// The outbox event announcing that `follower` now follows `author`
-    /// (`follows`) or no longer does.
-    pub fn follow_event(&self, follower: UserId, author: UserId, follows: bool) -> OutboxMessage {
-        let change = FollowChange {
-            follower,
-            author,
-            follows,
-            at_unix_ms: unix_micros() / 1000,
-        };
-        OutboxMessage {
-            topic: Topic::Control,
-            routing_key: String::new(),
-            body: codec::encode_follow(change),
-        }
+    /// The hub: fans this instance's `Posts` and `Control` deliveries out to
+    /// its sockets until `deliveries` closes.
+    pub fn hub(&self, deliveries: mpsc::Receiver<Delivery>) -> impl Future<Output = ()> + use<> {
+        hub::run(
+            deliveries,
+            self.registry.clone(),
+            self.store.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Reserves a socket place, or `None` when the instance is full.
@@ -175,18 +145,16 @@ impl Realtime {
         });
     }
 
-    /// Closes every socket with 1001, stops the relay and leaves the broker
-    /// (deleting this instance's queue), waiting at most `grace`.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Closes every socket with 1001, waiting until `deadline` at most.
+    pub async fn close_sockets(&self, deadline: Instant) {
         self.shutdown.cancel();
         self.sessions.close();
-        if tokio::time::timeout(grace, self.sessions.wait())
+        if tokio::time::timeout_at(deadline, self.sessions.wait())
             .await
             .is_err()
         {
             tracing::warn!("sockets still open after the grace period");
         }
-        self.broker.shutdown().await;
     }
 
     pub async fn gauges(&self) -> Gauges {

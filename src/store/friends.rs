@@ -1,6 +1,6 @@
-use super::outbox::OutboxMessage;
 use super::{Store, StoreError, missing_user, user_id_from_row};
 use crate::domain::UserId;
+use crate::outbox::OutboxMessage;
 
 impl Store {
     /// `user` follows `friend`. Following twice is not an error; `events`

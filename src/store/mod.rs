@@ -17,10 +17,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use crate::domain::UserId;
+use crate::outbox::OutboxMessage;
 
 pub use error::StoreError;
 pub use migrate::{create_database_if_missing, migrate};
-pub use outbox::{ClaimedMessage, OutboxLeader, OutboxMessage};
+pub use outbox::{ClaimedMessage, OutboxLeader};
 pub use posts::FeedSource;
 
 /// How the service talks to PostgreSQL.

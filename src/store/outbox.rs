@@ -9,38 +9,13 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
-use crate::broker::Topic;
-
-/// An event to publish once the transaction that wrote it commits.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxMessage {
-    pub topic: Topic,
-    pub routing_key: String,
-    pub body: Bytes,
-}
+use crate::outbox::OutboxMessage;
 
 /// A message claimed for publishing; delete it by `id` once published.
 #[derive(Debug, Clone)]
 pub struct ClaimedMessage {
     pub id: i64,
     pub message: OutboxMessage,
-}
-
-fn topic_code(topic: Topic) -> i16 {
-    match topic {
-        Topic::Posts => 1,
-        Topic::Control => 2,
-        Topic::Materialize => 3,
-    }
-}
-
-fn topic_from_code(code: i16) -> Option<Topic> {
-    match code {
-        1 => Some(Topic::Posts),
-        2 => Some(Topic::Control),
-        3 => Some(Topic::Materialize),
-        _ => None,
-    }
 }
 
 /// Writes `messages`, in order, inside the caller's transaction.
@@ -52,10 +27,13 @@ pub(super) async fn enqueue(
         .prepare_cached("INSERT INTO outbox (topic, routing_key, body) VALUES ($1, $2, $3)")
         .await?;
     for message in messages {
-        let topic = topic_code(message.topic);
         tx.execute(
             &insert,
-            &[&topic, &message.routing_key, &message.body.as_ref()],
+            &[
+                &message.topic_code(),
+                &message.routing_key(),
+                &message.body().as_ref(),
+            ],
         )
         .await?;
     }
@@ -155,14 +133,14 @@ impl Store {
                  ) RETURNING id, topic, routing_key, body",
                 &[&limit, &lease.as_secs_f64()],
                 |row| {
-                    let topic = topic_from_code(row.get(1))?;
+                    let message = OutboxMessage::from_stored(
+                        row.get(1),
+                        row.get(2),
+                        Bytes::from(row.get::<_, Vec<u8>>(3)),
+                    )?;
                     Some(ClaimedMessage {
                         id: row.get(0),
-                        message: OutboxMessage {
-                            topic,
-                            routing_key: row.get(2),
-                            body: Bytes::from(row.get::<_, Vec<u8>>(3)),
-                        },
+                        message,
                     })
                 },
             )
@@ -194,18 +172,5 @@ impl Store {
         let client = self.client().await?;
         let count = client.prepare_cached("SELECT count(*) FROM outbox").await?;
         Ok(client.query_one(&count, &[]).await?.get(0))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_codes_round_trip() {
-        for topic in [Topic::Posts, Topic::Control, Topic::Materialize] {
-            assert_eq!(topic_from_code(topic_code(topic)), Some(topic));
-        }
-        assert_eq!(topic_from_code(0), None);
     }
 }

@@ -1,21 +1,19 @@
 use tokio_postgres::Row;
 
-use super::outbox::OutboxMessage;
 use super::{Store, StoreError, missing_user, user_id_from_row};
 use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
+use crate::outbox::OutboxMessage;
 
 impl Store {
     /// Stores the post and, in the same transaction, the events announcing it.
     pub async fn create_post(
         &self,
-        id: PostId,
-        author: UserId,
-        text: &PostText,
+        post: &Post,
         events: &[OutboxMessage],
     ) -> Result<(), StoreError> {
         self.write_announced(
             "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
-            &[id.as_uuid(), author.as_uuid(), &text.as_str()],
+            &[post.id.as_uuid(), post.author_user_id.as_uuid(), &post.text],
             events,
         )
         .await

@@ -1,7 +1,6 @@
 use hyper::Response;
 
 use crate::app::App;
-use crate::cache::{FeedEvent, Feeds};
 use crate::domain::UserId;
 use crate::http::response::ok_empty;
 use crate::http::{ApiError, Body};
@@ -12,25 +11,13 @@ pub async fn follow(app: &App, me: UserId, friend: UserId) -> Result<Response<Bo
             "a user cannot follow themselves".into(),
         ));
     }
-    let events = [
-        app.realtime.follow_event(me, friend, true),
-        Feeds::event(FeedEvent::FollowChanged {
-            user: me,
-            author: friend,
-        }),
-    ];
+    let events = app.announcer.follow_changed(me, friend, true);
     app.store.follow(me, friend, &events).await?;
     Ok(ok_empty())
 }
 
 pub async fn unfollow(app: &App, me: UserId, friend: UserId) -> Result<Response<Body>, ApiError> {
-    let events = [
-        app.realtime.follow_event(me, friend, false),
-        Feeds::event(FeedEvent::FollowChanged {
-            user: me,
-            author: friend,
-        }),
-    ];
+    let events = app.announcer.follow_changed(me, friend, false);
     app.store.unfollow(me, friend, &events).await?;
     Ok(ok_empty())
 }

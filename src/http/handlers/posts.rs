@@ -1,7 +1,6 @@
 use hyper::Response;
 
 use crate::app::App;
-use crate::cache::{FeedEvent, Feeds};
 use crate::domain::{FeedPage, NewPost, Post, PostEdit, PostId, UserId};
 use crate::http::response::{ok, ok_empty, ok_json_bytes};
 use crate::http::{ApiError, Body};
@@ -14,18 +13,13 @@ pub async fn create(app: &App, me: UserId, new: NewPost) -> Result<Response<Body
         text: new.text.as_str().to_owned(),
         author_user_id: me,
     };
-    let events = [
-        app.realtime.post_event(&post),
-        Feeds::event(FeedEvent::PostCreated { post: post.id }),
-    ];
-    app.store
-        .create_post(post.id, me, &new.text, &events)
-        .await?;
+    let events = app.announcer.post_created(&post);
+    app.store.create_post(&post, &events).await?;
     Ok(ok(&post.id))
 }
 
 pub async fn update(app: &App, me: UserId, edit: PostEdit) -> Result<Response<Body>, ApiError> {
-    let events = [Feeds::event(FeedEvent::PostUpdated { post: edit.id })];
+    let events = app.announcer.post_updated(edit.id);
     app.store
         .update_post(me, edit.id, &edit.text, &events)
         .await?;
@@ -33,10 +27,7 @@ pub async fn update(app: &App, me: UserId, edit: PostEdit) -> Result<Response<Bo
 }
 
 pub async fn delete(app: &App, me: UserId, id: PostId) -> Result<Response<Body>, ApiError> {
-    let events = [Feeds::event(FeedEvent::PostDeleted {
-        post: id,
-        author: me,
-    })];
+    let events = app.announcer.post_deleted(id, me);
     app.store.delete_post(me, id, &events).await?;
     Ok(ok_empty())
 }
