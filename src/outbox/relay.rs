@@ -6,12 +6,18 @@
 //! events go out in one order: a follow change and the post after it arrive
 //! in that order everywhere. The others stand by and take over within a
 //! second of the relay's instance dying.
+//!
+//! Leadership follows the broker: a relay that has failed to publish for
+//! [`STEP_DOWN_AFTER`] gives the lock up and sits out [`COOLDOWN`], so one
+//! instance's broken link to the broker never stalls the posts written on
+//! the others. It must never delete a row the broker has not confirmed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerError};
@@ -27,6 +33,13 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How often a standby instance tries to become the relay.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
+/// How long publishes may keep failing before the relay hands over: longer
+/// than a reconnect to a healthy broker takes, short enough that posts are
+/// not held up for long when only this instance's link is broken.
+const STEP_DOWN_AFTER: Duration = Duration::from_secs(3);
+/// How long a relay that stepped down leaves the lock to the others, so a
+/// healthy standby (retrying every `STANDBY_RETRY`) wins it.
+const COOLDOWN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -53,28 +66,50 @@ impl Relay {
 
     pub async fn run(&self, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            match self.store.lead_outbox(STANDBY_RETRY, &stop).await {
+            let pause = match self.store.lead_outbox(STANDBY_RETRY, &stop).await {
                 Ok(Some(leader)) => {
                     tracing::info!("this instance now relays the outbox");
-                    self.lead(&leader, &stop).await;
+                    match self.lead(&leader, &stop).await {
+                        Tenure::Ended => continue,
+                        // Dropping the leader closes its connection, which
+                        // releases the lock for a standby to take.
+                        Tenure::SteppedDown => COOLDOWN,
+                    }
                 }
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay cannot reach the database");
-                    tokio::select! {
-                        () = tokio::time::sleep(RETRY_AFTER_FAILURE) => {}
-                        () = stop.cancelled() => return,
-                    }
+                    RETRY_AFTER_FAILURE
                 }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return,
             }
         }
     }
 
-    async fn lead(&self, leader: &OutboxLeader, stop: &CancellationToken) {
+    async fn lead(&self, leader: &OutboxLeader, stop: &CancellationToken) -> Tenure {
+        let mut failing = FailingSince::default();
         loop {
+            let attempt = Instant::now();
             let pause = match self.publish_batch().await {
-                Ok(count) if count as i64 == BATCH => continue,
-                Ok(_) => IDLE_POLL,
+                Ok(count) => {
+                    failing.reset();
+                    if count as i64 == BATCH {
+                        continue;
+                    }
+                    IDLE_POLL
+                }
+                Err(RelayError::Broker(e))
+                    if failing.failed(attempt, Instant::now()) >= STEP_DOWN_AFTER =>
+                {
+                    tracing::warn!(
+                        error = %e,
+                        "outbox relay cannot publish: handing over to another instance"
+                    );
+                    return Tenure::SteppedDown;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay: will retry");
                     RETRY_AFTER_FAILURE
@@ -85,9 +120,9 @@ impl Relay {
                 () = tokio::time::sleep(pause) => {}
                 () = leader.lost() => {
                     tracing::warn!("lost the outbox relay lock");
-                    return;
+                    return Tenure::Ended;
                 }
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return Tenure::Ended,
             }
         }
     }
@@ -126,5 +161,72 @@ impl Relay {
             Some(e) => Err(e.into()),
             None => Ok(claimed.len()),
         }
+    }
+}
+
+/// How a turn as the relay ended.
+enum Tenure {
+    /// The lock was lost, or the instance is stopping.
+    Ended,
+    /// Publishing kept failing: the lock was given up for a while.
+    SteppedDown,
+}
+
+/// When the current run of failed publishes began.
+#[derive(Debug, Default)]
+struct FailingSince(Option<Instant>);
+
+impl FailingSince {
+    /// Nothing is held up: every claimed row was published, or none was
+    /// waiting.
+    fn reset(&mut self) {
+        self.0 = None;
+    }
+
+    /// Records an attempt begun at `attempt` that failed at `now`; returns
+    /// how long publishing has been failing: since the first failed attempt
+    /// of the run began, so a publish that hangs until it times out counts
+    /// the time it hung.
+    fn failed(&mut self, attempt: Instant, now: Instant) -> Duration {
+        let since = *self.0.get_or_insert(attempt);
+        now.saturating_duration_since(since)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn failures_count_from_the_start_of_the_first_failed_attempt() {
+        let start = Instant::now();
+        let mut failing = FailingSince::default();
+        assert_eq!(failing.failed(start, start), Duration::ZERO);
+        assert_eq!(
+            failing.failed(start + 2 * SECOND, start + 2 * SECOND),
+            2 * SECOND
+        );
+        let hung = start + 4 * SECOND;
+        assert_eq!(failing.failed(start + 3 * SECOND, hung), 4 * SECOND);
+    }
+
+    #[test]
+    fn a_publish_that_hangs_counts_the_time_it_hung() {
+        let start = Instant::now();
+        let mut failing = FailingSince::default();
+        assert!(failing.failed(start, start + 5 * SECOND) >= STEP_DOWN_AFTER);
+    }
+
+    #[test]
+    fn a_batch_without_failures_ends_the_run() {
+        let start = Instant::now();
+        let mut failing = FailingSince::default();
+        failing.failed(start, start + 2 * SECOND);
+        failing.reset();
+        let later = start + 10 * SECOND;
+        assert_eq!(failing.failed(later, later), Duration::ZERO);
+        assert_eq!(failing.failed(later + SECOND, later + SECOND), SECOND);
     }
 }
