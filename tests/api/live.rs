@@ -8,7 +8,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    Brokers, FeedClient, TcpProxy, TestApp, Vhost, fresh_database, rabbit_broker,
+    Brokers, FeedClient, TestApp, Vhost, fresh_database, proxied_rabbit, rabbit_broker,
 };
 
 /// Runs a scenario once on the in-process broker and once on RabbitMQ.
@@ -394,24 +394,11 @@ async fn metrics_count_sockets_and_deliveries() {
 #[tokio::test]
 async fn posts_created_while_rabbitmq_is_down_arrive_when_it_returns() {
     let vhost = std::sync::Arc::new(Vhost::create().await);
-    let rabbit: url::Url = vhost.url().parse().unwrap();
-    let target = format!(
-        "{}:{}",
-        rabbit.host_str().unwrap(),
-        rabbit.port().unwrap_or(5672)
-    )
-    .parse()
-    .unwrap();
-    let mut proxy = TcpProxy::start(target).await;
-    let mut through_proxy = rabbit.clone();
-    through_proxy
-        .set_port(Some(proxy.address().port()))
-        .unwrap();
+    let (mut proxy, through_proxy) = proxied_rabbit(&vhost).await;
 
     let database = fresh_database().await;
-    let mut a =
-        TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
-    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(through_proxy.as_str())).await;
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
     a.keep(vhost);
     let author = a.register("Автор", "Настойчивый").await;
     let reader = a.register("Читатель", "Терпеливый").await;

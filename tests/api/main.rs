@@ -10,5 +10,6 @@ mod lifecycle;
 mod live;
 mod outage;
 mod posts;
+mod relay;
 mod support;
 mod users;

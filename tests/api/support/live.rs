@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-use super::vhost::Vhost;
+use super::proxy::TcpProxy;
+use super::vhost::{Vhost, rabbitmqctl};
 use super::{TestApp, fresh_database};
 
 /// Bound on waiting for any one websocket event.
@@ -64,6 +65,56 @@ pub fn rabbit_broker(url: &str) -> BrokerKind {
         url: url.to_owned(),
         instance_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
     })
+}
+
+/// A proxy in front of the RabbitMQ of `vhost`, and the vhost's URL through
+/// it: cutting the proxy takes RabbitMQ away from the instances given that
+/// URL only.
+pub async fn proxied_rabbit(vhost: &Vhost) -> (TcpProxy, String) {
+    let rabbit: url::Url = vhost.url().parse().unwrap();
+    let target = format!(
+        "{}:{}",
+        rabbit.host_str().unwrap(),
+        rabbit.port().unwrap_or(5672)
+    )
+    .parse()
+    .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    let mut through_proxy = rabbit;
+    through_proxy
+        .set_port(Some(proxy.address().port()))
+        .unwrap();
+    (proxy, through_proxy.into())
+}
+
+/// Waits until `count` instances are connected to the RabbitMQ of `vhost`
+/// (each instance queue has its consumer): posts published for a socket
+/// that subscribed before its instance connected are routed nowhere.
+pub async fn instances_connected(vhost: &Vhost, count: usize) {
+    let url: url::Url = vhost.url().parse().unwrap();
+    let name = url.path().trim_start_matches('/');
+    let mut last = String::new();
+    let connected = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            last = rabbitmqctl(&["list_queues", "-p", name, "name", "consumers"]).await;
+            let consumed = last
+                .lines()
+                .filter_map(|line| line.split_once('\t'))
+                .filter(|(queue, consumers)| {
+                    queue.starts_with("livefeed.instance.") && *consumers != "0"
+                })
+                .count();
+            if consumed == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        connected.is_ok(),
+        "{count} instances never connected; queues:\n{last}"
+    );
 }
 
 pub struct FeedClient {

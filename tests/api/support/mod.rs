@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use live::{Brokers, FeedClient, rabbit_broker};
+pub use live::{Brokers, FeedClient, instances_connected, proxied_rabbit, rabbit_broker};
 pub use proxy::TcpProxy;
 pub use vhost::Vhost;
 
@@ -271,6 +271,16 @@ impl TestApp {
             "feed{query} never became {expected:?}; last: {:?}",
             texts(&last)
         );
+    }
+
+    /// The value of the counter or gauge `name` in `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics", None).await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name} is not a whole number ({e}) in\n{text}"))
     }
 
     pub async fn feed(&self, reader: &TestUser, query: &str) -> Vec<Value> {

@@ -62,7 +62,8 @@ fn rabbitmqctl_path() -> String {
     std::env::var("RABBITMQCTL").unwrap_or_else(|_| "/usr/sbin/rabbitmqctl".into())
 }
 
-async fn rabbitmqctl(arguments: &[&str]) {
+/// Runs `rabbitmqctl -q` with `arguments`; returns what it printed.
+pub async fn rabbitmqctl(arguments: &[&str]) -> String {
     let path = rabbitmqctl_path();
     let run = tokio::process::Command::new(&path)
         .arg("-q")
@@ -78,4 +79,5 @@ async fn rabbitmqctl(arguments: &[&str]) {
         "{path} {arguments:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }

@@ -1,0 +1,83 @@
+//! The outbox relay follows the broker: an instance whose link to RabbitMQ
+//! breaks while it relays hands the outbox over to one that can publish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::support::{
+    FeedClient, TestApp, Vhost, fresh_database, instances_connected, proxied_rabbit, rabbit_broker,
+};
+
+/// The relay steps down after 3 s of failed publishes; a standby asks for
+/// the lock every second (the one stepping down sits out 5 s). The rest is
+/// slack for a busy machine.
+const HANDOVER: Duration = Duration::from_secs(10);
+const PUBLISHED: &str = "livefeed_outbox_published_total";
+
+#[tokio::test]
+async fn a_relay_cut_off_from_rabbitmq_hands_over_and_nothing_is_lost() {
+    let vhost = Arc::new(Vhost::create().await);
+    let (mut proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let database = fresh_database().await;
+
+    // A starts alone, so it is the relay once it has published something.
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    a.keep(vhost.clone());
+    let author = a.register("Автор", "Упорный").await;
+    let reader = a.register("Читатель", "Внимательный").await;
+    a.follow(&reader, &author).await;
+    a.create_post(&author, "первый").await;
+    outbox_settles(&a, &[&a], 4).await;
+
+    let mut b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    instances_connected(&vhost, 2).await;
+    b.keep(vhost);
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    let relayed_by_a = b.create_post(&author, "через A").await;
+    assert_eq!(socket.next_post().await["postId"], relayed_by_a.as_str());
+    assert_eq!(b.metric(PUBLISHED).await, 0, "B stands by while A relays");
+
+    proxy.cut();
+    let cut = Instant::now();
+    let on_b = b.create_post(&author, "написан на B").await;
+    let on_a = a.create_post(&author, "написан на A").await;
+    for expected in [&on_b, &on_a] {
+        let post = tokio::time::timeout_at(cut + HANDOVER, socket.next_post())
+            .await
+            .unwrap_or_else(|_| panic!("post {expected} not delivered within {HANDOVER:?}"));
+        assert_eq!(post["postId"], expected.as_str());
+    }
+
+    proxy.restore().await;
+    let after = a.create_post(&author, "после восстановления").await;
+    assert_eq!(socket.next_post().await["postId"], after.as_str());
+    // The follow and five posts, two events each: every one published once.
+    outbox_settles(&a, &[&a, &b], 12).await;
+    assert!(b.metric(PUBLISHED).await > 0, "B took the relay over");
+}
+
+/// Waits until the outbox is empty and `relays` together published `total`
+/// events.
+async fn outbox_settles(app: &TestApp, relays: &[&TestApp], total: u64) {
+    let mut last = (0, 0);
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut published = 0;
+            for relay in relays {
+                published += relay.metric(PUBLISHED).await;
+            }
+            last = (published, app.metric("livefeed_outbox_depth").await);
+            if last == (total, 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "published and depth never became ({total}, 0); last {last:?}"
+    );
+}
