@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use super::vhost::Vhost;
-use super::{TestApp, fresh_database};
+use super::{ApiClient, TestApp, fresh_database};
 
 /// Bound on waiting for any one websocket event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +72,7 @@ pub struct FeedClient {
 
 impl FeedClient {
     /// Connects with a bearer token and waits until the socket is subscribed.
-    pub async fn connect(app: &TestApp, token: &str) -> Self {
+    pub async fn connect(app: &ApiClient, token: &str) -> Self {
         Self::open(app, Some(token), "", None)
             .await
             .expect("websocket connects")
@@ -86,7 +86,7 @@ impl FeedClient {
     /// server answers a client ping only after subscribing and catching up,
     /// so the pong means every post created from now on is delivered.
     pub async fn open(
-        app: &TestApp,
+        app: &ApiClient,
         token: Option<&str>,
         query: &str,
         receive_buffer: Option<u32>,
@@ -159,11 +159,19 @@ impl FeedClient {
         self.ws.send(message).await.unwrap();
     }
 
+    /// The next message of any kind within `wait`: `Err` when none came,
+    /// `Ok(None)` once the connection has ended.
+    pub async fn event_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Message>, tokio::time::error::Elapsed> {
+        let next = tokio::time::timeout(wait, self.ws.next()).await?;
+        Ok(next.and_then(Result::ok))
+    }
+
     async fn next_message(&mut self) -> Option<Message> {
-        match tokio::time::timeout(EVENT_TIMEOUT, self.ws.next()).await {
-            Ok(Some(Ok(message))) => Some(message),
-            Ok(Some(Err(_)) | None) => None,
-            Err(_) => panic!("no websocket event within {EVENT_TIMEOUT:?}"),
-        }
+        self.event_within(EVENT_TIMEOUT)
+            .await
+            .unwrap_or_else(|_| panic!("no websocket event within {EVENT_TIMEOUT:?}"))
     }
 }
