@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use super::proxy::TcpProxy;
-use super::vhost::{Vhost, rabbitmqctl};
-use super::{TestApp, fresh_database};
+use super::vhost::{Rabbitmqctl, Vhost};
+use super::{ApiClient, TestApp, fresh_database};
 
 /// Bound on waiting for any one websocket event.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +96,9 @@ pub async fn instances_connected(vhost: &Vhost, count: usize) {
     let mut last = String::new();
     let connected = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            last = rabbitmqctl(&["list_queues", "-p", name, "name", "consumers"]).await;
+            last = Rabbitmqctl::local()
+                .run(&["list_queues", "-p", name, "name", "consumers"])
+                .await;
             let consumed = last
                 .lines()
                 .filter_map(|line| line.split_once('\t'))
@@ -123,7 +125,7 @@ pub struct FeedClient {
 
 impl FeedClient {
     /// Connects with a bearer token and waits until the socket is subscribed.
-    pub async fn connect(app: &TestApp, token: &str) -> Self {
+    pub async fn connect(app: &ApiClient, token: &str) -> Self {
         Self::open(app, Some(token), "", None)
             .await
             .expect("websocket connects")
@@ -137,7 +139,7 @@ impl FeedClient {
     /// server answers a client ping only after subscribing and catching up,
     /// so the pong means every post created from now on is delivered.
     pub async fn open(
-        app: &TestApp,
+        app: &ApiClient,
         token: Option<&str>,
         query: &str,
         receive_buffer: Option<u32>,
@@ -210,11 +212,19 @@ impl FeedClient {
         self.ws.send(message).await.unwrap();
     }
 
+    /// The next message of any kind within `wait`: `Err` when none came,
+    /// `Ok(None)` once the connection has ended.
+    pub async fn event_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Message>, tokio::time::error::Elapsed> {
+        let next = tokio::time::timeout(wait, self.ws.next()).await?;
+        Ok(next.and_then(Result::ok))
+    }
+
     async fn next_message(&mut self) -> Option<Message> {
-        match tokio::time::timeout(EVENT_TIMEOUT, self.ws.next()).await {
-            Ok(Some(Ok(message))) => Some(message),
-            Ok(Some(Err(_)) | None) => None,
-            Err(_) => panic!("no websocket event within {EVENT_TIMEOUT:?}"),
-        }
+        self.event_within(EVENT_TIMEOUT)
+            .await
+            .unwrap_or_else(|_| panic!("no websocket event within {EVENT_TIMEOUT:?}"))
     }
 }

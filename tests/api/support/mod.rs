@@ -1,9 +1,10 @@
 //! The test harness: a real server on port 0 against a fresh PostgreSQL
 //! database per test, and a client that speaks the spec.
 
+mod client;
 mod live;
 mod proxy;
-mod vhost;
+pub mod vhost;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,20 +12,18 @@ use std::time::Duration;
 use livefeed::app::App;
 use livefeed::broker::{BrokerKind, MemoryBus};
 use livefeed::config::Config;
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use client::{ApiClient, TestUser};
 pub use live::{Brokers, FeedClient, instances_connected, proxied_rabbit, rabbit_broker};
 pub use proxy::TcpProxy;
 pub use vhost::Vhost;
 
 pub const SECRET: &str = "integration-test-secret-integration-test";
 pub const PASSWORD: &str = "correct horse battery";
-
-/// Bound on every single request a test makes, so a hang fails the test.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn base_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -51,20 +50,14 @@ pub async fn sql(database_url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A server inside the test process; its REST calls come through `Deref`.
 pub struct TestApp {
-    pub address: String,
+    api: ApiClient,
     pub database_url: String,
-    pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     /// Whatever must outlive the server (a RabbitMQ virtual host).
     resources: Vec<Arc<dyn std::any::Any + Send + Sync>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TestUser {
-    pub id: String,
-    pub token: String,
 }
 
 impl TestApp {
@@ -122,12 +115,8 @@ impl TestApp {
             },
         ));
         Self {
-            address,
+            api: ApiClient::new(address),
             database_url: database_url.to_owned(),
-            client: reqwest::Client::builder()
-                .timeout(REQUEST_TIMEOUT)
-                .build()
-                .unwrap(),
             shutdown: Some(shutdown),
             server: Some(server),
             resources: Vec::new(),
@@ -154,144 +143,13 @@ impl TestApp {
             let _ = shutdown.send(());
         }
     }
+}
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.address)
-    }
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
 
-    /// Sends a request; `token` becomes a bearer header, `body` JSON.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Response {
-        let mut request = self.client.request(method, self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.expect("request reaches the server")
-    }
-
-    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
-        self.call(Method::GET, path, token, None).await
-    }
-
-    pub async fn register(&self, first_name: &str, second_name: &str) -> TestUser {
-        let response = self
-            .call(
-                Method::POST,
-                "/user/register",
-                None,
-                Some(serde_json::json!({
-                    "first_name": first_name,
-                    "second_name": second_name,
-                    "birthdate": "1990-05-17",
-                    "biography": "Хобби",
-                    "city": "Москва",
-                    "password": PASSWORD,
-                })),
-            )
-            .await;
-        let id = json_ok(response).await["user_id"]
-            .as_str()
-            .expect("user_id is a string")
-            .to_owned();
-        let token = self.login(&id).await;
-        TestUser { id, token }
-    }
-
-    pub async fn login(&self, id: &str) -> String {
-        let response = self
-            .call(
-                Method::POST,
-                "/login",
-                None,
-                Some(serde_json::json!({ "id": id, "password": PASSWORD })),
-            )
-            .await;
-        json_ok(response).await["token"]
-            .as_str()
-            .expect("token is a string")
-            .to_owned()
-    }
-
-    pub async fn follow(&self, follower: &TestUser, author: &TestUser) {
-        let path = format!("/friend/set/{}", author.id);
-        let response = self
-            .call(Method::PUT, &path, Some(&follower.token), None)
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    pub async fn unfollow(&self, follower: &TestUser, author: &TestUser) {
-        let path = format!("/friend/delete/{}", author.id);
-        let response = self
-            .call(Method::PUT, &path, Some(&follower.token), None)
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    pub async fn create_post(&self, author: &TestUser, text: &str) -> String {
-        let response = self
-            .call(
-                Method::POST,
-                "/post/create",
-                Some(&author.token),
-                Some(serde_json::json!({ "text": text })),
-            )
-            .await;
-        json_ok(response)
-            .await
-            .as_str()
-            .expect("/post/create answers the id as a JSON string")
-            .to_owned()
-    }
-
-    /// Polls `reader`'s feed until its post texts are `expected`: the cache
-    /// is updated through the queue, a moment after each write.
-    pub async fn feed_settles_to(&self, reader: &TestUser, query: &str, expected: &[&str]) {
-        let mut last = Vec::new();
-        let settled = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                last = self.feed(reader, query).await;
-                if texts(&last) == expected {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        assert!(
-            settled.is_ok(),
-            "feed{query} never became {expected:?}; last: {:?}",
-            texts(&last)
-        );
-    }
-
-    /// The value of the counter or gauge `name` in `/metrics`.
-    pub async fn metric(&self, name: &str) -> u64 {
-        let text = self.get("/metrics", None).await.text().await.unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-            .parse()
-            .unwrap_or_else(|e| panic!("{name} is not a whole number ({e}) in\n{text}"))
-    }
-
-    pub async fn feed(&self, reader: &TestUser, query: &str) -> Vec<Value> {
-        let response = self
-            .get(&format!("/post/feed{query}"), Some(&reader.token))
-            .await;
-        json_ok(response)
-            .await
-            .as_array()
-            .expect("feed is an array")
-            .clone()
+    fn deref(&self) -> &ApiClient {
+        &self.api
     }
 }
 
