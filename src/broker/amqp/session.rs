@@ -1,0 +1,316 @@
+//! One session: a connection with the topology declared, the publisher,
+//! the binding lanes and the consumers set up on it, and the amqprs
+//! callbacks that report its loss. A session never reconnects itself: on a
+//! loss it is abandoned and the supervisor builds a new one.
+
+use std::sync::Arc;
+
+use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
+use amqprs::channel::{
+    BasicCancelArguments, BasicConsumeArguments, BasicQosArguments, Channel,
+    ExchangeDeclareArguments, ExchangeType, QueueBindArguments, QueueDeclareArguments,
+    QueueDeleteArguments,
+};
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::error::Error as AmqpError;
+use amqprs::{
+    Ack, BasicProperties, Cancel, Close, CloseChannel, FieldTable, FieldValue, Nack, Return,
+};
+use async_trait::async_trait;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tracing::Instrument;
+
+use super::bindings::{Lanes, OnServer};
+use super::consume::{PREFETCH, PumpEnd, WorkConsumer, consume_work, pump, stop_pump};
+use super::publish::{Confirms, Publisher};
+use super::url::connection_arguments;
+use super::{
+    AmqpSettings, CONTROL_EXCHANGE, MAX_SHORT_STRING, OPERATION_TIMEOUT, POSTS_EXCHANGE,
+    SessionError, WORK_QUEUE, within,
+};
+use crate::broker::{Delivery, Work};
+
+const QUEUE_PREFIX: &str = "livefeed.instance.";
+/// Long enough to ride out a network blip or a RabbitMQ restart, short
+/// enough that a crashed instance's queue does not collect posts for long.
+const QUEUE_EXPIRES_MS: i32 = 60_000;
+
+/// The validated settings, in the form every connection attempt needs.
+pub(super) struct Target {
+    connection: OpenConnectionArguments,
+    pub(super) queue: String,
+    queue_arguments: FieldTable,
+    work_queue_arguments: FieldTable,
+}
+
+impl Target {
+    pub(super) fn new(settings: &AmqpSettings) -> Result<Self, String> {
+        let queue = format!("{QUEUE_PREFIX}{}", settings.instance_id);
+        if queue.len() > MAX_SHORT_STRING {
+            return Err(format!(
+                "instance id too long: queue names hold at most {MAX_SHORT_STRING} bytes"
+            ));
+        }
+        let mut connection = connection_arguments(&settings.url)?;
+        connection.connection_name(&format!("livefeed {}", settings.instance_id));
+        let mut queue_arguments = FieldTable::new();
+        let expires = "x-expires"
+            .try_into()
+            .map_err(|_| "queue argument name too long".to_owned())?;
+        queue_arguments.insert(expires, FieldValue::I(QUEUE_EXPIRES_MS));
+        let mut work_queue_arguments = FieldTable::new();
+        let single_active_consumer = "x-single-active-consumer"
+            .try_into()
+            .map_err(|_| "queue argument name too long".to_owned())?;
+        work_queue_arguments.insert(single_active_consumer, FieldValue::t(true));
+        Ok(Self {
+            connection,
+            queue,
+            queue_arguments,
+            work_queue_arguments,
+        })
+    }
+}
+
+/// One connection with everything set up on it.
+pub(super) struct Session {
+    pub(super) connection: Connection,
+    /// Declares and consumes; only the supervisor uses it, one request at a
+    /// time (amqprs mixes up concurrent requests of one kind on a channel).
+    topology: Channel,
+    /// Applies binding changes.
+    pub(super) lanes: Lanes,
+    pub(super) publisher: Arc<Publisher>,
+    target: Arc<Target>,
+    consumer_tag: String,
+    pub(super) pump: JoinHandle<PumpEnd>,
+    /// `None` while this instance takes no work (its work sink is closed).
+    pub(super) work: Option<WorkConsumer>,
+    /// Signalled by amqprs callbacks when RabbitMQ closes the connection, a
+    /// channel or the consumer.
+    pub(super) lost: Arc<Notify>,
+}
+
+impl Session {
+    pub(super) async fn open(
+        target: Arc<Target>,
+        sink: mpsc::Sender<Delivery>,
+        work: mpsc::Sender<Work>,
+        on_server: OnServer,
+    ) -> Result<Self, SessionError> {
+        let connection = Connection::open(&target.connection).await?;
+        let lost = Arc::new(Notify::new());
+        connection
+            .register_callback(ConnectionEvents { lost: lost.clone() })
+            .await?;
+        let topology = open_channel(&connection, &lost).await?;
+        declare(&topology, &target).await?;
+        let publisher = Arc::new(Publisher::open(&connection, lost.clone()).await?);
+        let lanes = Lanes::open(&connection, &lost, &target, &on_server).await?;
+        let work_deliveries = match work.is_closed() {
+            true => None,
+            false => Some(consume_work(&connection, lost.clone()).await?),
+        };
+        topology
+            .basic_qos(BasicQosArguments::new(0, PREFETCH, false))
+            .await?;
+        let consume = BasicConsumeArguments::new(&target.queue, "")
+            .manual_ack(true)
+            .finish();
+        let (consumer_tag, deliveries) = topology.basic_consume_rx(consume).await?;
+        // Only once nothing can fail any more: nothing reaches the sinks
+        // from a session that is then dropped.
+        let pump = tokio::spawn(pump(topology.clone(), deliveries, sink).in_current_span());
+        let work = work_deliveries
+            .map(|(channel, deliveries)| WorkConsumer::start(channel, deliveries, work));
+        Ok(Self {
+            connection,
+            topology,
+            lanes,
+            publisher,
+            target,
+            consumer_tag,
+            pump,
+            work,
+            lost,
+        })
+    }
+
+    /// After a loss: nothing to clean up on the server, which keeps the queue
+    /// for the next session.
+    pub(super) async fn abandon(mut self) {
+        self.publisher.confirms.fail_all();
+        stop_pump(self.pump).await;
+        // What they had not applied is still wanted: the next session
+        // applies it.
+        self.lanes.stop().await;
+        // RabbitMQ requeues what the lost channel had not acked; the `done`s
+        // still out there now fire into nothing.
+        if let Some(work) = self.work {
+            stop_pump(work.pump).await;
+        }
+        // Usually gone already; if only a channel failed, this ends the rest.
+        let _ = timeout(OPERATION_TIMEOUT, self.connection.close()).await;
+    }
+
+    /// For shutdown: stop consuming, delete the queue, close.
+    pub(super) async fn leave(mut self) {
+        // Deleting the queue deletes every binding: changes still queued
+        // are dropped, which completes them.
+        self.lanes.stop().await;
+        stop_pump(self.pump).await;
+        // First, so that another instance takes over the work promptly.
+        if let Some(work) = self.work {
+            work.stop().await;
+        }
+        let cancel = BasicCancelArguments::new(&self.consumer_tag);
+        if let Err(error) = within("basic.cancel", self.topology.basic_cancel(cancel)).await {
+            tracing::warn!(%error, "cannot cancel the consumer");
+        }
+        let delete = QueueDeleteArguments::new(&self.target.queue);
+        match within("queue.delete", self.topology.queue_delete(delete)).await {
+            Ok(_) => tracing::info!("left RabbitMQ; queue deleted"),
+            Err(error) => tracing::warn!(%error, "cannot delete the queue; it expires unused"),
+        }
+        self.publisher.confirms.fail_all();
+        if let Err(error) = within("connection.close", self.connection.close()).await {
+            tracing::debug!(%error, "closing the connection");
+        }
+    }
+}
+
+/// A channel whose closing by RabbitMQ signals `lost`.
+pub(super) async fn open_channel(
+    connection: &Connection,
+    lost: &Arc<Notify>,
+) -> Result<Channel, AmqpError> {
+    let channel = connection.open_channel(None).await?;
+    channel
+        .register_callback(ChannelEvents {
+            lost: lost.clone(),
+            confirms: None,
+        })
+        .await?;
+    Ok(channel)
+}
+
+async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError> {
+    let exchanges = [
+        (POSTS_EXCHANGE, ExchangeType::Direct),
+        (CONTROL_EXCHANGE, ExchangeType::Fanout),
+    ];
+    for (name, kind) in exchanges {
+        let exchange = ExchangeDeclareArguments::of_type(name, kind)
+            .durable(true)
+            .finish();
+        within("exchange.declare", channel.exchange_declare(exchange)).await?;
+    }
+    let queue = QueueDeclareArguments::durable_client_named(&target.queue)
+        .arguments(target.queue_arguments.clone())
+        .finish();
+    within("queue.declare", channel.queue_declare(queue)).await?;
+    let control = QueueBindArguments::new(&target.queue, CONTROL_EXCHANGE, "");
+    within("queue.bind", channel.queue_bind(control)).await?;
+    // Declared by every instance, consuming or not, so that work published
+    // before any consumer ever connected is kept.
+    let work = QueueDeclareArguments::durable_client_named(WORK_QUEUE)
+        .arguments(target.work_queue_arguments.clone())
+        .finish();
+    within("queue.declare", channel.queue_declare(work)).await?;
+    Ok(())
+}
+
+struct ConnectionEvents {
+    lost: Arc<Notify>,
+}
+
+#[async_trait]
+impl ConnectionCallback for ConnectionEvents {
+    async fn close(&mut self, _: &Connection, close: Close) -> Result<(), AmqpError> {
+        tracing::warn!(%close, "RabbitMQ is closing the connection");
+        self.lost.notify_one();
+        Ok(())
+    }
+
+    async fn blocked(&mut self, _: &Connection, reason: String) {
+        tracing::warn!(%reason, "RabbitMQ blocked publishing on this connection");
+    }
+
+    async fn unblocked(&mut self, _: &Connection) {
+        tracing::info!("RabbitMQ unblocked publishing on this connection");
+    }
+
+    async fn secret_updated(&mut self, _: &Connection) {}
+}
+
+/// `confirms` is set on the publish channel only.
+pub(super) struct ChannelEvents {
+    pub(super) lost: Arc<Notify>,
+    pub(super) confirms: Option<Arc<Confirms>>,
+}
+
+#[async_trait]
+impl ChannelCallback for ChannelEvents {
+    async fn close(&mut self, _: &Channel, close: CloseChannel) -> Result<(), AmqpError> {
+        tracing::warn!(%close, "RabbitMQ closed a channel");
+        if let Some(confirms) = &self.confirms {
+            confirms.fail_all();
+        }
+        self.lost.notify_one();
+        Ok(())
+    }
+
+    /// RabbitMQ cancels the consumer when the queue is deleted under it.
+    async fn cancel(&mut self, _: &Channel, cancel: Cancel) -> Result<(), AmqpError> {
+        tracing::warn!(consumer = %cancel.consumer_tag(), "RabbitMQ cancelled the consumer");
+        self.lost.notify_one();
+        Ok(())
+    }
+
+    async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool, AmqpError> {
+        Ok(active)
+    }
+
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        if let Some(confirms) = &self.confirms {
+            confirms.settle(ack.delivery_tag(), ack.mutiple(), true);
+        }
+    }
+
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        if let Some(confirms) = &self.confirms {
+            confirms.settle(nack.delivery_tag(), nack.multiple(), false);
+        }
+    }
+
+    /// Only work is `mandatory`; its message id is its delivery tag.
+    async fn publish_return(
+        &mut self,
+        _: &Channel,
+        ret: Return,
+        properties: BasicProperties,
+        _: Vec<u8>,
+    ) {
+        tracing::warn!(%ret, "RabbitMQ returned an unroutable message");
+        let tag = properties.message_id().and_then(|id| id.parse().ok());
+        if let (Some(confirms), Some(tag)) = (&self.confirms, tag) {
+            confirms.returned(tag);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_names_amqp_cannot_carry() {
+        let settings = AmqpSettings {
+            url: "amqp://rabbit".into(),
+            instance_id: "x".repeat(MAX_SHORT_STRING),
+        };
+        assert!(Target::new(&settings).is_err());
+    }
+}
