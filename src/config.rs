@@ -121,8 +121,9 @@ pub struct Config {
     #[arg(long, env = "LIVEFEED_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
 
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost). Unset: an
-    /// in-process broker, for a single instance without RabbitMQ.
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost), or several
+    /// separated by commas, tried in turn. Unset: an in-process broker, for
+    /// a single instance without RabbitMQ.
     #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url)]
     pub amqp_url: Option<String>,
 
@@ -223,14 +224,7 @@ fn parse_redis_url(raw: &str) -> Result<String, String> {
 }
 
 fn parse_amqp_url(raw: &str) -> Result<String, String> {
-    let rest = raw.strip_prefix("amqp://").ok_or_else(|| {
-        "an AMQP URL starts with amqp:// (e.g. amqp://guest:guest@localhost:5672/%2f)".to_owned()
-    })?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(
-            "the AMQP URL must name a host, e.g. amqp://guest:guest@localhost:5672/%2f".into(),
-        );
-    }
+    AmqpSettings::validate_url(raw)?;
     Ok(raw.to_owned())
 }
 

@@ -528,10 +528,7 @@ async fn control_reaches_every_instance() {
 
 #[tokio::test]
 async fn publish_fails_promptly_while_rabbitmq_is_unreachable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = closed.local_addr().expect("bound address");
-    drop(closed);
-    let broker = Instance::start(&url_via(address)).broker;
+    let broker = Instance::start(&url_via(dead_address())).broker;
 
     // Spread over connection attempts and backoff; none waits for the
     // confirm timeout.
@@ -557,6 +554,33 @@ async fn publish_fails_promptly_while_rabbitmq_is_unreachable() {
         matches!(published, Err(BrokerError::Closed)),
         "{published:?}"
     );
+}
+
+/// A local address nothing listens on.
+fn dead_address() -> SocketAddr {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = closed.local_addr().expect("bound address");
+    drop(closed);
+    address
+}
+
+#[tokio::test]
+async fn with_several_urls_a_dead_node_is_skipped() {
+    let urls = format!(
+        "{}, {}",
+        url_via(dead_address()),
+        url_via(rabbitmq_address().await)
+    );
+    let a = Instance::connected(&amqp_url()).await;
+    let mut b = Instance::connected(&urls).await;
+    let key = unique("author");
+    b.bind(&key).await;
+    a.publish(Topic::Posts, &key, b"to b").await;
+    assert_eq!(b.next_post().await, &b"to b"[..]);
+    b.publish(Topic::Posts, &key, b"from b").await;
+    assert_eq!(b.next_post().await, &b"from b"[..]);
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 #[tokio::test]
@@ -1033,10 +1057,7 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
     assert_eq!(publisher.broker.reconnects(), 0);
     publisher.shutdown().await;
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = closed.local_addr().expect("bound address");
-    drop(closed);
-    let unreachable = Instance::start_with(&vhost_via(vhost.url(), address), true);
+    let unreachable = Instance::start_with(&vhost_via(vhost.url(), dead_address()), true);
     let published = timeout(
         PROMPTLY,
         unreachable

@@ -76,10 +76,20 @@ const MAX_SHORT_STRING: usize = 255;
 /// How to reach RabbitMQ and what this instance's queue is called.
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    /// `amqp://user:password@host:port/vhost`
+    /// `amqp://user:password@host:port/vhost`, or several such URLs
+    /// separated by commas (nodes of one cluster, tried in turn).
     pub url: String,
     /// Unique per running instance; names its queue.
     pub instance_id: String,
+}
+
+impl AmqpSettings {
+    /// Checks `url` as the broker will read it (see [`AmqpSettings::url`]),
+    /// so that a mistake is reported at start-up. The error never echoes a
+    /// URL: it holds a password.
+    pub fn validate_url(url: &str) -> Result<(), String> {
+        url::connection_list(url).map(|_| ())
+    }
 }
 
 #[derive(Clone)]

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use super::bindings::{Lanes, OnServer};
 use super::consume::{PREFETCH, PumpEnd, WorkConsumer, consume_work, pump, stop_pump};
 use super::publish::{Confirms, Publisher};
-use super::url::connection_arguments;
+use super::url::{connection_list, describe};
 use super::{
     AmqpSettings, CONTROL_EXCHANGE, MAX_SHORT_STRING, OPERATION_TIMEOUT, POSTS_EXCHANGE,
     SessionError, WORK_QUEUE, within,
@@ -39,7 +39,9 @@ const QUEUE_EXPIRES_MS: i32 = 60_000;
 
 /// The validated settings, in the form every connection attempt needs.
 pub(super) struct Target {
-    connection: OpenConnectionArguments,
+    /// Tried in turn: several nodes of one cluster, for a deployment
+    /// without a balancer in front of them.
+    connections: Vec<OpenConnectionArguments>,
     pub(super) queue: String,
     queue_arguments: FieldTable,
     work_queue_arguments: FieldTable,
@@ -53,8 +55,10 @@ impl Target {
                 "instance id too long: queue names hold at most {MAX_SHORT_STRING} bytes"
             ));
         }
-        let mut connection = connection_arguments(&settings.url)?;
-        connection.connection_name(&format!("livefeed {}", settings.instance_id));
+        let mut connections = connection_list(&settings.url)?;
+        for connection in &mut connections {
+            connection.connection_name(&format!("livefeed {}", settings.instance_id));
+        }
         let mut queue_arguments = FieldTable::new();
         let expires = "x-expires"
             .try_into()
@@ -66,11 +70,21 @@ impl Target {
             .map_err(|_| "queue argument name too long".to_owned())?;
         work_queue_arguments.insert(single_active_consumer, FieldValue::t(true));
         Ok(Self {
-            connection,
+            connections,
             queue,
             queue_arguments,
             work_queue_arguments,
         })
+    }
+
+    /// How many URLs there are to try; at least one.
+    pub(super) fn places(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// The URL numbered `place` (wrapping around), for logs.
+    pub(super) fn describe(&self, place: usize) -> String {
+        describe(&self.connections[place % self.connections.len()])
     }
 }
 
@@ -94,13 +108,16 @@ pub(super) struct Session {
 }
 
 impl Session {
+    /// Connects to the URL numbered `place` (wrapping around).
     pub(super) async fn open(
         target: Arc<Target>,
+        place: usize,
         sink: mpsc::Sender<Delivery>,
         work: mpsc::Sender<Work>,
         on_server: OnServer,
     ) -> Result<Self, SessionError> {
-        let connection = Connection::open(&target.connection).await?;
+        let arguments = &target.connections[place % target.connections.len()];
+        let connection = Connection::open(arguments).await?;
         let lost = Arc::new(Notify::new());
         connection
             .register_callback(ConnectionEvents { lost: lost.clone() })

@@ -71,21 +71,30 @@ impl Supervisor {
         }
     }
 
+    /// Tries the URLs in turn: after a failed attempt or a lost session, the
+    /// next one, so that a dead node is skipped. The backoff applies once
+    /// every URL has failed in a row.
     async fn reconnect_until_stopped(&mut self) -> Stop {
         let mut delay = BACKOFF_MIN;
+        let mut place = 0;
+        let mut failed_in_row = 0;
         loop {
             let attempt = timeout(
                 OPERATION_TIMEOUT,
                 Session::open(
                     self.target.clone(),
+                    place,
                     self.sink.clone(),
                     self.work.clone(),
                     self.bindings.on_server.clone(),
                 ),
             );
+            let node = self.target.describe(place);
+            place += 1;
             match self.offline(attempt).await {
                 Err(stop) => return stop,
                 Ok(Ok(Ok(session))) => {
+                    failed_in_row = 0;
                     let started = Instant::now();
                     if let Err(stop) = self.serve(session).await {
                         return stop;
@@ -95,12 +104,18 @@ impl Supervisor {
                     }
                 }
                 Ok(Ok(Err(error))) => {
-                    tracing::warn!(%error, retry_in = ?delay, "cannot connect to RabbitMQ");
+                    failed_in_row += 1;
+                    tracing::warn!(%error, node, "cannot connect to RabbitMQ");
                 }
                 Ok(Err(_)) => {
-                    tracing::warn!(retry_in = ?delay, "connecting to RabbitMQ timed out");
+                    failed_in_row += 1;
+                    tracing::warn!(node, "connecting to RabbitMQ timed out");
                 }
             }
+            if failed_in_row % self.target.places() != 0 {
+                continue;
+            }
+            tracing::debug!(retry_in = ?delay, "waiting before connecting again");
             if let Err(stop) = self.offline(sleep(delay)).await {
                 return stop;
             }

@@ -1,5 +1,6 @@
-//! Reads `AMQP_URL` into amqprs connection arguments. Owns nothing else;
-//! must never echo a URL in an error (it holds a password).
+//! Reads `AMQP_URL` (one URL, or several separated by commas) into amqprs
+//! connection arguments. Owns nothing else; must never echo a URL in an
+//! error (it holds a password).
 
 use amqprs::connection::OpenConnectionArguments;
 
@@ -9,6 +10,27 @@ use amqprs::connection::OpenConnectionArguments;
 pub(super) const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 const DEFAULT_PORT: u16 = 5672;
 
+/// Parses a comma-separated list of URLs, each as [`connection_arguments`]
+/// does; an error names the URL by its position only.
+pub(super) fn connection_list(urls: &str) -> Result<Vec<OpenConnectionArguments>, String> {
+    let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let count = urls.len();
+    urls.into_iter()
+        .enumerate()
+        .map(|(index, url)| {
+            connection_arguments(url).map_err(|error| match count {
+                1 => error,
+                _ => format!("AMQP URL {} of {count}: {error}", index + 1),
+            })
+        })
+        .collect()
+}
+
+/// Where a connection goes, for logs: host and port, never credentials.
+pub(super) fn describe(arguments: &OpenConnectionArguments) -> String {
+    format!("{}:{}", arguments.get_host(), arguments.get_port())
+}
+
 /// Parses `amqp://user:password@host:port/vhost?heartbeat=N` the way the
 /// RabbitMQ URI spec reads it: user, password and vhost are percent-decoded
 /// (`%2f` is the default vhost `/`), an absent vhost is `/`. Errors never
@@ -16,7 +38,7 @@ const DEFAULT_PORT: u16 = 5672;
 pub(super) fn connection_arguments(url: &str) -> Result<OpenConnectionArguments, String> {
     let rest = url
         .strip_prefix("amqp://")
-        .ok_or("the AMQP URL must start with amqp:// (TLS is not supported)")?;
+        .ok_or("an AMQP URL starts with amqp:// (TLS is not supported)")?;
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
     if vhost.contains('/') {
@@ -149,6 +171,30 @@ mod tests {
             let error = connection_arguments(url)
                 .err()
                 .unwrap_or_else(|| panic!("{url}"));
+            assert!(!error.contains("secret"), "{error}");
+        }
+    }
+
+    #[test]
+    fn reads_a_comma_separated_list_in_order() {
+        let list = connection_list("amqp://a:p@one:5671/v, amqp://two ,amqp://[::1]:5673").unwrap();
+        let places: Vec<String> = list.iter().map(describe).collect();
+        assert_eq!(places, ["one:5671", "two:5672", "[::1]:5673"]);
+        assert_eq!(list[0].get_virtual_host(), "v");
+        assert_eq!(list[1].get_virtual_host(), "/");
+        assert_eq!(connection_list("amqp://solo").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn names_the_bad_url_of_a_list_by_position_only() {
+        for (urls, position) in [
+            ("amqp://u:secret@one,amqp://u:secret@two:port", "2 of 2"),
+            ("amqp://u:secret@one,,amqp://u:secret@three", "2 of 3"),
+            ("http://u:secret@one,amqp://u:secret@two", "1 of 2"),
+            ("amqp://u:secret@one,", "2 of 2"),
+        ] {
+            let error = connection_list(urls).err().expect(position);
+            assert!(error.contains(position), "{error}");
             assert!(!error.contains("secret"), "{error}");
         }
     }
