@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use amqprs::channel::{BasicGetArguments, QueueDeclareArguments, QueueDeleteArguments};
+use amqprs::channel::{BasicConsumeArguments, QueueDeclareArguments, QueueDeleteArguments};
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{FieldTable, FieldValue};
 use bytes::Bytes;
@@ -1014,6 +1014,7 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
         .expect("raw channel opens");
     // Declared as specified: a different declaration would close the channel.
     let mut arguments = FieldTable::new();
+    arguments.insert("x-queue-type".try_into().unwrap(), "quorum".into());
     arguments.insert(
         "x-single-active-consumer".try_into().unwrap(),
         FieldValue::t(true),
@@ -1024,13 +1025,22 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
     timeout(WAIT, channel.queue_declare(declare))
         .await
         .expect("declare answered in time")
-        .expect("the work queue is durable with a single active consumer");
-    let get = BasicGetArguments::new(WORK_QUEUE).no_ack(true).finish();
-    let (_, properties, body) = timeout(WAIT, channel.basic_get(get))
+        .expect("the work queue is a durable quorum queue with a single active consumer");
+    // basic.get is refused on a quorum queue with a single active consumer.
+    let consume = BasicConsumeArguments::new(WORK_QUEUE, "")
+        .manual_ack(false)
+        .finish();
+    let (_, mut messages) = timeout(WAIT, channel.basic_consume_rx(consume))
         .await
-        .expect("get answered in time")
-        .expect("get succeeds")
+        .expect("consume answered in time")
+        .expect("consume succeeds");
+    let message = timeout(WAIT, messages.recv())
+        .await
+        .expect("a message in time")
         .expect("a message");
+    let (Some(properties), Some(body)) = (message.basic_properties, message.content) else {
+        panic!("a message with properties and a body");
+    };
     assert_eq!(body, b"work 0");
     assert_eq!(properties.delivery_mode(), Some(2), "persistent");
 
@@ -1073,6 +1083,55 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
     unreachable.shutdown().await;
 }
 
+/// `rabbitmqctl list_queues` of `vhost`: each queue's name and type.
+async fn queue_types(vhost: &Vhost) -> HashMap<String, String> {
+    let url = Url::parse(vhost.url()).expect("a URL");
+    let name = url.path().trim_start_matches('/');
+    let rabbitmqctl =
+        std::env::var("RABBITMQCTL").unwrap_or_else(|_| "/usr/sbin/rabbitmqctl".into());
+    let listed = tokio::process::Command::new(&rabbitmqctl)
+        .args([
+            "-q",
+            "list_queues",
+            "-p",
+            name,
+            "--no-table-headers",
+            "name",
+            "type",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(Duration::from_secs(60), listed)
+        .await
+        .expect("rabbitmqctl in time")
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_work_queue_is_a_quorum_queue_and_instance_queues_are_classic() {
+    let vhost = Vhost::create().await;
+    let instance = Instance::connected(vhost.url()).await;
+    let types = queue_types(&vhost).await;
+    assert_eq!(
+        types.get(WORK_QUEUE).map(String::as_str),
+        Some("quorum"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.get(&instance.queue).map(String::as_str),
+        Some("classic"),
+        "{types:?}"
+    );
+    instance.shutdown().await;
+}
+
 #[tokio::test]
 async fn closing_the_work_sink_settles_what_was_handed_out_and_fails_over() {
     let vhost = Vhost::create().await;
@@ -1096,8 +1155,17 @@ async fn closing_the_work_sink_settles_what_was_handed_out_and_fails_over() {
     // Still awaited: the instance waits for work it handed out.
     one.done.send(()).expect("the broker waits for done");
     publisher.publish(Topic::Materialize, "", "three").await;
-    standby.do_work("two").await;
-    standby.do_work("three").await;
+    // A quorum queue returns work handed back behind what came since.
+    let mut done = HashSet::new();
+    for _ in 0..2 {
+        let work = standby.next_work().await;
+        work.done.send(()).expect("the broker waits for done");
+        done.insert(work.body);
+    }
+    assert_eq!(
+        done,
+        HashSet::from([Bytes::from("two"), Bytes::from("three")])
+    );
     // The instance itself carries on.
     active.publish(Topic::Posts, &unique("probe"), b"").await;
     assert_eq!(active.broker.reconnects(), 0);

@@ -16,8 +16,10 @@
 //! the changes of one key in call order while other keys' go ahead in
 //! parallel.
 //!
-//! `Materialize` work lives in one durable queue shared by every instance,
-//! with a single active consumer: RabbitMQ hands it, in order, to one
+//! `Materialize` work lives in one quorum queue shared by every instance
+//! (replicated: a confirm means a majority of the nodes has it, and it
+//! survives losing any one node), with a single active consumer: RabbitMQ
+//! hands it, in order, to one
 //! instance at a time and fails over to another one's consumer when that
 //! instance's channel goes away. Each session consumes it on a channel of its
 //! own and acks a message on that channel once its `done` fires; a session
@@ -25,7 +27,8 @@
 //! redelivers them. Delivery is at least once: work that session had put in
 //! the sink is still there, its `done` now leading nowhere
 //! (`done.is_closed()`), and comes again. Work handed back (`done` dropped)
-//! is requeued and comes again after what was already handed out.
+//! is requeued and comes again after what was already handed out (a quorum
+//! queue may also put it behind work published since).
 //!
 //! # Layout
 //!

@@ -59,16 +59,14 @@ impl Target {
         for connection in &mut connections {
             connection.connection_name(&format!("livefeed {}", settings.instance_id));
         }
-        let mut queue_arguments = FieldTable::new();
-        let expires = "x-expires"
-            .try_into()
-            .map_err(|_| "queue argument name too long".to_owned())?;
-        queue_arguments.insert(expires, FieldValue::I(QUEUE_EXPIRES_MS));
-        let mut work_queue_arguments = FieldTable::new();
-        let single_active_consumer = "x-single-active-consumer"
-            .try_into()
-            .map_err(|_| "queue argument name too long".to_owned())?;
-        work_queue_arguments.insert(single_active_consumer, FieldValue::t(true));
+        let queue_arguments = arguments([("x-expires", FieldValue::I(QUEUE_EXPIRES_MS))])?;
+        // A quorum queue: a publisher confirm means the message is on a
+        // majority of the nodes, so losing any one node loses no work and
+        // (with a new leader elected) stops none.
+        let work_queue_arguments = arguments([
+            ("x-queue-type", FieldValue::from("quorum")),
+            ("x-single-active-consumer", FieldValue::t(true)),
+        ])?;
         Ok(Self {
             connections,
             queue,
@@ -86,6 +84,17 @@ impl Target {
     pub(super) fn describe(&self, place: usize) -> String {
         describe(&self.connections[place % self.connections.len()])
     }
+}
+
+fn arguments<const N: usize>(pairs: [(&str, FieldValue); N]) -> Result<FieldTable, String> {
+    let mut table = FieldTable::new();
+    for (name, value) in pairs {
+        let name = name
+            .try_into()
+            .map_err(|_| format!("queue argument name too long: {name}"))?;
+        table.insert(name, value);
+    }
+    Ok(table)
 }
 
 /// One connection with everything set up on it.
@@ -239,6 +248,16 @@ async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError>
     Ok(())
 }
 
+/// RabbitMQ refuses to declare a queue of another type under an existing
+/// name (PRECONDITION_FAILED, "inequivalent arg 'x-queue-type'").
+fn is_classic_work_queue(close: &CloseChannel) -> bool {
+    const PRECONDITION_FAILED: u16 = 406;
+    let text = close.reply_text();
+    close.reply_code() == PRECONDITION_FAILED
+        && text.contains("x-queue-type")
+        && text.contains(&format!("'{WORK_QUEUE}'"))
+}
+
 struct ConnectionEvents {
     lost: Arc<Notify>,
 }
@@ -272,6 +291,14 @@ pub(super) struct ChannelEvents {
 impl ChannelCallback for ChannelEvents {
     async fn close(&mut self, _: &Channel, close: CloseChannel) -> Result<(), AmqpError> {
         tracing::warn!(%close, "RabbitMQ closed a channel");
+        if is_classic_work_queue(&close) {
+            tracing::error!(
+                "the {WORK_QUEUE} queue exists as a classic queue, left by an older version; \
+                 it must be a quorum queue now. Stop the older instances, let them drain it \
+                 (rabbitmqctl list_queues name type messages), then delete it \
+                 (rabbitmqctl delete_queue {WORK_QUEUE}): the next connection declares it anew"
+            );
+        }
         if let Some(confirms) = &self.confirms {
             confirms.fail_all();
         }
