@@ -127,6 +127,12 @@ pub struct Config {
     #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url)]
     pub amqp_url: Option<String>,
 
+    /// Seconds this instance's RabbitMQ queue outlives a lost connection
+    /// before RabbitMQ deletes it.
+    #[arg(long, env = "LIVEFEED_AMQP_QUEUE_EXPIRY_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
+    pub amqp_queue_expiry_secs: u64,
+
     /// Names this instance's broker queue; unique per running instance.
     #[arg(long, env = "LIVEFEED_INSTANCE_ID", default_value_t = default_instance_id())]
     pub instance_id: String,
@@ -198,6 +204,7 @@ impl Config {
             Some(url) => BrokerKind::Amqp(AmqpSettings {
                 url: url.clone(),
                 instance_id: self.instance_id.clone(),
+                queue_expiry: Duration::from_secs(self.amqp_queue_expiry_secs),
             }),
             None => BrokerKind::Memory(MemoryBus::new()),
         }
@@ -294,6 +301,7 @@ mod tests {
         let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
         assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
+        assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
     }
 }

@@ -42,6 +42,7 @@ const PROMPTLY: Duration = Duration::from_secs(1);
 /// For conditions with no event to await: how often to look.
 const POLL: Duration = Duration::from_millis(20);
 const WORK_QUEUE: &str = "feed.materialize";
+const QUEUE_EXPIRY: Duration = Duration::from_secs(60);
 /// Routing keys one instance binds at once, as when many sockets connect
 /// together, each following its authors.
 const MANY_KEYS: usize = 2_000;
@@ -79,6 +80,7 @@ impl Instance {
         let settings = AmqpSettings {
             url: url.to_owned(),
             instance_id,
+            queue_expiry: QUEUE_EXPIRY,
         };
         let (sink, deliveries) = mpsc::channel(64);
         let (work_sink, work) = mpsc::channel(4);
@@ -1083,8 +1085,9 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
     unreachable.shutdown().await;
 }
 
-/// `rabbitmqctl list_queues` of `vhost`: each queue's name and type.
-async fn queue_types(vhost: &Vhost) -> HashMap<String, String> {
+/// `rabbitmqctl list_queues` of `vhost`: each queue's type and whether it
+/// is durable, by name.
+async fn queue_types(vhost: &Vhost) -> HashMap<String, Vec<String>> {
     let url = Url::parse(vhost.url()).expect("a URL");
     let name = url.path().trim_start_matches('/');
     let rabbitmqctl =
@@ -1098,6 +1101,7 @@ async fn queue_types(vhost: &Vhost) -> HashMap<String, String> {
             "--no-table-headers",
             "name",
             "type",
+            "durable",
         ])
         .kill_on_drop(true)
         .output();
@@ -1110,25 +1114,22 @@ async fn queue_types(vhost: &Vhost) -> HashMap<String, String> {
         .expect("UTF-8")
         .lines()
         .filter_map(|line| line.split_once('\t'))
-        .map(|(name, kind)| (name.to_owned(), kind.trim().to_owned()))
+        .map(|(name, rest)| {
+            (
+                name.to_owned(),
+                rest.split_whitespace().map(str::to_owned).collect(),
+            )
+        })
         .collect()
 }
 
 #[tokio::test]
-async fn the_work_queue_is_a_quorum_queue_and_instance_queues_are_classic() {
+async fn the_work_queue_is_quorum_and_instance_queues_classic_not_durable() {
     let vhost = Vhost::create().await;
     let instance = Instance::connected(vhost.url()).await;
     let types = queue_types(&vhost).await;
-    assert_eq!(
-        types.get(WORK_QUEUE).map(String::as_str),
-        Some("quorum"),
-        "{types:?}"
-    );
-    assert_eq!(
-        types.get(&instance.queue).map(String::as_str),
-        Some("classic"),
-        "{types:?}"
-    );
+    assert_eq!(types[WORK_QUEUE], ["quorum", "true"], "{types:?}");
+    assert_eq!(types[&instance.queue], ["classic", "false"], "{types:?}");
     instance.shutdown().await;
 }
 

@@ -84,6 +84,11 @@ pub struct AmqpSettings {
     pub url: String,
     /// Unique per running instance; names its queue.
     pub instance_id: String,
+    /// How long this instance's queue outlives its last consumer: long
+    /// enough to ride out a network blip or a RabbitMQ restart, short
+    /// enough that a crashed instance's queue does not collect posts for
+    /// long. At least 1 ms, at most about 24 days.
+    pub queue_expiry: Duration,
 }
 
 impl AmqpSettings {

@@ -33,9 +33,6 @@ use super::{
 use crate::broker::{Delivery, Work};
 
 const QUEUE_PREFIX: &str = "livefeed.instance.";
-/// Long enough to ride out a network blip or a RabbitMQ restart, short
-/// enough that a crashed instance's queue does not collect posts for long.
-const QUEUE_EXPIRES_MS: i32 = 60_000;
 
 /// The validated settings, in the form every connection attempt needs.
 pub(super) struct Target {
@@ -59,7 +56,24 @@ impl Target {
         for connection in &mut connections {
             connection.connection_name(&format!("livefeed {}", settings.instance_id));
         }
-        let queue_arguments = arguments([("x-expires", FieldValue::I(QUEUE_EXPIRES_MS))])?;
+        let expiry = i32::try_from(settings.queue_expiry.as_millis())
+            .ok()
+            .filter(|expiry| *expiry > 0)
+            .ok_or("the queue expiry must be from 1 ms to about 24 days")?;
+        // The instance queue carries only live traffic, which the instance
+        // recovers by itself when it signals a gap; it may be lost with its
+        // node. So it is a classic queue, not durable: a durable classic
+        // queue whose node is down cannot be declared again on another node
+        // until that node is back, which would keep the instance from
+        // reconnecting. Not exclusive and with `x-expires`: a short blip
+        // keeps the queue, its bindings and its messages for the next
+        // session, while the queue of a crashed or frozen instance goes once
+        // unused for the expiry. On the node the client is connected to, so
+        // that it lives and dies with the connection's node.
+        let queue_arguments = arguments([
+            ("x-expires", FieldValue::I(expiry)),
+            ("x-queue-master-locator", FieldValue::from("client-local")),
+        ])?;
         // A quorum queue: a publisher confirm means the message is on a
         // majority of the nodes, so losing any one node loses no work and
         // (with a new leader elected) stops none.
@@ -233,7 +247,7 @@ async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError>
             .finish();
         within("exchange.declare", channel.exchange_declare(exchange)).await?;
     }
-    let queue = QueueDeclareArguments::durable_client_named(&target.queue)
+    let queue = QueueDeclareArguments::new(&target.queue)
         .arguments(target.queue_arguments.clone())
         .finish();
     within("queue.declare", channel.queue_declare(queue)).await?;
@@ -347,14 +361,37 @@ impl ChannelCallback for ChannelEvents {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn settings(instance_id: &str, queue_expiry: Duration) -> AmqpSettings {
+        AmqpSettings {
+            url: "amqp://rabbit".into(),
+            instance_id: instance_id.into(),
+            queue_expiry,
+        }
+    }
 
     #[test]
     fn rejects_names_amqp_cannot_carry() {
-        let settings = AmqpSettings {
-            url: "amqp://rabbit".into(),
-            instance_id: "x".repeat(MAX_SHORT_STRING),
-        };
-        assert!(Target::new(&settings).is_err());
+        let long = "x".repeat(MAX_SHORT_STRING);
+        assert!(Target::new(&settings(&long, Duration::from_secs(60))).is_err());
+    }
+
+    #[test]
+    fn takes_the_queue_expiry_in_milliseconds_within_bounds() {
+        let target = Target::new(&settings("a", Duration::from_secs(90))).unwrap();
+        let expires = target
+            .queue_arguments
+            .as_ref()
+            .get(&"x-expires".try_into().unwrap());
+        assert!(
+            matches!(expires, Some(FieldValue::I(90_000))),
+            "{expires:?}"
+        );
+        for expiry in [Duration::ZERO, Duration::from_secs(30 * 86_400)] {
+            assert!(Target::new(&settings("a", expiry)).is_err(), "{expiry:?}");
+        }
     }
 }
