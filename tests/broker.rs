@@ -18,14 +18,16 @@ mod vhost;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use amqprs::channel::{BasicConsumeArguments, QueueDeclareArguments, QueueDeleteArguments};
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{FieldTable, FieldValue};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use livefeed::broker::{AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Topic, Work};
+use livefeed::broker::{
+    AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Gap, Incoming, Topic, Work,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
@@ -57,7 +59,9 @@ fn unique(prefix: &str) -> String {
 
 struct Instance {
     broker: Broker,
-    deliveries: mpsc::Receiver<Delivery>,
+    deliveries: mpsc::Receiver<Incoming>,
+    /// The gaps `next` skipped, in order.
+    gaps: Vec<Gap>,
     queue: String,
     /// `None`: started with the work sink closed, taking no work.
     work: Option<mpsc::Receiver<Work>>,
@@ -88,6 +92,7 @@ impl Instance {
         Self {
             broker: Broker::start(BrokerKind::Amqp(settings), sink, work_sink),
             deliveries,
+            gaps: Vec::new(),
             queue,
             work,
         }
@@ -140,11 +145,34 @@ impl Instance {
             .expect("unbind applied in time");
     }
 
-    async fn next(&mut self) -> Delivery {
+    async fn next_incoming(&mut self) -> Incoming {
         timeout(WAIT, self.deliveries.recv())
             .await
             .expect("a delivery in time")
             .expect("the sink is open")
+    }
+
+    /// The next message; gaps on the way are kept in `gaps`.
+    async fn next(&mut self) -> Delivery {
+        loop {
+            match self.next_incoming().await {
+                Incoming::Message(delivery) => return delivery,
+                Incoming::Gap(gap) => self.gaps.push(gap),
+            }
+        }
+    }
+
+    /// The next gap; the messages before it must not be among `unexpected`.
+    async fn next_gap(&mut self, unexpected: &[&[u8]]) -> Gap {
+        loop {
+            match self.next_incoming().await {
+                Incoming::Gap(gap) => return gap,
+                Incoming::Message(delivery) => assert!(
+                    !unexpected.contains(&&delivery.body[..]),
+                    "{delivery:?} came before the gap"
+                ),
+            }
+        }
     }
 
     /// Skips other tests' `Control` messages.
@@ -638,6 +666,89 @@ async fn reconnects_after_the_connection_is_cut() {
 }
 
 #[tokio::test]
+async fn a_gap_comes_ahead_of_every_session_s_messages() {
+    let mut proxy = TcpProxy::start(rabbitmq_address().await).await;
+    let a = Instance::connected(&amqp_url()).await;
+    let before_start = SystemTime::now();
+    let mut b = Instance::start(&url_via(proxy.address()));
+    timeout(WAIT, b.broker.connected())
+        .await
+        .expect("connected in time");
+    assert!(b.broker.is_connected());
+    // Nothing is in the sink before it: not even other tests' `Control`.
+    let Incoming::Gap(first) = b.next_incoming().await else {
+        panic!("the first thing in the sink is not a gap");
+    };
+    assert!(before_start <= first.since && first.since <= SystemTime::now());
+    assert_eq!(b.broker.gaps(), 1);
+    let key = unique("author");
+    b.bind(&key).await;
+    a.publish(Topic::Posts, &key, b"before").await;
+    assert_eq!(b.next_post().await, &b"before"[..]);
+
+    let cut = SystemTime::now();
+    proxy.cut();
+    let probe = unique("probe");
+    until("b notices the loss", || async {
+        let published = b.broker.publish(Topic::Posts, &probe, Bytes::new()).await;
+        matches!(published, Err(BrokerError::Unavailable(_)))
+    })
+    .await;
+    assert!(!b.broker.is_connected());
+    a.publish(Topic::Posts, &key, b"while cut").await;
+    proxy.restore().await;
+    timeout(WAIT, b.broker.connected())
+        .await
+        .expect("reconnected in time");
+
+    let second = b.next_gap(&[b"while cut"]).await;
+    assert!(second.since <= cut, "{second:?} is later than the cut");
+    assert!(first.since <= second.since);
+    assert_eq!(b.next_post().await, &b"while cut"[..]);
+    assert_eq!(b.broker.gaps(), 2);
+    assert_eq!(b.broker.reconnects(), 1);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_instance_queue_deleted_from_outside_is_declared_anew_after_a_gap() {
+    let raw = raw_connection().await;
+    let a = Instance::connected(&amqp_url()).await;
+    let mut b = Instance::connected(&amqp_url()).await;
+    let key = unique("author");
+    b.bind(&key).await;
+    a.publish(Topic::Posts, &key, b"before").await;
+    assert_eq!(b.next_post().await, &b"before"[..]);
+    assert_eq!(b.gaps.len(), 1);
+
+    // As when the queue's node dies while b is connected to another one.
+    let channel = timeout(WAIT, raw.open_channel(None))
+        .await
+        .expect("raw channel in time")
+        .expect("raw channel opens");
+    let deleted = SystemTime::now();
+    timeout(
+        WAIT,
+        channel.queue_delete(QueueDeleteArguments::new(&b.queue)),
+    )
+    .await
+    .expect("delete answered in time")
+    .expect("the queue is deleted");
+
+    let gap = b.next_gap(&[]).await;
+    assert!(gap.since <= deleted, "{gap:?} is later than the deletion");
+    assert!(queue_exists(&raw, &b.queue).await);
+    // Its bindings were restored before the gap.
+    a.publish(Topic::Posts, &key, b"after").await;
+    assert_eq!(b.next_post().await, &b"after"[..]);
+    assert_eq!(b.broker.reconnects(), 1);
+    assert_eq!(b.broker.gaps(), 2);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
 async fn bindings_changed_while_cut_are_restored_on_reconnect() {
     const KEYS: usize = 300;
     let mut proxy = TcpProxy::start(rabbitmq_address().await).await;
@@ -735,8 +846,10 @@ async fn shutdown_deletes_the_queue_and_stops_the_broker() {
     // The broker lets go of the sink; what is left in it was delivered
     // before the shutdown (other tests' `Control` messages).
     timeout(WAIT, async {
-        while let Some(delivery) = b.deliveries.recv().await {
-            assert_ne!(delivery.body, &b"too late"[..]);
+        while let Some(incoming) = b.deliveries.recv().await {
+            if let Incoming::Message(delivery) = incoming {
+                assert_ne!(delivery.body, &b"too late"[..]);
+            }
         }
     })
     .await

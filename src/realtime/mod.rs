@@ -32,7 +32,7 @@ pub use socket::{Push, Socket};
 
 use self::codec::FollowChange;
 use self::relay::Relay;
-use crate::broker::{Broker, Delivery, Topic};
+use crate::broker::{Broker, Incoming, Topic};
 use crate::cache::Feeds;
 use crate::domain::{Post, PostId, UserId};
 use crate::metrics::{Gauges, Metrics};
@@ -78,7 +78,7 @@ impl Realtime {
         store: Store,
         feeds: Arc<Feeds>,
         broker: Broker,
-        incoming: mpsc::Receiver<Delivery>,
+        incoming: mpsc::Receiver<Incoming>,
         settings: RealtimeSettings,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,

@@ -23,7 +23,7 @@ use super::session::open_channel;
 use super::{
     CONTROL_EXCHANGE, OPERATION_TIMEOUT, POSTS_EXCHANGE, SessionError, WORK_QUEUE, within,
 };
-use crate::broker::{Delivery, Topic, Work};
+use crate::broker::{Delivery, Incoming, Topic, Work};
 
 /// Bounds the deliveries RabbitMQ pushes ahead of the sink, so that a slow
 /// sink holds messages back in the queue rather than in this process.
@@ -41,13 +41,49 @@ pub(super) enum PumpEnd {
     SinkClosed,
 }
 
+/// This session's consumer of the instance queue.
+pub(super) struct InstanceConsumer {
+    pub(super) tag: String,
+    pub(super) pump: JoinHandle<PumpEnd>,
+}
+
+impl InstanceConsumer {
+    /// Consumes `queue` on `channel`, whose requests only the supervisor
+    /// makes (the pump only acks, which gets no reply).
+    pub(super) async fn start(
+        channel: &Channel,
+        queue: &str,
+        sink: mpsc::Sender<Incoming>,
+    ) -> Result<Self, SessionError> {
+        let qos = BasicQosArguments::new(0, PREFETCH, false);
+        within("basic.qos", channel.basic_qos(qos)).await?;
+        let consume = BasicConsumeArguments::new(queue, "")
+            .manual_ack(true)
+            .finish();
+        let (tag, deliveries) = within("basic.consume", channel.basic_consume_rx(consume)).await?;
+        let pump = tokio::spawn(pump(channel.clone(), deliveries, sink).in_current_span());
+        Ok(Self { tag, pump })
+    }
+}
+
+/// Completes when the session's instance-queue pump ends; never if it has
+/// not started.
+pub(super) async fn instance_ended(
+    consumer: &mut Option<InstanceConsumer>,
+) -> Result<PumpEnd, JoinError> {
+    match consumer {
+        Some(consumer) => (&mut consumer.pump).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Moves deliveries into the sink, waiting while it is full, and acks them
 /// once it has taken them: with the prefetch limit, a full sink holds
 /// RabbitMQ back.
-pub(super) async fn pump(
+async fn pump(
     channel: Channel,
     mut deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
-    sink: mpsc::Sender<Delivery>,
+    sink: mpsc::Sender<Incoming>,
 ) -> PumpEnd {
     let mut unacked = 0;
     while let Some(message) = deliveries.recv().await {
@@ -68,7 +104,7 @@ pub(super) async fn pump(
                 topic,
                 body: Bytes::from(content),
             };
-            if sink.send(delivery).await.is_err() {
+            if sink.send(Incoming::Message(delivery)).await.is_err() {
                 return PumpEnd::SinkClosed;
             }
         }

@@ -35,7 +35,8 @@
 //! - `mod.rs`: the [`AmqpBroker`] handle, what it shares with the
 //!   supervisor (the link state), and the names every part uses.
 //! - `url`: parses `AMQP_URL` into connection arguments.
-//! - `supervisor`: the task that owns the connection and reconnects.
+//! - `supervisor`: the task that owns the connection, reconnects, and
+//!   signals a gap ahead of every session's messages.
 //! - `session`: one connection with its topology declared and its
 //!   consumers started; amqprs callbacks that report a loss.
 //! - `bindings`: the wanted routing keys and the lanes that apply them.
@@ -52,7 +53,7 @@ mod url;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use amqprs::error::Error as AmqpError;
 use bytes::Bytes;
@@ -60,7 +61,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::timeout;
 use tracing::Instrument;
 
-use super::{Applied, BrokerError, Delivery, Topic, Work};
+use super::{Applied, BrokerError, Incoming, Topic, Work};
 use publish::Publisher;
 use session::Target;
 use supervisor::Supervisor;
@@ -110,6 +111,7 @@ pub(super) struct AmqpBroker {
 struct Shared {
     link: watch::Sender<Link>,
     reconnects: AtomicU64,
+    gaps: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -135,20 +137,24 @@ impl AmqpBroker {
     /// no `Materialize` work: it does not consume the work queue.
     pub(super) fn start(
         settings: AmqpSettings,
-        sink: mpsc::Sender<Delivery>,
+        sink: mpsc::Sender<Incoming>,
         work: mpsc::Sender<Work>,
     ) -> Self {
+        // Nothing can have been missed before the handle existed.
+        let started = SystemTime::now();
         let (commands, requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             link: watch::Sender::new(Link::Down),
             reconnects: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
         });
         // Without a supervisor the link stays down and every request is
         // dropped (which completes its `Applied`).
         match Target::new(&settings) {
             Ok(target) => {
                 let span = tracing::info_span!("amqp", queue = %target.queue);
-                let supervisor = Supervisor::new(target, shared.clone(), requests, sink, work);
+                let supervisor =
+                    Supervisor::new(target, shared.clone(), requests, sink, work, started);
                 tokio::spawn(supervisor.run().instrument(span));
             }
             Err(error) => {
@@ -206,6 +212,20 @@ impl AmqpBroker {
 
     pub(super) fn reconnects(&self) -> u64 {
         self.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn gaps(&self) -> u64 {
+        self.shared.gaps.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn is_connected(&self) -> bool {
+        matches!(*self.shared.link.borrow(), Link::Up(_))
+    }
+
+    pub(super) async fn connected(&self) {
+        let mut link = self.shared.link.subscribe();
+        // `Shared` holds the sender for as long as this handle exists.
+        let _ = link.wait_for(|link| matches!(link, Link::Up(_))).await;
     }
 
     pub(super) async fn shutdown(&self) {

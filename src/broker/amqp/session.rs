@@ -4,12 +4,12 @@
 //! loss it is abandoned and the supervisor builds a new one.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
 use amqprs::channel::{
-    BasicCancelArguments, BasicConsumeArguments, BasicQosArguments, Channel,
-    ExchangeDeclareArguments, ExchangeType, QueueBindArguments, QueueDeclareArguments,
-    QueueDeleteArguments,
+    BasicCancelArguments, Channel, ExchangeDeclareArguments, ExchangeType, QueueBindArguments,
+    QueueDeclareArguments, QueueDeleteArguments,
 };
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::error::Error as AmqpError;
@@ -18,21 +18,22 @@ use amqprs::{
 };
 use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tracing::Instrument;
 
 use super::bindings::{Lanes, OnServer};
-use super::consume::{PREFETCH, PumpEnd, WorkConsumer, consume_work, pump, stop_pump};
+use super::consume::{InstanceConsumer, WorkConsumer, consume_work, stop_pump};
 use super::publish::{Confirms, Publisher};
 use super::url::{connection_list, describe};
 use super::{
     AmqpSettings, CONTROL_EXCHANGE, MAX_SHORT_STRING, OPERATION_TIMEOUT, POSTS_EXCHANGE,
     SessionError, WORK_QUEUE, within,
 };
-use crate::broker::{Delivery, Work};
+use crate::broker::{Incoming, Work};
 
 const QUEUE_PREFIX: &str = "livefeed.instance.";
+/// For the round trip that proves the instance queue is still there after
+/// this process was frozen or starved.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The validated settings, in the form every connection attempt needs.
 pub(super) struct Target {
@@ -121,8 +122,9 @@ pub(super) struct Session {
     pub(super) lanes: Lanes,
     pub(super) publisher: Arc<Publisher>,
     target: Arc<Target>,
-    consumer_tag: String,
-    pub(super) pump: JoinHandle<PumpEnd>,
+    /// `None` until the supervisor starts it, once it has put the gap of
+    /// this session in the sink.
+    pub(super) instance: Option<InstanceConsumer>,
     /// `None` while this instance takes no work (its work sink is closed).
     pub(super) work: Option<WorkConsumer>,
     /// Signalled by amqprs callbacks when RabbitMQ closes the connection, a
@@ -135,7 +137,6 @@ impl Session {
     pub(super) async fn open(
         target: Arc<Target>,
         place: usize,
-        sink: mpsc::Sender<Delivery>,
         work: mpsc::Sender<Work>,
         on_server: OnServer,
     ) -> Result<Self, SessionError> {
@@ -153,16 +154,8 @@ impl Session {
             true => None,
             false => Some(consume_work(&connection, lost.clone()).await?),
         };
-        topology
-            .basic_qos(BasicQosArguments::new(0, PREFETCH, false))
-            .await?;
-        let consume = BasicConsumeArguments::new(&target.queue, "")
-            .manual_ack(true)
-            .finish();
-        let (consumer_tag, deliveries) = topology.basic_consume_rx(consume).await?;
-        // Only once nothing can fail any more: nothing reaches the sinks
-        // from a session that is then dropped.
-        let pump = tokio::spawn(pump(topology.clone(), deliveries, sink).in_current_span());
+        // Only once nothing can fail any more: no work reaches the sink from
+        // a session that is then dropped.
         let work = work_deliveries
             .map(|(channel, deliveries)| WorkConsumer::start(channel, deliveries, work));
         Ok(Self {
@@ -171,18 +164,41 @@ impl Session {
             lanes,
             publisher,
             target,
-            consumer_tag,
-            pump,
+            instance: None,
             work,
             lost,
         })
     }
 
+    /// Starts consuming the instance queue into `sink`; the consumer
+    /// belongs in `instance`.
+    pub(super) async fn consume(
+        &self,
+        sink: mpsc::Sender<Incoming>,
+    ) -> Result<InstanceConsumer, SessionError> {
+        InstanceConsumer::start(&self.topology, &self.target.queue, sink).await
+    }
+
+    /// Proves that the instance queue still exists, with one bounded round
+    /// trip: a passive declare, which fails (and closes the channel) if the
+    /// queue is gone.
+    pub(super) async fn verify(&self) -> Result<(), SessionError> {
+        let declare = QueueDeclareArguments::new(&self.target.queue)
+            .passive(true)
+            .finish();
+        match timeout(VERIFY_TIMEOUT, self.topology.queue_declare(declare)).await {
+            Ok(reply) => reply.map(|_| ()).map_err(SessionError::from),
+            Err(_) => Err(SessionError::Timeout("queue.declare (passive)")),
+        }
+    }
+
     /// After a loss: nothing to clean up on the server, which keeps the queue
-    /// for the next session.
+    /// for the next session (unless it was lost too).
     pub(super) async fn abandon(mut self) {
         self.publisher.confirms.fail_all();
-        stop_pump(self.pump).await;
+        if let Some(consumer) = self.instance {
+            stop_pump(consumer.pump).await;
+        }
         // What they had not applied is still wanted: the next session
         // applies it.
         self.lanes.stop().await;
@@ -200,14 +216,22 @@ impl Session {
         // Deleting the queue deletes every binding: changes still queued
         // are dropped, which completes them.
         self.lanes.stop().await;
-        stop_pump(self.pump).await;
+        let consumer_tag = match self.instance.take() {
+            Some(InstanceConsumer { tag, pump }) => {
+                stop_pump(pump).await;
+                Some(tag)
+            }
+            None => None,
+        };
         // First, so that another instance takes over the work promptly.
         if let Some(work) = self.work {
             work.stop().await;
         }
-        let cancel = BasicCancelArguments::new(&self.consumer_tag);
-        if let Err(error) = within("basic.cancel", self.topology.basic_cancel(cancel)).await {
-            tracing::warn!(%error, "cannot cancel the consumer");
+        if let Some(tag) = consumer_tag {
+            let cancel = BasicCancelArguments::new(&tag);
+            if let Err(error) = within("basic.cancel", self.topology.basic_cancel(cancel)).await {
+                tracing::warn!(%error, "cannot cancel the consumer");
+            }
         }
         let delete = QueueDeleteArguments::new(&self.target.queue);
         match within("queue.delete", self.topology.queue_delete(delete)).await {
@@ -320,7 +344,13 @@ impl ChannelCallback for ChannelEvents {
         Ok(())
     }
 
-    /// RabbitMQ cancels the consumer when the queue is deleted under it.
+    /// RabbitMQ cancels a consumer when its queue is deleted under it (the
+    /// instance queue's node died while this connection is on another one)
+    /// or, for the work queue, when it cannot keep the consumer through a
+    /// leader change. amqprs announces the `consumer_cancel_notify`
+    /// capability, without which RabbitMQ would drop the consumer silently.
+    /// The session is then lost: the next one declares the queue anew,
+    /// behind a gap.
     async fn cancel(&mut self, _: &Channel, cancel: Cancel) -> Result<(), AmqpError> {
         tracing::warn!(consumer = %cancel.consumer_tag(), "RabbitMQ cancelled the consumer");
         self.lost.notify_one();

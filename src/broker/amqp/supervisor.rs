@@ -1,21 +1,30 @@
 //! The supervisor: the one task that owns an instance's connection. It
 //! connects, serves a session until it is lost, and reconnects with
-//! backoff, recording binding changes while disconnected. It never touches
-//! the sinks itself: only a session's consumers feed them.
+//! backoff, recording binding changes while disconnected.
+//!
+//! It also keeps the gap mark: the last moment this instance positively
+//! knew its queue was alive and consumed. Every new session (the first
+//! included) puts `Gap { since: mark }` in the sink once its queue is
+//! declared and its bindings restored, before its consumer starts, so the
+//! gap comes ahead of every message of that session. During a session a
+//! tick advances the mark every second; a tick that comes late (the process
+//! was frozen or starved, and the queue may have expired meanwhile) first
+//! proves the queue is still there, or ends the session. Apart from the
+//! gap, it never feeds the sinks: only a session's consumers do.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval_at, sleep, timeout};
 
 use super::bindings::{Bindings, Change, Lanes};
-use super::consume::{PumpEnd, WorkEnd, work_ended};
+use super::consume::{PumpEnd, WorkEnd, instance_ended, work_ended};
 use super::session::{Session, Target};
 use super::{Command, Link, OPERATION_TIMEOUT, Shared};
-use crate::broker::{Delivery, Work};
+use crate::broker::{Gap, Incoming, Work};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -23,6 +32,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// backoff over. A shorter one counts as a failed attempt, so a session that
 /// keeps breaking right after setup does not reconnect in a tight loop.
 const STABLE_SESSION: Duration = Duration::from_secs(5);
+/// How often a session advances the gap mark.
+const MARK_TICK: Duration = Duration::from_secs(1);
+/// A tick this much later than scheduled means the process was frozen or
+/// starved: the queue may have expired meanwhile.
+const LATE_TICK: Duration = Duration::from_secs(3);
 
 /// Why the supervisor stops: a `shutdown` call to answer, or nobody left to
 /// serve (every handle dropped, or the sink closed).
@@ -38,10 +52,13 @@ pub(super) struct Supervisor {
     target: Arc<Target>,
     shared: Arc<Shared>,
     requests: mpsc::UnboundedReceiver<Command>,
-    sink: mpsc::Sender<Delivery>,
+    sink: mpsc::Sender<Incoming>,
     work: mpsc::Sender<Work>,
     bindings: Bindings,
     connected_before: bool,
+    /// The last moment this instance positively knew its queue was alive
+    /// and consumed.
+    mark: SystemTime,
 }
 
 impl Supervisor {
@@ -49,8 +66,9 @@ impl Supervisor {
         target: Target,
         shared: Arc<Shared>,
         requests: mpsc::UnboundedReceiver<Command>,
-        sink: mpsc::Sender<Delivery>,
+        sink: mpsc::Sender<Incoming>,
         work: mpsc::Sender<Work>,
+        started: SystemTime,
     ) -> Self {
         Self {
             target: Arc::new(target),
@@ -60,6 +78,7 @@ impl Supervisor {
             work,
             bindings: Bindings::default(),
             connected_before: false,
+            mark: started,
         }
     }
 
@@ -84,7 +103,6 @@ impl Supervisor {
                 Session::open(
                     self.target.clone(),
                     place,
-                    self.sink.clone(),
                     self.work.clone(),
                     self.bindings.on_server.clone(),
                 ),
@@ -172,23 +190,25 @@ impl Supervisor {
             .link
             .send_replace(Link::Up(session.publisher.clone()));
         self.announce_connected();
+        let mut gap = Some(Gap { since: self.mark });
+        let sink = self.sink.clone();
+        // Ticks once the consumer runs.
+        let mut ticks: Option<Interval> = None;
         let io_failure = session.connection.listen_network_io_failure();
         let mut io_failure = std::pin::pin!(io_failure);
         loop {
             tokio::select! {
-                command = self.requests.recv() => match command {
-                    Some(Command::Binding { key, bound, applied }) => {
-                        self.request(&session.lanes, key, bound, applied);
-                    }
-                    Some(Command::Shutdown { done }) => return Ended::Stopped(Stop(Some(done))),
-                    None => return Ended::Stopped(Stop(None)),
-                },
+                // A loss is noticed before a tick could advance the mark.
+                biased;
                 () = session.lost.notified() => {
-                    return Ended::Lost("RabbitMQ closed the connection or a channel".into());
+                    return Ended::Lost(
+                        "RabbitMQ closed the connection or a channel, or cancelled a consumer"
+                            .into(),
+                    );
                 }
                 _ = &mut io_failure => return Ended::Lost("network failure".into()),
                 reason = session.lanes.failed() => return Ended::Lost(reason),
-                end = &mut session.pump => return match end {
+                end = instance_ended(&mut session.instance) => return match end {
                     Ok(PumpEnd::SinkClosed) => Ended::Stopped(Stop(None)),
                     Ok(PumpEnd::ConsumerEnded) => Ended::Lost("the consumer stopped".into()),
                     Err(error) => Ended::Lost(format!("the delivery task failed: {error}")),
@@ -210,8 +230,53 @@ impl Supervisor {
                         return Ended::Lost(format!("the work task failed: {error}"));
                     }
                 },
+                scheduled = next_tick(&mut ticks) => {
+                    if let Err(reason) = self.advance_mark(session, scheduled).await {
+                        return Ended::Lost(reason);
+                    }
+                }
+                permit = sink.reserve(), if gap.is_some() => {
+                    let (Ok(permit), Some(gap)) = (permit, gap.take()) else {
+                        return Ended::Stopped(Stop(None));
+                    };
+                    permit.send(Incoming::Gap(gap));
+                    let gaps = self.shared.gaps.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::info!(since = ?gap.since, gaps, "signalled a gap");
+                    match session.consume(sink.clone()).await {
+                        Ok(consumer) => session.instance = Some(consumer),
+                        Err(error) => return Ended::Lost(error.to_string()),
+                    }
+                    let mut interval = interval_at(Instant::now() + MARK_TICK, MARK_TICK);
+                    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                    ticks = Some(interval);
+                }
+                command = self.requests.recv() => match command {
+                    Some(Command::Binding { key, bound, applied }) => {
+                        self.request(&session.lanes, key, bound, applied);
+                    }
+                    Some(Command::Shutdown { done }) => return Ended::Stopped(Stop(Some(done))),
+                    None => return Ended::Stopped(Stop(None)),
+                },
             }
         }
+    }
+
+    /// On time, a tick moves the mark to now. Late, the session first proves
+    /// its queue is still there; failing that, it is lost, and the next
+    /// session's gap starts at the old mark.
+    async fn advance_mark(&mut self, session: &Session, scheduled: Instant) -> Result<(), String> {
+        let now = SystemTime::now();
+        let late = scheduled.elapsed();
+        if late > LATE_TICK {
+            tracing::warn!(?late, "the mark tick came late; checking the queue");
+            if let Err(error) = session.verify().await {
+                return Err(format!(
+                    "the queue could not be verified after a pause: {error}"
+                ));
+            }
+        }
+        self.mark = now;
+        Ok(())
     }
 
     fn announce_connected(&mut self) {
@@ -234,5 +299,13 @@ impl Supervisor {
             bound: change,
             applied,
         });
+    }
+}
+
+/// The next tick's scheduled time; never while there are no ticks.
+async fn next_tick(ticks: &mut Option<Interval>) -> Instant {
+    match ticks {
+        Some(ticks) => ticks.tick().await,
+        None => std::future::pending().await,
     }
 }
