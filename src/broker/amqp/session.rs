@@ -286,13 +286,14 @@ async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError>
     Ok(())
 }
 
-/// RabbitMQ refuses to declare a queue of another type under an existing
-/// name (PRECONDITION_FAILED, "inequivalent arg 'x-queue-type'").
+/// RabbitMQ refuses to declare a queue with other arguments (such as
+/// another type) under an existing name: PRECONDITION_FAILED, "inequivalent
+/// arg", naming the first argument that differs.
 fn is_classic_work_queue(close: &CloseChannel) -> bool {
     const PRECONDITION_FAILED: u16 = 406;
     let text = close.reply_text();
     close.reply_code() == PRECONDITION_FAILED
-        && text.contains("x-queue-type")
+        && text.contains("inequivalent arg")
         && text.contains(&format!("'{WORK_QUEUE}'"))
 }
 
@@ -331,8 +332,8 @@ impl ChannelCallback for ChannelEvents {
         tracing::warn!(%close, "RabbitMQ closed a channel");
         if is_classic_work_queue(&close) {
             tracing::error!(
-                "the {WORK_QUEUE} queue exists as a classic queue, left by an older version; \
-                 it must be a quorum queue now. Stop the older instances, let them drain it \
+                "the {WORK_QUEUE} queue exists with other arguments: a classic queue, left \
+                 by an older version? It must be a quorum queue now. Stop the older instances, let them drain it \
                  (rabbitmqctl list_queues name type messages), then delete it \
                  (rabbitmqctl delete_queue {WORK_QUEUE}): the next connection declares it anew"
             );
