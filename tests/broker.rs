@@ -748,6 +748,31 @@ async fn an_instance_queue_deleted_from_outside_is_declared_anew_after_a_gap() {
     a.shutdown().await;
 }
 
+/// On the single-threaded test runtime, blocking the thread starves every
+/// task of the broker, as a frozen process would.
+#[tokio::test]
+async fn a_session_that_was_starved_verifies_its_queue_and_carries_on() {
+    let a = Instance::connected(&amqp_url()).await;
+    let mut b = Instance::connected(&amqp_url()).await;
+    let key = unique("author");
+    b.bind(&key).await;
+
+    // At least 4 s past a tick's schedule (beyond the 3 s after which a
+    // late tick checks the queue), well within the heartbeat timeout.
+    std::thread::sleep(Duration::from_secs(5));
+    a.publish(Topic::Posts, &key, b"after the pause").await;
+    assert_eq!(b.next_post().await, &b"after the pause"[..]);
+    // No event tells that the check is done: a second tick is due by
+    // then, behind it.
+    sleep(Duration::from_millis(1_500)).await;
+    a.publish(Topic::Posts, &key, b"later").await;
+    assert_eq!(b.next_post().await, &b"later"[..]);
+    assert_eq!(b.broker.reconnects(), 0);
+    assert_eq!(b.broker.gaps(), 1);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 #[tokio::test]
 async fn bindings_changed_while_cut_are_restored_on_reconnect() {
     const KEYS: usize = 300;
