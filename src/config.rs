@@ -121,10 +121,17 @@ pub struct Config {
     #[arg(long, env = "LIVEFEED_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
     pub shutdown_grace_secs: u64,
 
-    /// RabbitMQ URL (amqp://user:password@host:port/vhost). Unset: an
-    /// in-process broker, for a single instance without RabbitMQ.
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost), or several
+    /// separated by commas, tried in turn. Unset: an in-process broker, for
+    /// a single instance without RabbitMQ.
     #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url)]
     pub amqp_url: Option<String>,
+
+    /// Seconds this instance's RabbitMQ queue outlives a lost connection
+    /// before RabbitMQ deletes it.
+    #[arg(long, env = "LIVEFEED_AMQP_QUEUE_EXPIRY_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
+    pub amqp_queue_expiry_secs: u64,
 
     /// Names this instance's broker queue; unique per running instance.
     #[arg(long, env = "LIVEFEED_INSTANCE_ID", default_value_t = default_instance_id())]
@@ -197,6 +204,7 @@ impl Config {
             Some(url) => BrokerKind::Amqp(AmqpSettings {
                 url: url.clone(),
                 instance_id: self.instance_id.clone(),
+                queue_expiry: Duration::from_secs(self.amqp_queue_expiry_secs),
             }),
             None => BrokerKind::Memory(MemoryBus::new()),
         }
@@ -223,14 +231,7 @@ fn parse_redis_url(raw: &str) -> Result<String, String> {
 }
 
 fn parse_amqp_url(raw: &str) -> Result<String, String> {
-    let rest = raw.strip_prefix("amqp://").ok_or_else(|| {
-        "an AMQP URL starts with amqp:// (e.g. amqp://guest:guest@localhost:5672/%2f)".to_owned()
-    })?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(
-            "the AMQP URL must name a host, e.g. amqp://guest:guest@localhost:5672/%2f".into(),
-        );
-    }
+    AmqpSettings::validate_url(raw)?;
     Ok(raw.to_owned())
 }
 
@@ -300,6 +301,7 @@ mod tests {
         let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
         assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
+        assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
     }
 }

@@ -18,14 +18,16 @@ mod vhost;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use amqprs::channel::{BasicGetArguments, QueueDeclareArguments, QueueDeleteArguments};
+use amqprs::channel::{BasicConsumeArguments, QueueDeclareArguments, QueueDeleteArguments};
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{FieldTable, FieldValue};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use livefeed::broker::{AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Topic, Work};
+use livefeed::broker::{
+    AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Gap, Incoming, Topic, Work,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep, timeout};
@@ -42,6 +44,7 @@ const PROMPTLY: Duration = Duration::from_secs(1);
 /// For conditions with no event to await: how often to look.
 const POLL: Duration = Duration::from_millis(20);
 const WORK_QUEUE: &str = "feed.materialize";
+const QUEUE_EXPIRY: Duration = Duration::from_secs(60);
 /// Routing keys one instance binds at once, as when many sockets connect
 /// together, each following its authors.
 const MANY_KEYS: usize = 2_000;
@@ -56,7 +59,9 @@ fn unique(prefix: &str) -> String {
 
 struct Instance {
     broker: Broker,
-    deliveries: mpsc::Receiver<Delivery>,
+    deliveries: mpsc::Receiver<Incoming>,
+    /// The gaps `next` skipped, in order.
+    gaps: Vec<Gap>,
     queue: String,
     /// `None`: started with the work sink closed, taking no work.
     work: Option<mpsc::Receiver<Work>>,
@@ -79,6 +84,7 @@ impl Instance {
         let settings = AmqpSettings {
             url: url.to_owned(),
             instance_id,
+            queue_expiry: QUEUE_EXPIRY,
         };
         let (sink, deliveries) = mpsc::channel(64);
         let (work_sink, work) = mpsc::channel(4);
@@ -86,6 +92,7 @@ impl Instance {
         Self {
             broker: Broker::start(BrokerKind::Amqp(settings), sink, work_sink),
             deliveries,
+            gaps: Vec::new(),
             queue,
             work,
         }
@@ -138,11 +145,34 @@ impl Instance {
             .expect("unbind applied in time");
     }
 
-    async fn next(&mut self) -> Delivery {
+    async fn next_incoming(&mut self) -> Incoming {
         timeout(WAIT, self.deliveries.recv())
             .await
             .expect("a delivery in time")
             .expect("the sink is open")
+    }
+
+    /// The next message; gaps on the way are kept in `gaps`.
+    async fn next(&mut self) -> Delivery {
+        loop {
+            match self.next_incoming().await {
+                Incoming::Message(delivery) => return delivery,
+                Incoming::Gap(gap) => self.gaps.push(gap),
+            }
+        }
+    }
+
+    /// The next gap; the messages before it must not be among `unexpected`.
+    async fn next_gap(&mut self, unexpected: &[&[u8]]) -> Gap {
+        loop {
+            match self.next_incoming().await {
+                Incoming::Gap(gap) => return gap,
+                Incoming::Message(delivery) => assert!(
+                    !unexpected.contains(&&delivery.body[..]),
+                    "{delivery:?} came before the gap"
+                ),
+            }
+        }
     }
 
     /// Skips other tests' `Control` messages.
@@ -528,10 +558,7 @@ async fn control_reaches_every_instance() {
 
 #[tokio::test]
 async fn publish_fails_promptly_while_rabbitmq_is_unreachable() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = closed.local_addr().expect("bound address");
-    drop(closed);
-    let broker = Instance::start(&url_via(address)).broker;
+    let broker = Instance::start(&url_via(dead_address())).broker;
 
     // Spread over connection attempts and backoff; none waits for the
     // confirm timeout.
@@ -557,6 +584,33 @@ async fn publish_fails_promptly_while_rabbitmq_is_unreachable() {
         matches!(published, Err(BrokerError::Closed)),
         "{published:?}"
     );
+}
+
+/// A local address nothing listens on.
+fn dead_address() -> SocketAddr {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = closed.local_addr().expect("bound address");
+    drop(closed);
+    address
+}
+
+#[tokio::test]
+async fn with_several_urls_a_dead_node_is_skipped() {
+    let urls = format!(
+        "{}, {}",
+        url_via(dead_address()),
+        url_via(rabbitmq_address().await)
+    );
+    let a = Instance::connected(&amqp_url()).await;
+    let mut b = Instance::connected(&urls).await;
+    let key = unique("author");
+    b.bind(&key).await;
+    a.publish(Topic::Posts, &key, b"to b").await;
+    assert_eq!(b.next_post().await, &b"to b"[..]);
+    b.publish(Topic::Posts, &key, b"from b").await;
+    assert_eq!(b.next_post().await, &b"from b"[..]);
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 #[tokio::test]
@@ -609,6 +663,114 @@ async fn reconnects_after_the_connection_is_cut() {
     a.publish(Topic::Posts, &key, b"after").await;
     assert_eq!(b.next_post().await, &b"after"[..]);
     assert_eq!(b.broker.reconnects(), 1);
+}
+
+#[tokio::test]
+async fn a_gap_comes_ahead_of_every_session_s_messages() {
+    let mut proxy = TcpProxy::start(rabbitmq_address().await).await;
+    let a = Instance::connected(&amqp_url()).await;
+    let before_start = SystemTime::now();
+    let mut b = Instance::start(&url_via(proxy.address()));
+    timeout(WAIT, b.broker.connected())
+        .await
+        .expect("connected in time");
+    assert!(b.broker.is_connected());
+    // Nothing is in the sink before it: not even other tests' `Control`.
+    let Incoming::Gap(first) = b.next_incoming().await else {
+        panic!("the first thing in the sink is not a gap");
+    };
+    assert!(before_start <= first.since && first.since <= SystemTime::now());
+    assert_eq!(b.broker.gaps(), 1);
+    let key = unique("author");
+    b.bind(&key).await;
+    a.publish(Topic::Posts, &key, b"before").await;
+    assert_eq!(b.next_post().await, &b"before"[..]);
+
+    let cut = SystemTime::now();
+    proxy.cut();
+    let probe = unique("probe");
+    until("b notices the loss", || async {
+        let published = b.broker.publish(Topic::Posts, &probe, Bytes::new()).await;
+        matches!(published, Err(BrokerError::Unavailable(_)))
+    })
+    .await;
+    assert!(!b.broker.is_connected());
+    a.publish(Topic::Posts, &key, b"while cut").await;
+    proxy.restore().await;
+    timeout(WAIT, b.broker.connected())
+        .await
+        .expect("reconnected in time");
+
+    let second = b.next_gap(&[b"while cut"]).await;
+    assert!(second.since <= cut, "{second:?} is later than the cut");
+    assert!(first.since <= second.since);
+    assert_eq!(b.next_post().await, &b"while cut"[..]);
+    assert_eq!(b.broker.gaps(), 2);
+    assert_eq!(b.broker.reconnects(), 1);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_instance_queue_deleted_from_outside_is_declared_anew_after_a_gap() {
+    let raw = raw_connection().await;
+    let a = Instance::connected(&amqp_url()).await;
+    let mut b = Instance::connected(&amqp_url()).await;
+    let key = unique("author");
+    b.bind(&key).await;
+    a.publish(Topic::Posts, &key, b"before").await;
+    assert_eq!(b.next_post().await, &b"before"[..]);
+    assert_eq!(b.gaps.len(), 1);
+
+    // As when the queue's node dies while b is connected to another one.
+    let channel = timeout(WAIT, raw.open_channel(None))
+        .await
+        .expect("raw channel in time")
+        .expect("raw channel opens");
+    let deleted = SystemTime::now();
+    timeout(
+        WAIT,
+        channel.queue_delete(QueueDeleteArguments::new(&b.queue)),
+    )
+    .await
+    .expect("delete answered in time")
+    .expect("the queue is deleted");
+
+    let gap = b.next_gap(&[]).await;
+    assert!(gap.since <= deleted, "{gap:?} is later than the deletion");
+    assert!(queue_exists(&raw, &b.queue).await);
+    // Its bindings were restored before the gap.
+    a.publish(Topic::Posts, &key, b"after").await;
+    assert_eq!(b.next_post().await, &b"after"[..]);
+    assert_eq!(b.broker.reconnects(), 1);
+    assert_eq!(b.broker.gaps(), 2);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// On the single-threaded test runtime, blocking the thread starves every
+/// task of the broker, as a frozen process would.
+#[tokio::test]
+async fn a_session_that_was_starved_verifies_its_queue_and_carries_on() {
+    let a = Instance::connected(&amqp_url()).await;
+    let mut b = Instance::connected(&amqp_url()).await;
+    let key = unique("author");
+    b.bind(&key).await;
+
+    // At least 4 s past a tick's schedule (beyond the 3 s after which a
+    // late tick checks the queue), well within the heartbeat timeout.
+    std::thread::sleep(Duration::from_secs(5));
+    a.publish(Topic::Posts, &key, b"after the pause").await;
+    assert_eq!(b.next_post().await, &b"after the pause"[..]);
+    // No event tells that the check is done: a second tick is due by
+    // then, behind it.
+    sleep(Duration::from_millis(1_500)).await;
+    a.publish(Topic::Posts, &key, b"later").await;
+    assert_eq!(b.next_post().await, &b"later"[..]);
+    assert_eq!(b.broker.reconnects(), 0);
+    assert_eq!(b.broker.gaps(), 1);
+    b.shutdown().await;
+    a.shutdown().await;
 }
 
 #[tokio::test]
@@ -709,8 +871,10 @@ async fn shutdown_deletes_the_queue_and_stops_the_broker() {
     // The broker lets go of the sink; what is left in it was delivered
     // before the shutdown (other tests' `Control` messages).
     timeout(WAIT, async {
-        while let Some(delivery) = b.deliveries.recv().await {
-            assert_ne!(delivery.body, &b"too late"[..]);
+        while let Some(incoming) = b.deliveries.recv().await {
+            if let Incoming::Message(delivery) = incoming {
+                assert_ne!(delivery.body, &b"too late"[..]);
+            }
         }
     })
     .await
@@ -990,6 +1154,7 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
         .expect("raw channel opens");
     // Declared as specified: a different declaration would close the channel.
     let mut arguments = FieldTable::new();
+    arguments.insert("x-queue-type".try_into().unwrap(), "quorum".into());
     arguments.insert(
         "x-single-active-consumer".try_into().unwrap(),
         FieldValue::t(true),
@@ -1000,13 +1165,22 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
     timeout(WAIT, channel.queue_declare(declare))
         .await
         .expect("declare answered in time")
-        .expect("the work queue is durable with a single active consumer");
-    let get = BasicGetArguments::new(WORK_QUEUE).no_ack(true).finish();
-    let (_, properties, body) = timeout(WAIT, channel.basic_get(get))
+        .expect("the work queue is a durable quorum queue with a single active consumer");
+    // basic.get is refused on a quorum queue with a single active consumer.
+    let consume = BasicConsumeArguments::new(WORK_QUEUE, "")
+        .manual_ack(false)
+        .finish();
+    let (_, mut messages) = timeout(WAIT, channel.basic_consume_rx(consume))
         .await
-        .expect("get answered in time")
-        .expect("get succeeds")
+        .expect("consume answered in time")
+        .expect("consume succeeds");
+    let message = timeout(WAIT, messages.recv())
+        .await
+        .expect("a message in time")
         .expect("a message");
+    let (Some(properties), Some(body)) = (message.basic_properties, message.content) else {
+        panic!("a message with properties and a body");
+    };
     assert_eq!(body, b"work 0");
     assert_eq!(properties.delivery_mode(), Some(2), "persistent");
 
@@ -1033,10 +1207,7 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
     assert_eq!(publisher.broker.reconnects(), 0);
     publisher.shutdown().await;
 
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = closed.local_addr().expect("bound address");
-    drop(closed);
-    let unreachable = Instance::start_with(&vhost_via(vhost.url(), address), true);
+    let unreachable = Instance::start_with(&vhost_via(vhost.url(), dead_address()), true);
     let published = timeout(
         PROMPTLY,
         unreachable
@@ -1050,6 +1221,54 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
         "{published:?}"
     );
     unreachable.shutdown().await;
+}
+
+/// `rabbitmqctl list_queues` of `vhost`: each queue's type and whether it
+/// is durable, by name.
+async fn queue_types(vhost: &Vhost) -> HashMap<String, Vec<String>> {
+    let url = Url::parse(vhost.url()).expect("a URL");
+    let name = url.path().trim_start_matches('/');
+    let rabbitmqctl =
+        std::env::var("RABBITMQCTL").unwrap_or_else(|_| "/usr/sbin/rabbitmqctl".into());
+    let listed = tokio::process::Command::new(&rabbitmqctl)
+        .args([
+            "-q",
+            "list_queues",
+            "-p",
+            name,
+            "--no-table-headers",
+            "name",
+            "type",
+            "durable",
+        ])
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(Duration::from_secs(60), listed)
+        .await
+        .expect("rabbitmqctl in time")
+        .expect("rabbitmqctl runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(name, rest)| {
+            (
+                name.to_owned(),
+                rest.split_whitespace().map(str::to_owned).collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_work_queue_is_quorum_and_instance_queues_classic_not_durable() {
+    let vhost = Vhost::create().await;
+    let instance = Instance::connected(vhost.url()).await;
+    let types = queue_types(&vhost).await;
+    assert_eq!(types[WORK_QUEUE], ["quorum", "true"], "{types:?}");
+    assert_eq!(types[&instance.queue], ["classic", "false"], "{types:?}");
+    instance.shutdown().await;
 }
 
 #[tokio::test]
@@ -1075,8 +1294,17 @@ async fn closing_the_work_sink_settles_what_was_handed_out_and_fails_over() {
     // Still awaited: the instance waits for work it handed out.
     one.done.send(()).expect("the broker waits for done");
     publisher.publish(Topic::Materialize, "", "three").await;
-    standby.do_work("two").await;
-    standby.do_work("three").await;
+    // A quorum queue returns work handed back behind what came since.
+    let mut done = HashSet::new();
+    for _ in 0..2 {
+        let work = standby.next_work().await;
+        work.done.send(()).expect("the broker waits for done");
+        done.insert(work.body);
+    }
+    assert_eq!(
+        done,
+        HashSet::from([Bytes::from("two"), Bytes::from("three")])
+    );
     // The instance itself carries on.
     active.publish(Topic::Posts, &unique("probe"), b"").await;
     assert_eq!(active.broker.reconnects(), 0);

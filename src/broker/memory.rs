@@ -1,5 +1,6 @@
 //! The in-process broker: every instance that joined one [`MemoryBus`]
-//! hears the others, as instances sharing one RabbitMQ would.
+//! hears the others, as instances sharing one RabbitMQ would. Nothing is
+//! ever lost in between, so it never signals a gap.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{Applied, BrokerError, Delivery, Topic, Work};
+use super::{Applied, BrokerError, Delivery, Incoming, Topic, Work};
 
 /// The shared medium. Clone it to let several instances (in one process)
 /// talk to each other.
@@ -17,7 +18,7 @@ pub struct MemoryBus {
 }
 
 struct Member {
-    sink: mpsc::Sender<Delivery>,
+    sink: mpsc::Sender<Incoming>,
     work: mpsc::Sender<Work>,
     bindings: Mutex<HashSet<String>>,
 }
@@ -35,7 +36,7 @@ impl MemoryBus {
 
     pub(super) fn join(
         self,
-        sink: mpsc::Sender<Delivery>,
+        sink: mpsc::Sender<Incoming>,
         work: mpsc::Sender<Work>,
     ) -> MemoryBroker {
         let me = Arc::new(Member {
@@ -73,10 +74,10 @@ impl MemoryBroker {
             if wanted {
                 let _ = member
                     .sink
-                    .send(Delivery {
+                    .send(Incoming::Message(Delivery {
                         topic,
                         body: body.clone(),
-                    })
+                    }))
                     .await;
             }
         }

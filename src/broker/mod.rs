@@ -6,6 +6,13 @@
 //! queue whose messages are each handled once, in order, by one instance at
 //! a time (feed cache updates). Two implementations behind one handle: an
 //! in-process [`MemoryBus`] (the default, and for tests) and RabbitMQ.
+//!
+//! With RabbitMQ, an instance's queue carries only live traffic and may be
+//! lost (its node died, it expired while the instance was cut off or
+//! frozen, it was declared anew): the broker then hands the hub a [`Gap`]
+//! ahead of the messages that follow it, and the hub recovers what it may
+//! have missed from the database. The broker only signals; it never
+//! recovers anything itself.
 
 mod amqp;
 mod memory;
@@ -33,6 +40,22 @@ pub enum Topic {
 pub struct Delivery {
     pub topic: Topic,
     pub body: Bytes,
+}
+
+/// What this instance's broker hands the hub, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A `Posts` or `Control` message.
+    Message(Delivery),
+    /// `Posts` and `Control` messages published since `since` may not have
+    /// reached this instance: its queue may have been lost, expired or
+    /// declared anew.
+    Gap(Gap),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub since: std::time::SystemTime,
 }
 
 /// One message of the `Materialize` queue. Send on `done` once it has been
@@ -73,10 +96,11 @@ enum Inner {
 
 impl Broker {
     /// Starts the broker for this instance: `Posts` and `Control` deliveries
-    /// go to `sink`, `Materialize` messages to `work`. Returns at once: with
-    /// RabbitMQ down, the connection is retried in the background and
-    /// publishes fail with `Unavailable` until it is up.
-    pub fn start(kind: BrokerKind, sink: mpsc::Sender<Delivery>, work: mpsc::Sender<Work>) -> Self {
+    /// (and, with RabbitMQ, a [`Gap`] ahead of every new session's
+    /// messages) go to `sink`, `Materialize` messages to `work`. Returns at
+    /// once: with RabbitMQ down, the connection is retried in the background
+    /// and publishes fail with `Unavailable` until it is up.
+    pub fn start(kind: BrokerKind, sink: mpsc::Sender<Incoming>, work: mpsc::Sender<Work>) -> Self {
         let inner = match kind {
             BrokerKind::Memory(bus) => Inner::Memory(bus.join(sink, work)),
             BrokerKind::Amqp(settings) => {
@@ -127,6 +151,33 @@ impl Broker {
         match &self.inner {
             Inner::Memory(_) => 0,
             Inner::Amqp(broker) => broker.reconnects(),
+        }
+    }
+
+    /// How many gaps were signalled to the sink (one per RabbitMQ session,
+    /// the first included).
+    pub fn gaps(&self) -> u64 {
+        match &self.inner {
+            Inner::Memory(_) => 0,
+            Inner::Amqp(broker) => broker.gaps(),
+        }
+    }
+
+    /// Whether a session with the broker is up (in-process: always).
+    pub fn is_connected(&self) -> bool {
+        match &self.inner {
+            Inner::Memory(_) => true,
+            Inner::Amqp(broker) => broker.is_connected(),
+        }
+    }
+
+    /// Completes once a session with the broker is up (in-process: at
+    /// once). Never completes after `shutdown`: select it against your own
+    /// stop signal.
+    pub async fn connected(&self) {
+        match &self.inner {
+            Inner::Memory(_) => {}
+            Inner::Amqp(broker) => broker.connected().await,
         }
     }
 

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post, stored_post_frame};
 use super::registry::Registry;
 use super::socket::Push;
-use crate::broker::{Applied, Delivery, Topic};
+use crate::broker::{Applied, Incoming, Topic};
 use crate::domain::PostId;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -21,12 +21,19 @@ const FOLLOW_CATCH_UP_LIMIT: i64 = 100;
 const CLOCK_SKEW_MS: u64 = 1000;
 
 pub(super) async fn run(
-    mut deliveries: mpsc::Receiver<Delivery>,
+    mut deliveries: mpsc::Receiver<Incoming>,
     registry: Arc<Registry>,
     store: Store,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(delivery) = deliveries.recv().await {
+    while let Some(incoming) = deliveries.recv().await {
+        let delivery = match incoming {
+            Incoming::Message(delivery) => delivery,
+            Incoming::Gap(gap) => {
+                tracing::info!(?gap.since, "broker gap");
+                continue;
+            }
+        };
         match delivery.topic {
             Topic::Posts => match decode_post(delivery.body) {
                 Ok(frame) => fan_out(&registry, &metrics, Arc::new(frame)),

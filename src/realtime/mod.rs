@@ -30,7 +30,7 @@ pub use registry::Registry;
 pub use routing::Routing;
 pub use socket::{Push, Socket};
 
-use crate::broker::{Broker, Delivery};
+use crate::broker::{Broker, Incoming};
 use crate::cache::Feeds;
 use crate::domain::{PostId, UserId};
 use crate::metrics::{Gauges, Metrics};
@@ -93,7 +93,7 @@ impl Realtime {
 
     /// The hub: fans this instance's `Posts` and `Control` deliveries out to
     /// its sockets until `deliveries` closes.
-    pub fn hub(&self, deliveries: mpsc::Receiver<Delivery>) -> impl Future<Output = ()> + use<> {
+    pub fn hub(&self, deliveries: mpsc::Receiver<Incoming>) -> impl Future<Output = ()> + use<> {
         hub::run(
             deliveries,
             self.registry.clone(),

@@ -64,6 +64,7 @@ pub fn rabbit_broker(url: &str) -> BrokerKind {
     BrokerKind::Amqp(AmqpSettings {
         url: url.to_owned(),
         instance_id: format!("test-{}", uuid::Uuid::new_v4().simple()),
+        queue_expiry: std::time::Duration::from_secs(60),
     })
 }
 
