@@ -15,6 +15,9 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub published: AtomicU64,
+    /// Broker gaps this instance recovered from, and the posts it recovered.
+    pub gap_recoveries: AtomicU64,
+    pub recovered_posts: AtomicU64,
     latency: Histogram,
 }
 
@@ -73,6 +76,20 @@ impl Metrics {
             "counter",
             "Outbox events confirmed by the broker.",
             load(&self.published),
+        );
+        metric(
+            &mut out,
+            "livefeed_gap_recoveries_total",
+            "counter",
+            "Broker gaps (lost, expired or new instance queue) recovered from PostgreSQL.",
+            load(&self.gap_recoveries),
+        );
+        metric(
+            &mut out,
+            "livefeed_recovered_posts_total",
+            "counter",
+            "Posts queued to sockets by gap recoveries.",
+            load(&self.recovered_posts),
         );
         metric(
             &mut out,

@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post, stored_post_frame};
+use super::recovery::{Delivered, recover};
 use super::registry::Registry;
 use super::socket::Push;
 use crate::broker::{Applied, Incoming, Topic};
@@ -21,22 +24,32 @@ const FOLLOW_CATCH_UP_LIMIT: i64 = 100;
 const CLOCK_SKEW_MS: u64 = 1000;
 
 pub(super) async fn run(
-    mut deliveries: mpsc::Receiver<Incoming>,
+    mut incoming: mpsc::Receiver<Incoming>,
     registry: Arc<Registry>,
     store: Store,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 ) {
-    while let Some(incoming) = deliveries.recv().await {
-        let delivery = match incoming {
+    let mut delivered = Delivered::default();
+    while let Some(item) = incoming.recv().await {
+        let delivery = match item {
             Incoming::Message(delivery) => delivery,
             Incoming::Gap(gap) => {
-                tracing::info!(?gap.since, "broker gap");
+                recover(gap, &registry, &store, &metrics, &mut delivered, &stop).await;
                 continue;
             }
         };
         match delivery.topic {
             Topic::Posts => match decode_post(delivery.body) {
-                Ok(frame) => fan_out(&registry, &metrics, Arc::new(frame)),
+                Ok(frame) => {
+                    let now = Instant::now();
+                    delivered.forget_old(now);
+                    // A post recovered after a gap, or published twice by a
+                    // relay that failed over, goes out once.
+                    if delivered.first_time(frame.post, now) {
+                        fan_out(&registry, &metrics, Arc::new(frame));
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable post event"),
             },
             Topic::Control => match decode_follow(&delivery.body) {

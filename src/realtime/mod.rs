@@ -8,6 +8,7 @@
 
 pub mod codec;
 mod hub;
+mod recovery;
 mod registry;
 mod routing;
 mod session;
@@ -92,13 +93,15 @@ impl Realtime {
     }
 
     /// The hub: fans this instance's `Posts` and `Control` deliveries out to
-    /// its sockets until `deliveries` closes.
-    pub fn hub(&self, deliveries: mpsc::Receiver<Incoming>) -> impl Future<Output = ()> + use<> {
+    /// its sockets, and recovers what a broker gap may have lost, until
+    /// `incoming` closes.
+    pub fn hub(&self, incoming: mpsc::Receiver<Incoming>) -> impl Future<Output = ()> + use<> {
         hub::run(
-            deliveries,
+            incoming,
             self.registry.clone(),
             self.store.clone(),
             self.metrics.clone(),
+            self.shutdown.clone(),
         )
     }
 

@@ -7,6 +7,7 @@
 //! under that author's read lock: pushing never blocks, so a slow client
 //! holds nobody up.
 
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -133,6 +134,41 @@ impl Registry {
             .get(&user)
             .map(|entry| entry.value().clone())
             .unwrap_or_default()
+    }
+
+    /// Users with at least one open socket here.
+    pub fn users(&self) -> Vec<UserId> {
+        self.by_user.iter().map(|entry| *entry.key()).collect()
+    }
+
+    /// Authors at least one socket here is subscribed to.
+    pub fn authors(&self) -> Vec<UserId> {
+        self.by_author.iter().map(|entry| *entry.key()).collect()
+    }
+
+    /// Makes every socket of `user` follow exactly `authors`, as after the
+    /// follow changes it may have missed. Returns the new broker bindings
+    /// to await.
+    pub fn follow_exactly(&self, user: UserId, authors: &HashSet<UserId>) -> Vec<Applied> {
+        let mut bindings = Vec::new();
+        for socket in self.sockets_of(user) {
+            let stale: Vec<UserId> = socket
+                .follows
+                .lock()
+                .expect("follows lock")
+                .difference(authors)
+                .copied()
+                .collect();
+            for author in stale {
+                self.unfollow(&socket, author);
+            }
+            bindings.extend(
+                authors
+                    .iter()
+                    .filter_map(|author| self.follow(&socket, *author)),
+            );
+        }
+        bindings
     }
 
     fn remove_subscriber(&self, socket: &Arc<Socket>, author: UserId) {

@@ -104,4 +104,15 @@ impl Store {
         )
         .await
     }
+
+    /// Who each of `users` follows, as (follower, author) pairs.
+    pub async fn follows_of(&self, users: &[UserId]) -> Result<Vec<(UserId, UserId)>, StoreError> {
+        let users: Vec<uuid::Uuid> = users.iter().map(|u| *u.as_uuid()).collect();
+        self.fetch_all(
+            "SELECT user_id, friend_id FROM friends WHERE user_id = ANY($1)",
+            &[&users],
+            |row| (UserId::from_uuid(row.get(0)), UserId::from_uuid(row.get(1))),
+        )
+        .await
+    }
 }

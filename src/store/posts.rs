@@ -200,6 +200,31 @@ impl Store {
         .await
     }
 
+    /// Posts of any of `authors` newer than `since`, oldest first, at most
+    /// `limit`: what this instance's sockets may have missed while its
+    /// broker queue was gone.
+    pub async fn posts_by_authors_since(
+        &self,
+        authors: &[UserId],
+        since: PostId,
+        limit: i64,
+    ) -> Result<Vec<Post>, StoreError> {
+        let authors: Vec<uuid::Uuid> = authors.iter().map(|a| *a.as_uuid()).collect();
+        self.fetch_all(
+            "SELECT p.id, p.text, p.author_id \
+             FROM unnest($1::uuid[]) AS a(author_id) \
+             CROSS JOIN LATERAL ( \
+                 SELECT id, text, author_id FROM posts \
+                 WHERE author_id = a.author_id AND id > $2 \
+                 ORDER BY id LIMIT $3 \
+             ) p \
+             ORDER BY p.id LIMIT $3",
+            &[&authors, since.as_uuid(), &limit],
+            post_from_row,
+        )
+        .await
+    }
+
     /// After an author-scoped write touched no row: was the post missing, or
     /// someone else's?
     async fn why_not_authored(&self, id: PostId) -> StoreError {
