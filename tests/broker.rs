@@ -35,7 +35,7 @@ use url::Url;
 use uuid::Uuid;
 
 use proxy::TcpProxy;
-use vhost::{Vhost, amqp_url};
+use vhost::{Rabbitmqctl, Vhost, amqp_url};
 
 /// For anything that should happen promptly.
 const WAIT: Duration = Duration::from_secs(10);
@@ -1226,30 +1226,17 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
 /// `rabbitmqctl list_queues` of `vhost`: each queue's type and whether it
 /// is durable, by name.
 async fn queue_types(vhost: &Vhost) -> HashMap<String, Vec<String>> {
-    let url = Url::parse(vhost.url()).expect("a URL");
-    let name = url.path().trim_start_matches('/');
-    let rabbitmqctl =
-        std::env::var("RABBITMQCTL").unwrap_or_else(|_| "/usr/sbin/rabbitmqctl".into());
-    let listed = tokio::process::Command::new(&rabbitmqctl)
-        .args([
-            "-q",
+    Rabbitmqctl::local()
+        .run(&[
             "list_queues",
             "-p",
-            name,
+            vhost.name(),
             "--no-table-headers",
             "name",
             "type",
             "durable",
         ])
-        .kill_on_drop(true)
-        .output();
-    let output = timeout(Duration::from_secs(60), listed)
         .await
-        .expect("rabbitmqctl in time")
-        .expect("rabbitmqctl runs");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8(output.stdout)
-        .expect("UTF-8")
         .lines()
         .filter_map(|line| line.split_once('\t'))
         .map(|(name, rest)| {

@@ -10,7 +10,8 @@
 //! Leadership follows the broker: a relay that has failed to publish for
 //! [`STEP_DOWN_AFTER`] gives the lock up and sits out [`COOLDOWN`], so one
 //! instance's broken link to the broker never stalls the posts written on
-//! the others. It must never delete a row the broker has not confirmed.
+//! the others; a standby asks for the lock only while its broker link is up.
+//! It must never delete a row the broker has not confirmed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -66,6 +67,13 @@ impl Relay {
 
     pub async fn run(&self, stop: CancellationToken) {
         while !stop.is_cancelled() {
+            // Only an instance that reaches the broker asks for the lock, so
+            // one whose link is down never takes the relay from one that can
+            // publish.
+            tokio::select! {
+                () = self.broker.connected() => {}
+                () = stop.cancelled() => return,
+            }
             let pause = match self.store.lead_outbox(STANDBY_RETRY, &stop).await {
                 Ok(Some(leader)) => {
                     tracing::info!("this instance now relays the outbox");

@@ -92,8 +92,7 @@ pub async fn proxied_rabbit(vhost: &Vhost) -> (TcpProxy, String) {
 /// (each instance queue has its consumer): posts published for a socket
 /// that subscribed before its instance connected are routed nowhere.
 pub async fn instances_connected(vhost: &Vhost, count: usize) {
-    let url: url::Url = vhost.url().parse().unwrap();
-    let name = url.path().trim_start_matches('/');
+    let name = vhost.name();
     let mut last = String::new();
     let connected = tokio::time::timeout(Duration::from_secs(30), async {
         loop {

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 pub use client::{ApiClient, TestUser};
 pub use live::{Brokers, FeedClient, instances_connected, proxied_rabbit, rabbit_broker};
 pub use proxy::TcpProxy;
-pub use vhost::Vhost;
+pub use vhost::{Rabbitmqctl, Vhost};
 
 pub const SECRET: &str = "integration-test-secret-integration-test";
 pub const PASSWORD: &str = "correct horse battery";

@@ -108,6 +108,10 @@ impl Vhost {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 impl Drop for Vhost {
