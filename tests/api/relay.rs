@@ -7,14 +7,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::support::{
-    FeedClient, TestApp, Vhost, fresh_database, instances_connected, proxied_rabbit, rabbit_broker,
+    FeedClient, PUBLISHED, TestApp, Vhost, fresh_database, instances_connected, outbox_settles,
+    proxied_rabbit, rabbit_broker,
 };
 
 /// The relay steps down after 3 s of failed publishes; a standby asks for
 /// the lock every second (the one stepping down sits out 5 s). The rest is
 /// slack for a busy machine.
 const HANDOVER: Duration = Duration::from_secs(10);
-const PUBLISHED: &str = "livefeed_outbox_published_total";
 
 #[tokio::test]
 async fn a_relay_cut_off_from_rabbitmq_hands_over_and_nothing_is_lost() {
@@ -56,28 +56,4 @@ async fn a_relay_cut_off_from_rabbitmq_hands_over_and_nothing_is_lost() {
     // The follow and five posts, two events each: every one published once.
     outbox_settles(&a, &[&a, &b], 12).await;
     assert!(b.metric(PUBLISHED).await > 0, "B took the relay over");
-}
-
-/// Waits until the outbox is empty and `relays` together published `total`
-/// events.
-async fn outbox_settles(app: &TestApp, relays: &[&TestApp], total: u64) {
-    let mut last = (0, 0);
-    let settled = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let mut published = 0;
-            for relay in relays {
-                published += relay.metric(PUBLISHED).await;
-            }
-            last = (published, app.metric("livefeed_outbox_depth").await);
-            if last == (total, 0) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        settled.is_ok(),
-        "published and depth never became ({total}, 0); last {last:?}"
-    );
 }

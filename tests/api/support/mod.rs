@@ -206,3 +206,30 @@ pub fn keys(value: &Value) -> Vec<&str> {
     keys.sort_unstable();
     keys
 }
+
+/// The counter of outbox events the broker confirmed.
+pub const PUBLISHED: &str = "livefeed_outbox_published_total";
+
+/// Waits until the outbox is empty and `relays` together published `total`
+/// events.
+pub async fn outbox_settles(app: &TestApp, relays: &[&TestApp], total: u64) {
+    let mut last = (0, 0);
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let mut published = 0;
+            for relay in relays {
+                published += relay.metric(PUBLISHED).await;
+            }
+            last = (published, app.metric("livefeed_outbox_depth").await);
+            if last == (total, 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "published and depth never became ({total}, 0); last {last:?}"
+    );
+}
