@@ -99,6 +99,7 @@ impl App {
         tasks.spawn(cache::run_worker(
             feeds.clone(),
             work_queue,
+            metrics.clone(),
             shutdown.clone(),
         ));
         let relay = Relay::new(store.clone(), broker.clone(), metrics);

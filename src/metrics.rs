@@ -18,6 +18,8 @@ pub struct Metrics {
     /// Broker gaps this instance recovered from, and the posts it recovered.
     pub gap_recoveries: AtomicU64,
     pub recovered_posts: AtomicU64,
+    /// Feed events given up on (dead-lettered) by this instance's worker.
+    pub feed_dead_letters: AtomicU64,
     latency: Histogram,
 }
 
@@ -90,6 +92,13 @@ impl Metrics {
             "counter",
             "Posts queued to sockets by gap recoveries.",
             load(&self.recovered_posts),
+        );
+        metric(
+            &mut out,
+            "livefeed_feed_dead_letters_total",
+            "counter",
+            "Feed events that could never be applied, moved to the dead-letter queue.",
+            load(&self.feed_dead_letters),
         );
         metric(
             &mut out,

@@ -26,7 +26,7 @@ use amqprs::{FieldTable, FieldValue};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use livefeed::broker::{
-    AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Gap, Incoming, Topic, Work,
+    AmqpSettings, Broker, BrokerError, BrokerKind, Delivery, Gap, Incoming, Settled, Topic, Work,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -209,7 +209,9 @@ impl Instance {
     async fn do_work(&mut self, body: &str) {
         let work = self.next_work().await;
         assert_eq!(work.body, body.as_bytes());
-        work.done.send(()).expect("the broker waits for done");
+        work.done
+            .send(Settled::Applied)
+            .expect("the broker waits for done");
     }
 
     /// Nothing more comes: the broker let go of the work sink.
@@ -962,7 +964,9 @@ async fn work_goes_in_order_to_one_active_consumer_then_fails_over() {
         false => (second, first),
     };
     assert_eq!(work.body, before[0].as_bytes());
-    work.done.send(()).expect("the broker waits for done");
+    work.done
+        .send(Settled::Applied)
+        .expect("the broker waits for done");
     let (last, before) = before.split_last().expect("work");
     for body in &before[1..] {
         active.do_work(body).await;
@@ -978,7 +982,7 @@ async fn work_goes_in_order_to_one_active_consumer_then_fails_over() {
             matches!(published.await, Err(BrokerError::Closed))
         })
         .await;
-        let done = last_work.done.send(());
+        let done = last_work.done.send(Settled::Applied);
         done.expect("shutdown waits for the work handed out");
     });
     active.expect_work_released().await;
@@ -1019,7 +1023,9 @@ async fn work_handed_back_is_redelivered_and_acked_once_done() {
             // Handed back: dropping `done` requeues it.
             drop(work.done);
         } else {
-            work.done.send(()).expect("the broker waits for done");
+            work.done
+                .send(Settled::Applied)
+                .expect("the broker waits for done");
             assert!(done.insert(body), "done twice: {seen:?}");
         }
     }
@@ -1089,8 +1095,8 @@ async fn work_not_done_before_a_connection_cut_is_redelivered() {
 
     // Done too late. The new channel numbers its deliveries from 1 again:
     // acking these tags there would ack "work 2" and "work 3" unapplied.
-    let _ = two.done.send(());
-    let _ = one.done.send(());
+    let _ = two.done.send(Settled::Applied);
+    let _ = one.done.send(Settled::Applied);
     let mut expected: Vec<String> = bodies[1..].to_vec();
     expected.push("after the cut".into());
     let mut remaining = expected.clone();
@@ -1110,7 +1116,9 @@ async fn work_not_done_before_a_connection_cut_is_redelivered() {
             drop(work.done);
             continue;
         }
-        work.done.send(()).expect("the broker waits for done");
+        work.done
+            .send(Settled::Applied)
+            .expect("the broker waits for done");
         let position = remaining
             .iter()
             .position(|left| *left == body)
@@ -1279,13 +1287,17 @@ async fn closing_the_work_sink_settles_what_was_handed_out_and_fails_over() {
     // "two", if already in the sink, is dropped with it: handed back.
     drop(active.work.take());
     // Still awaited: the instance waits for work it handed out.
-    one.done.send(()).expect("the broker waits for done");
+    one.done
+        .send(Settled::Applied)
+        .expect("the broker waits for done");
     publisher.publish(Topic::Materialize, "", "three").await;
     // A quorum queue returns work handed back behind what came since.
     let mut done = HashSet::new();
     for _ in 0..2 {
         let work = standby.next_work().await;
-        work.done.send(()).expect("the broker waits for done");
+        work.done
+            .send(Settled::Applied)
+            .expect("the broker waits for done");
         done.insert(work.body);
     }
     assert_eq!(

@@ -1,20 +1,49 @@
 //! The in-process broker: every instance that joined one [`MemoryBus`]
 //! hears the others, as instances sharing one RabbitMQ would. Nothing is
 //! ever lost in between, so it never signals a gap.
+//!
+//! `Materialize` work is queued on the bus, as RabbitMQ queues it, and
+//! handed to the workers by a task of the bus's own: publishing it never
+//! waits for a worker, so a slow or stalled feed worker can never hold up
+//! the outbox relay, and with it the live feed. Work settled as
+//! [`Settled::DeadLetter`] is kept, the newest [`DEAD_LETTERS_KEPT`].
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
 
-use super::{Applied, BrokerError, Delivery, Incoming, Topic, Work};
+use super::{Applied, BrokerError, Delivery, Incoming, Settled, Topic, Work};
+
+/// Dead letters kept in process; older ones are dropped (and logged when
+/// they were dead-lettered).
+pub const DEAD_LETTERS_KEPT: usize = 1000;
 
 /// The shared medium. Clone it to let several instances (in one process)
 /// talk to each other.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryBus {
     members: Arc<Mutex<Vec<Arc<Member>>>>,
+    work: mpsc::UnboundedSender<Bytes>,
+    /// Taken by the first instance that joins, which starts the task that
+    /// hands work out.
+    queued: Arc<Mutex<Option<mpsc::UnboundedReceiver<Bytes>>>>,
+    dead_letters: Arc<Mutex<VecDeque<Bytes>>>,
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        let (work, queued) = mpsc::unbounded_channel();
+        Self {
+            members: Arc::default(),
+            work,
+            queued: Arc::new(Mutex::new(Some(queued))),
+            dead_letters: Arc::default(),
+        }
+    }
 }
 
 struct Member {
@@ -34,6 +63,14 @@ impl MemoryBus {
         Self::default()
     }
 
+    /// The work dead-lettered so far, oldest first.
+    pub fn dead_letters(&self) -> Vec<Bytes> {
+        let dead = self.dead_letters.lock().expect("dead letters lock");
+        dead.iter().cloned().collect()
+    }
+
+    /// Must be called inside a Tokio runtime: the first member starts the
+    /// task that hands work out.
     pub(super) fn join(
         self,
         sink: mpsc::Sender<Incoming>,
@@ -45,6 +82,15 @@ impl MemoryBus {
             bindings: Mutex::new(HashSet::new()),
         });
         self.members.lock().expect("bus lock").push(me.clone());
+        if let Some(queued) = self.queued.lock().expect("queue lock").take() {
+            // Holds the members and dead letters, not the bus: it ends once
+            // every handle to the bus (each holding the sender) is gone.
+            tokio::spawn(hand_out_work(
+                self.members.clone(),
+                self.dead_letters.clone(),
+                queued,
+            ));
+        }
         MemoryBroker { bus: self, me }
     }
 }
@@ -52,17 +98,21 @@ impl MemoryBus {
 impl MemoryBroker {
     /// Waits while a receiving instance's sink is full: in one process the
     /// reader is the hub, which never blocks, so waiting is brief and no
-    /// message is dropped.
+    /// message is dropped. Work is only queued.
     pub(super) async fn publish(
         &self,
         topic: Topic,
         routing_key: &str,
         body: Bytes,
     ) -> Result<(), BrokerError> {
-        let members = self.bus.members.lock().expect("bus lock").clone();
         if topic == Topic::Materialize {
-            return deliver_work(&members, body).await;
+            return self
+                .bus
+                .work
+                .send(body)
+                .map_err(|_| BrokerError::Unavailable("the work queue is gone".into()));
         }
+        let members = self.bus.members.lock().expect("bus lock").clone();
         for member in members {
             let wanted = topic == Topic::Control
                 || member
@@ -111,25 +161,50 @@ impl MemoryBroker {
     }
 }
 
-/// Hands a work message to the first member still working, in order, as
-/// RabbitMQ's single active consumer would. In one process nothing survives
-/// a crash anyway, so the acknowledgement is not waited for.
-async fn deliver_work(members: &[Arc<Member>], body: Bytes) -> Result<(), BrokerError> {
-    for member in members {
-        let (done, _applied) = tokio::sync::oneshot::channel();
-        if member
-            .work
-            .send(Work {
-                body: body.clone(),
-                done,
-            })
-            .await
-            .is_ok()
-        {
-            return Ok(());
+/// Hands queued work out in order, one message at a time, each to the
+/// first member still working, as RabbitMQ's single active consumer would,
+/// and keeps what comes back dead-lettered. In one process nothing survives
+/// a crash anyway, so work handed back is not handed out again.
+async fn hand_out_work(
+    members: Arc<Mutex<Vec<Arc<Member>>>>,
+    dead_letters: Arc<Mutex<VecDeque<Bytes>>>,
+    mut queued: mpsc::UnboundedReceiver<Bytes>,
+) {
+    let mut handed_out = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some((body, settled)) = handed_out.next(), if !handed_out.is_empty() => {
+                if settled == Ok(Settled::DeadLetter) {
+                    let mut dead = dead_letters.lock().expect("dead letters lock");
+                    if dead.len() == DEAD_LETTERS_KEPT {
+                        dead.pop_front();
+                    }
+                    dead.push_back(body);
+                }
+            }
+            body = queued.recv() => {
+                let Some(body) = body else { return };
+                let members = members.lock().expect("bus lock").clone();
+                match deliver_work(&members, body.clone()).await {
+                    Some(settled) => handed_out.push(async move { (body, settled.await) }),
+                    None => tracing::error!("no instance is consuming feed work; dropping it"),
+                }
+            }
         }
     }
-    Err(BrokerError::Unavailable(
-        "no instance is consuming feed work".into(),
-    ))
+}
+
+/// Hands `body` to the first member still working; `None` if none is.
+async fn deliver_work(members: &[Arc<Member>], body: Bytes) -> Option<oneshot::Receiver<Settled>> {
+    for member in members {
+        let (done, settled) = oneshot::channel();
+        let work = Work {
+            body: body.clone(),
+            done,
+        };
+        if member.work.send(work).await.is_ok() {
+            return Some(settled);
+        }
+    }
+    None
 }

@@ -58,12 +58,23 @@ pub struct Gap {
     pub since: std::time::SystemTime,
 }
 
-/// One message of the `Materialize` queue. Send on `done` once it has been
-/// applied; dropping `done` instead hands the message back to be redelivered.
+/// One message of the `Materialize` queue. Send on `done` once it is
+/// settled; dropping `done` instead hands the message back to be redelivered.
 #[derive(Debug)]
 pub struct Work {
     pub body: Bytes,
-    pub done: oneshot::Sender<()>,
+    pub done: oneshot::Sender<Settled>,
+}
+
+/// How a piece of work was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Applied, or nothing left to do for it: gone from the queue.
+    Applied,
+    /// It can never be applied: moved to the dead-letter queue
+    /// (`feed.materialize.dead`; in process, [`MemoryBus::dead_letters`]),
+    /// where it waits for a person, out of the way of the work behind it.
+    DeadLetter,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,14 @@
 //! The feed: served from Redis, materialised there by the feed worker from
 //! the `Materialize` queue, and read from PostgreSQL whenever the cache
-//! cannot answer (not built yet, too far back, Redis down).
+//! cannot answer (not built yet, too far back, Redis down, or events put
+//! aside while Redis was down not yet applied).
+//!
+//! A Redis outage must never hold up posting or live delivery: the worker
+//! then puts events aside in PostgreSQL (the feed backlog) and acknowledges
+//! them, and applies the backlog once Redis answers again. Until it is
+//! applied, this instance reads feeds from PostgreSQL, so that a feed
+//! cached before the outage is never served without the posts written
+//! during it.
 
 mod events;
 mod redis;
@@ -8,6 +16,7 @@ mod warm;
 mod worker;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -32,6 +41,9 @@ pub struct Feeds {
     store: Store,
     cache: RedisFeeds,
     celebrity_threshold: i64,
+    /// The feed backlog held events when the worker last looked: cached
+    /// feeds may lack them.
+    backlogged: AtomicBool,
 }
 
 impl Feeds {
@@ -40,6 +52,7 @@ impl Feeds {
             store,
             cache: RedisFeeds::new(&settings.redis_url, &settings.key_prefix)?,
             celebrity_threshold: settings.celebrity_threshold,
+            backlogged: AtomicBool::new(false),
         }))
     }
 
@@ -95,6 +108,9 @@ impl Feeds {
         offset: usize,
         limit: usize,
     ) -> Option<Vec<(PostId, Bytes)>> {
+        if self.backlogged.load(Ordering::Relaxed) {
+            return None;
+        }
         match self.cache.page(reader, offset, limit).await {
             Ok(CachedPage::Hit(posts)) => return Some(posts),
             Ok(CachedPage::MissingFeed) => {
@@ -222,6 +238,42 @@ impl Feeds {
         Ok(())
     }
 
+    /// After giving up on `event`: drops whatever cached state it touches
+    /// (the post's body, its author's timeline and the feeds of the
+    /// author's followers), so that it is rebuilt from the truth when read
+    /// rather than kept without the change. Best effort: logged if it fails.
+    async fn forget(&self, event: FeedEvent) {
+        let forgotten = async {
+            let (post, author) = match event {
+                FeedEvent::PostCreated { post } | FeedEvent::PostUpdated { post } => {
+                    match self.store.find_post(post).await? {
+                        Some(found) => (Some(post), found.author_user_id),
+                        None => return Ok(()),
+                    }
+                }
+                FeedEvent::PostDeleted { post, author } => (Some(post), author),
+                FeedEvent::FollowChanged { user, author } => {
+                    self.cache.invalidate_feeds(&[user]).await?;
+                    (None, author)
+                }
+            };
+            if let Some(post) = post {
+                self.cache.delete_post(post).await?;
+            }
+            self.cache.invalidate_author(author).await?;
+            let followers = self.store.followers(author).await?;
+            self.cache.invalidate_feeds(&followers).await?;
+            Ok::<_, WorkError>(())
+        };
+        if let Err(error) = forgotten.await {
+            tracing::error!(
+                ?event,
+                %error,
+                "cannot drop the cached feeds a dead-lettered event touches; they may lack it"
+            );
+        }
+    }
+
     /// Flips `author`'s celebrity flag when their follower count crossed the
     /// threshold, and drops the feeds that were built the other way.
     async fn reconsider_celebrity(&self, author: UserId) -> Result<(), WorkError> {
@@ -253,6 +305,16 @@ pub enum WorkError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl WorkError {
+    fn is_redis_unavailable(&self) -> bool {
+        matches!(self, Self::Cache(error) if error.is_unavailable())
+    }
+
+    fn is_database_unavailable(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Unavailable(_)))
+    }
 }
 
 /// Joins JSON documents into a JSON array without parsing them.

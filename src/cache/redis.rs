@@ -45,6 +45,25 @@ pub enum CacheError {
     Reply(String),
 }
 
+impl CacheError {
+    /// Redis could not be reached (or was not tried, having just failed so):
+    /// nothing about the request itself is wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::BackingOff => true,
+            Self::Redis(error) => is_outage(error),
+            Self::Reply(_) => false,
+        }
+    }
+}
+
+fn is_outage(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+}
+
 /// What the cache could answer for a page of a feed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CachedPage {
@@ -318,11 +337,7 @@ impl RedisFeeds {
     }
 
     fn failed(&self, error: redis::RedisError) -> CacheError {
-        if error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-        {
+        if is_outage(&error) {
             let until = self.started.elapsed() + BACK_OFF;
             self.back_off_until
                 .store(until.as_millis() as u64, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! PostgreSQL: the source of truth. Everything above this module speaks in
 //! domain types; SQL stays here.
 
+mod backlog;
 mod dialogs;
 mod error;
 mod friends;
@@ -19,6 +20,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::domain::UserId;
 use crate::outbox::OutboxMessage;
 
+pub use backlog::BackloggedEvent;
 pub use error::StoreError;
 pub use migrate::{create_database_if_missing, migrate};
 pub use outbox::{ClaimedMessage, OutboxLeader};

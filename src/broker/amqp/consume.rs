@@ -23,7 +23,7 @@ use super::session::open_channel;
 use super::{
     CONTROL_EXCHANGE, OPERATION_TIMEOUT, POSTS_EXCHANGE, SessionError, WORK_QUEUE, within,
 };
-use crate::broker::{Delivery, Incoming, Topic, Work};
+use crate::broker::{Delivery, Incoming, Settled, Topic, Work};
 
 /// Bounds the deliveries RabbitMQ pushes ahead of the sink, so that a slow
 /// sink holds messages back in the queue rather than in this process.
@@ -225,8 +225,10 @@ pub(super) enum WorkEnd {
 
 /// Hands work messages to the sink one at a time, in delivery order, waiting
 /// while it is full, and settles each one on its channel as soon as its
-/// `done` fires (ack) or is dropped (nack, requeued), in whatever order that
-/// happens. With the prefetch limit, work not yet done holds RabbitMQ back.
+/// `done` fires (ack; or, dead-lettered, nack without requeue, which has
+/// RabbitMQ move it to the dead-letter queue) or is dropped (nack,
+/// requeued), in whatever order that happens. With the prefetch limit, work
+/// not yet done holds RabbitMQ back.
 async fn work_pump(
     channel: Channel,
     mut deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
@@ -250,7 +252,7 @@ async fn work_pump(
                 (Ok(permit), Some((tag, body))) => {
                     let (done, applied) = oneshot::channel();
                     permit.send(Work { body, done });
-                    handed_out.push(async move { (tag, applied.await.is_ok()) });
+                    handed_out.push(async move { (tag, applied.await.ok()) });
                 }
                 _ => break WorkEnd::SinkClosed,
             },
@@ -289,13 +291,20 @@ async fn work_pump(
     end
 }
 
-/// Acks work that was done, requeues work that was handed back.
-async fn settle(channel: &Channel, tag: u64, done: bool) -> Result<(), AmqpError> {
-    if done {
-        channel.basic_ack(BasicAckArguments::new(tag, false)).await
-    } else {
-        channel
-            .basic_nack(BasicNackArguments::new(tag, false, true))
-            .await
+/// Acks work that was applied, dead-letters work that never can be,
+/// requeues work that was handed back (`None`).
+async fn settle(channel: &Channel, tag: u64, done: Option<Settled>) -> Result<(), AmqpError> {
+    match done {
+        Some(Settled::Applied) => channel.basic_ack(BasicAckArguments::new(tag, false)).await,
+        Some(Settled::DeadLetter) => {
+            channel
+                .basic_nack(BasicNackArguments::new(tag, false, false))
+                .await
+        }
+        None => {
+            channel
+                .basic_nack(BasicNackArguments::new(tag, false, true))
+                .await
+        }
     }
 }

@@ -31,6 +31,14 @@ use super::{
 use crate::broker::{Incoming, Work};
 
 const QUEUE_PREFIX: &str = "livefeed.instance.";
+/// Where work that can never be applied goes.
+const DEAD_LETTER_QUEUE: &str = "feed.materialize.dead";
+const DEAD_LETTERS_KEPT: i32 = 100_000;
+/// Deliveries of one work message after which RabbitMQ dead-letters it:
+/// far more than the handovers of a healthy message (an instance stopping
+/// or losing its link hands back what it held), few enough that a message
+/// that crashes every instance taking it is soon out of the way.
+const WORK_DELIVERY_LIMIT: i32 = 20;
 /// For the round trip that proves the instance queue is still there after
 /// this process was frozen or starved.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +51,7 @@ pub(super) struct Target {
     pub(super) queue: String,
     queue_arguments: FieldTable,
     work_queue_arguments: FieldTable,
+    dead_letter_queue_arguments: FieldTable,
 }
 
 impl Target {
@@ -77,16 +86,33 @@ impl Target {
         ])?;
         // A quorum queue: a publisher confirm means the message is on a
         // majority of the nodes, so losing any one node loses no work and
-        // (with a new leader elected) stops none.
+        // (with a new leader elected) stops none. A message nacked without
+        // requeue (the worker gave up on it), or delivered more than
+        // `WORK_DELIVERY_LIMIT` times (it keeps killing its consumers), goes
+        // to the dead-letter queue through the default exchange, out of
+        // the way of the work behind it.
         let work_queue_arguments = arguments([
             ("x-queue-type", FieldValue::from("quorum")),
             ("x-single-active-consumer", FieldValue::t(true)),
+            ("x-delivery-limit", FieldValue::I(WORK_DELIVERY_LIMIT)),
+            ("x-dead-letter-exchange", FieldValue::from("")),
+            (
+                "x-dead-letter-routing-key",
+                FieldValue::from(DEAD_LETTER_QUEUE),
+            ),
+        ])?;
+        // Replicated like the work queue; bounded, dropping its oldest, so
+        // a flood of bad events cannot fill RabbitMQ.
+        let dead_letter_queue_arguments = arguments([
+            ("x-queue-type", FieldValue::from("quorum")),
+            ("x-max-length", FieldValue::I(DEAD_LETTERS_KEPT)),
         ])?;
         Ok(Self {
             connections,
             queue,
             queue_arguments,
             work_queue_arguments,
+            dead_letter_queue_arguments,
         })
     }
 
@@ -278,7 +304,12 @@ async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError>
     let control = QueueBindArguments::new(&target.queue, CONTROL_EXCHANGE, "");
     within("queue.bind", channel.queue_bind(control)).await?;
     // Declared by every instance, consuming or not, so that work published
-    // before any consumer ever connected is kept.
+    // before any consumer ever connected is kept; the dead-letter queue
+    // first, so nothing is dead-lettered into nowhere.
+    let dead = QueueDeclareArguments::durable_client_named(DEAD_LETTER_QUEUE)
+        .arguments(target.dead_letter_queue_arguments.clone())
+        .finish();
+    within("queue.declare", channel.queue_declare(dead)).await?;
     let work = QueueDeclareArguments::durable_client_named(WORK_QUEUE)
         .arguments(target.work_queue_arguments.clone())
         .finish();
@@ -287,9 +318,10 @@ async fn declare(channel: &Channel, target: &Target) -> Result<(), SessionError>
 }
 
 /// RabbitMQ refuses to declare a queue with other arguments (such as
-/// another type) under an existing name: PRECONDITION_FAILED, "inequivalent
-/// arg", naming the first argument that differs.
-fn is_classic_work_queue(close: &CloseChannel) -> bool {
+/// another type, or no dead-lettering) under an existing name:
+/// PRECONDITION_FAILED, "inequivalent arg", naming the first argument that
+/// differs.
+fn is_older_work_queue(close: &CloseChannel) -> bool {
     const PRECONDITION_FAILED: u16 = 406;
     let text = close.reply_text();
     close.reply_code() == PRECONDITION_FAILED
@@ -330,11 +362,12 @@ pub(super) struct ChannelEvents {
 impl ChannelCallback for ChannelEvents {
     async fn close(&mut self, _: &Channel, close: CloseChannel) -> Result<(), AmqpError> {
         tracing::warn!(%close, "RabbitMQ closed a channel");
-        if is_classic_work_queue(&close) {
+        if is_older_work_queue(&close) {
             tracing::error!(
-                "the {WORK_QUEUE} queue exists with other arguments: a classic queue, left \
-                 by an older version? It must be a quorum queue now. Stop the older instances, let them drain it \
-                 (rabbitmqctl list_queues name type messages), then delete it \
+                "the {WORK_QUEUE} queue exists with other arguments, left by an older \
+                 version (a classic queue, or a quorum queue without dead-lettering)? Stop \
+                 the older instances, let them drain it \
+                 (rabbitmqctl list_queues name type arguments messages), then delete it \
                  (rabbitmqctl delete_queue {WORK_QUEUE}): the next connection declares it anew"
             );
         }
