@@ -12,16 +12,16 @@ use serde_json::json;
 
 use crate::support::{TestApp, TestUser, fresh_database, sql, texts};
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// The test's Redis key prefix (the harness uses the database name).
-fn prefix(app: &TestApp) -> String {
+pub(crate) fn prefix(app: &TestApp) -> String {
     format!("{}:", app.database_url.rsplit('/').next().unwrap())
 }
 
-async fn redis() -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis() -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()

@@ -2,6 +2,7 @@
 //! database per test. One binary so the suite links once.
 
 mod auth;
+mod cache_faults;
 mod dialogs;
 mod errors;
 mod feed;
