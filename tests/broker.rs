@@ -1167,13 +1167,22 @@ async fn materialize_is_confirmed_persistent_and_unavailable_without_rabbitmq() 
         "x-single-active-consumer".try_into().unwrap(),
         FieldValue::t(true),
     );
+    arguments.insert("x-delivery-limit".try_into().unwrap(), FieldValue::I(20));
+    arguments.insert("x-dead-letter-exchange".try_into().unwrap(), "".into());
+    arguments.insert(
+        "x-dead-letter-routing-key".try_into().unwrap(),
+        "feed.materialize.dead".into(),
+    );
     let declare = QueueDeclareArguments::durable_client_named(WORK_QUEUE)
         .arguments(arguments)
         .finish();
     timeout(WAIT, channel.queue_declare(declare))
         .await
         .expect("declare answered in time")
-        .expect("the work queue is a durable quorum queue with a single active consumer");
+        .expect(
+            "the work queue is a durable quorum queue with a single active consumer, \
+             dead-lettering to feed.materialize.dead",
+        );
     // basic.get is refused on a quorum queue with a single active consumer.
     let consume = BasicConsumeArguments::new(WORK_QUEUE, "")
         .manual_ack(false)

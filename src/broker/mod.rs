@@ -4,7 +4,8 @@
 //! instance binds only the keys its sockets need); `Control`, which every
 //! instance hears (follow changes; rare); and `Materialize`, a durable work
 //! queue whose messages are each handled once, in order, by one instance at
-//! a time (feed cache updates). Two implementations behind one handle: an
+//! a time (feed cache updates), and moved to a dead-letter queue when the
+//! instance gives up on one ([`Settled::DeadLetter`]). Two implementations behind one handle: an
 //! in-process [`MemoryBus`] (the default, and for tests) and RabbitMQ.
 //!
 //! With RabbitMQ, an instance's queue carries only live traffic and may be

@@ -28,7 +28,10 @@
 //! the sink is still there, its `done` now leading nowhere
 //! (`done.is_closed()`), and comes again. Work handed back (`done` dropped)
 //! is requeued and comes again after what was already handed out (a quorum
-//! queue may also put it behind work published since).
+//! queue may also put it behind work published since). Work settled as
+//! dead, or delivered more than the queue's delivery limit, is moved by
+//! RabbitMQ to the `feed.materialize.dead` quorum queue (bounded, oldest
+//! dropped), where it waits for a person.
 //!
 //! # Layout
 //!
