@@ -60,7 +60,7 @@ impl App {
             statement_timeout: config.statement_timeout(),
         })
         .context("configuring the database pool")?;
-        let secret = match &config.jwt_secret {
+        let secret = match config.token_secret().map_err(anyhow::Error::msg)? {
             Some(secret) => secret.expose().to_vec(),
             None => {
                 tracing::warn!(

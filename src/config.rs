@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -97,6 +98,12 @@ pub struct Config {
     #[arg(long, env = "LIVEFEED_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: Option<Secret>,
 
+    /// A file holding the token secret (one line, at least 32 bytes), so it
+    /// need not sit in the environment: compose generates one at first start
+    /// on a volume the instances share.
+    #[arg(long, env = "LIVEFEED_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<PathBuf>,
+
     /// Lifetime of a login token, in seconds.
     #[arg(long, env = "LIVEFEED_TOKEN_TTL_SECS", default_value_t = 86_400,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -180,6 +187,19 @@ impl Config {
         }
         let argv = std::iter::once("livefeed".into()).chain(args.into_iter().map(Into::into));
         Standalone::try_parse_from(argv).map(|s| s.config)
+    }
+
+    /// The token secret, from the flag or read from the file; `None` when
+    /// neither is given.
+    pub fn token_secret(&self) -> Result<Option<Secret>, String> {
+        let Some(path) = &self.jwt_secret_file else {
+            return Ok(self.jwt_secret.clone());
+        };
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token secret file {}: {e}", path.display()))?;
+        parse_secret(raw.trim_end_matches(['\r', '\n']))
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn db_timeout(&self) -> Duration {
@@ -303,5 +323,38 @@ mod tests {
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
         assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
+    }
+
+    #[test]
+    fn reads_the_token_secret_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("livefeed-secret-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("jwt");
+        let path = file.to_str().unwrap();
+        let config = Config::from_args(["--jwt-secret-file", path]).unwrap();
+        let missing = config.token_secret().unwrap_err();
+        assert!(
+            missing.contains("cannot read the token secret file"),
+            "{missing}"
+        );
+
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let secret = config.token_secret().unwrap().unwrap();
+        assert_eq!(secret.expose(), b"0123456789abcdef0123456789abcdef");
+
+        std::fs::write(&file, "short\n").unwrap();
+        let short = config.token_secret().unwrap_err();
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let both = ["--jwt-secret-file", path, "--jwt-secret", &"s".repeat(32)];
+        assert!(Config::from_args(both).is_err());
+        assert!(
+            Config::from_args(Vec::<String>::new())
+                .unwrap()
+                .token_secret()
+                .unwrap()
+                .is_none()
+        );
     }
 }
