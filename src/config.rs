@@ -37,6 +37,13 @@ pub struct CacheConfig {
     #[arg(long, env = "LIVEFEED_CELEBRITY_THRESHOLD", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(1..))]
     pub celebrity_threshold: i64,
+
+    /// How far back `/post/feed` reaches: `offset + limit` is cut at this
+    /// many posts (fewer, or none, come back beyond it). Each page read from
+    /// PostgreSQL takes up to this many posts per followed author.
+    #[arg(long, env = "LIVEFEED_FEED_DEPTH", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub feed_depth: u32,
 }
 
 impl CacheConfig {
@@ -45,6 +52,7 @@ impl CacheConfig {
             redis_url: self.redis_url.clone(),
             key_prefix: self.redis_prefix.clone(),
             celebrity_threshold: self.celebrity_threshold,
+            feed_depth: self.feed_depth,
         }
     }
 }
