@@ -33,6 +33,8 @@ pub enum ApiError {
     Unavailable(#[source] StoreError),
     #[error("request timed out, retry later")]
     Timeout,
+    #[error("this Idempotency-Key was used for a different request")]
+    KeyReused,
     #[error("too many open websockets on this instance, retry later")]
     TooManySockets,
     #[error("internal error")]
@@ -56,6 +58,7 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -73,6 +76,7 @@ impl ApiError {
             Self::NotFound(_) => 1104,
             Self::NoRoute => 1105,
             Self::MethodNotAllowed(_) => 1106,
+            Self::KeyReused => 1122,
             Self::Internal(_) => 2000,
             Self::Unavailable(_) => 2001,
             Self::Timeout => 2002,
@@ -115,6 +119,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::NotAuthor => Self::Forbidden(e.to_string()),
+            StoreError::KeyReused => Self::KeyReused,
             StoreError::Unavailable(_) => Self::Unavailable(e),
             StoreError::Config(_) | StoreError::Query(_) => Self::Internal(Box::new(e)),
         }

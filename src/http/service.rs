@@ -7,7 +7,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use tracing::Instrument;
 
-use super::extract::{caller, json_body, query};
+use super::extract::{caller, idempotency_key, json_body, query};
 use super::handlers::{dialogs, friends, health, posts, users};
 use super::router::{self, Route};
 use super::websocket;
@@ -59,7 +59,8 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Result<Response<Body
         Route::DeleteFriend(id) => friends::unfollow(app, caller(app, &parts)?, id.parse()?).await,
         Route::CreatePost => {
             let me = caller(app, &parts)?;
-            posts::create(app, me, json_body(app, &parts, body).await?).await
+            let key = idempotency_key(&parts)?;
+            posts::create(app, me, json_body(app, &parts, body).await?, key).await
         }
         Route::UpdatePost => {
             let me = caller(app, &parts)?;
@@ -74,7 +75,8 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Result<Response<Body
         Route::SendMessage(id) => {
             let me = caller(app, &parts)?;
             let to = id.parse()?;
-            dialogs::send(app, me, to, json_body(app, &parts, body).await?).await
+            let key = idempotency_key(&parts)?;
+            dialogs::send(app, me, to, json_body(app, &parts, body).await?, key).await
         }
         Route::ListDialog(id) => dialogs::list(app, caller(app, &parts)?, id.parse()?).await,
         Route::Health => Ok(health::live()),

@@ -7,6 +7,7 @@ mod errors;
 mod feed;
 mod feed_cache;
 mod gap;
+mod idempotency;
 mod lifecycle;
 mod live;
 mod outage;
