@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 
+use crate::auth::ThrottleSettings;
 use crate::broker::{AmqpSettings, BrokerKind, MemoryBus};
 use crate::cache::CacheSettings;
+use crate::http::IpNet;
 use crate::realtime::{RealtimeSettings, Routing};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/livefeed";
@@ -175,6 +177,32 @@ pub struct Config {
     #[command(flatten)]
     pub cache: CacheConfig,
 
+    /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the
+    /// proxies in front of the instances): addresses or CIDR blocks,
+    /// comma-separated. Any other peer is the client itself.
+    #[arg(
+        long,
+        env = "LIVEFEED_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1"
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Login attempts a minute per client address (429 beyond).
+    #[arg(long, env = "LIVEFEED_LOGIN_PER_MINUTE", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_per_minute: u32,
+
+    /// Login attempts a minute per user id, from any address (429 beyond).
+    #[arg(long, env = "LIVEFEED_LOGIN_PER_USER_PER_MINUTE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_per_user_per_minute: u32,
+
+    /// Registrations a minute per client address (429 beyond).
+    #[arg(long, env = "LIVEFEED_REGISTER_PER_MINUTE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_per_minute: u32,
+
     /// Kernel send buffer of each websocket, in bytes (0: the OS default).
     #[arg(long, env = "LIVEFEED_WS_SEND_BUFFER", default_value_t = 65_536)]
     pub ws_send_buffer: u32,
@@ -235,6 +263,14 @@ impl Config {
                 queue_expiry: Duration::from_secs(self.amqp_queue_expiry_secs),
             }),
             None => BrokerKind::Memory(MemoryBus::new()),
+        }
+    }
+
+    pub fn throttles(&self) -> ThrottleSettings {
+        ThrottleSettings {
+            login_per_address: self.login_per_minute,
+            login_per_user: self.login_per_user_per_minute,
+            register_per_address: self.register_per_minute,
         }
     }
 
@@ -331,6 +367,33 @@ mod tests {
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
         assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
+        assert!(Config::from_args(["--trusted-proxies", "nginx"]).is_err());
+        assert!(Config::from_args(["--login-per-minute", "0"]).is_err());
+    }
+
+    #[test]
+    fn trusts_loopback_proxies_by_default() {
+        let config = Config::from_args(Vec::<String>::new()).unwrap();
+        assert!(
+            config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains("127.0.0.1".parse().unwrap()))
+        );
+        assert!(
+            config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains("::1".parse().unwrap()))
+        );
+        assert!(
+            !config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains("10.0.0.1".parse().unwrap()))
+        );
+        let listed = Config::from_args(["--trusted-proxies", "10.0.0.0/8,192.0.2.1"]).unwrap();
+        assert_eq!(listed.trusted_proxies.len(), 2);
     }
 
     #[test]

@@ -6,7 +6,10 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use std::net::IpAddr;
+
 use super::ApiError;
+use super::client::client_address;
 use crate::app::App;
 use crate::domain::{IdempotencyKey, UserId};
 
@@ -70,4 +73,10 @@ pub fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError
         ));
     }
     Ok(Some(IdempotencyKey::parse(value.as_bytes())?))
+}
+
+/// The client's address, for rate limits (see [`super::client`]).
+pub fn client(app: &App, parts: &Parts) -> IpAddr {
+    client_address(parts, &app.limits.trusted_proxies)
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
 }

@@ -9,6 +9,7 @@ mod feed_cache;
 mod gap;
 mod idempotency;
 mod lifecycle;
+mod limits;
 mod live;
 mod outage;
 mod posts;
