@@ -9,10 +9,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Passwords, Tokens};
+use crate::auth::{Passwords, Throttles, Tokens};
 use crate::broker::{Broker, BrokerKind};
 use crate::cache::{self, Feeds};
 use crate::config::Config;
+use crate::http::IpNet;
 use crate::metrics::Metrics;
 use crate::outbox::{Announcer, Relay};
 use crate::realtime::Realtime;
@@ -30,12 +31,15 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Kernel send buffer of each websocket (0: the OS default).
     pub ws_send_buffer: usize,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 pub struct App {
     pub store: Store,
     pub tokens: Tokens,
     pub passwords: Passwords,
+    pub throttles: Throttles,
     pub feeds: Arc<Feeds>,
     pub realtime: Arc<Realtime>,
     pub announcer: Announcer,
@@ -60,7 +64,7 @@ impl App {
             statement_timeout: config.statement_timeout(),
         })
         .context("configuring the database pool")?;
-        let secret = match &config.jwt_secret {
+        let secret = match config.token_secret().map_err(anyhow::Error::msg)? {
             Some(secret) => secret.expose().to_vec(),
             None => {
                 tracing::warn!(
@@ -118,12 +122,14 @@ impl App {
             tokens: Tokens::new(&secret, Duration::from_secs(config.token_ttl_secs))
                 .context("configuring token signing")?,
             passwords: Passwords::new(cores),
+            throttles: Throttles::new(config.throttles()),
             limits: Limits {
                 max_body_bytes: config.max_body_bytes as usize,
                 request_timeout: config.request_timeout(),
                 max_connections: config.max_connections as usize,
                 shutdown_grace: config.shutdown_grace(),
                 ws_send_buffer: config.ws_send_buffer as usize,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
         })
     }

@@ -3,13 +3,16 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser};
 
+use crate::auth::ThrottleSettings;
 use crate::broker::{AmqpSettings, BrokerKind, MemoryBus};
 use crate::cache::CacheSettings;
+use crate::http::IpNet;
 use crate::realtime::{RealtimeSettings, Routing};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/livefeed";
@@ -36,6 +39,13 @@ pub struct CacheConfig {
     #[arg(long, env = "LIVEFEED_CELEBRITY_THRESHOLD", default_value_t = 10_000,
           value_parser = clap::value_parser!(i64).range(1..))]
     pub celebrity_threshold: i64,
+
+    /// How far back `/post/feed` reaches: `offset + limit` is cut at this
+    /// many posts (fewer, or none, come back beyond it). Each page read from
+    /// PostgreSQL takes up to this many posts per followed author.
+    #[arg(long, env = "LIVEFEED_FEED_DEPTH", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub feed_depth: u32,
 }
 
 impl CacheConfig {
@@ -44,6 +54,7 @@ impl CacheConfig {
             redis_url: self.redis_url.clone(),
             key_prefix: self.redis_prefix.clone(),
             celebrity_threshold: self.celebrity_threshold,
+            feed_depth: self.feed_depth,
         }
     }
 }
@@ -96,6 +107,12 @@ pub struct Config {
     /// and tokens die with it.
     #[arg(long, env = "LIVEFEED_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: Option<Secret>,
+
+    /// A file holding the token secret (one line, at least 32 bytes), so it
+    /// need not sit in the environment: compose generates one at first start
+    /// on a volume the instances share.
+    #[arg(long, env = "LIVEFEED_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<PathBuf>,
 
     /// Lifetime of a login token, in seconds.
     #[arg(long, env = "LIVEFEED_TOKEN_TTL_SECS", default_value_t = 86_400,
@@ -160,6 +177,32 @@ pub struct Config {
     #[command(flatten)]
     pub cache: CacheConfig,
 
+    /// Peers whose `X-Real-IP` / `X-Forwarded-For` name the client (the
+    /// proxies in front of the instances): addresses or CIDR blocks,
+    /// comma-separated. Any other peer is the client itself.
+    #[arg(
+        long,
+        env = "LIVEFEED_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1"
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Login attempts a minute per client address (429 beyond).
+    #[arg(long, env = "LIVEFEED_LOGIN_PER_MINUTE", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_per_minute: u32,
+
+    /// Login attempts a minute per user id, from any address (429 beyond).
+    #[arg(long, env = "LIVEFEED_LOGIN_PER_USER_PER_MINUTE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_per_user_per_minute: u32,
+
+    /// Registrations a minute per client address (429 beyond).
+    #[arg(long, env = "LIVEFEED_REGISTER_PER_MINUTE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub register_per_minute: u32,
+
     /// Kernel send buffer of each websocket, in bytes (0: the OS default).
     #[arg(long, env = "LIVEFEED_WS_SEND_BUFFER", default_value_t = 65_536)]
     pub ws_send_buffer: u32,
@@ -180,6 +223,19 @@ impl Config {
         }
         let argv = std::iter::once("livefeed".into()).chain(args.into_iter().map(Into::into));
         Standalone::try_parse_from(argv).map(|s| s.config)
+    }
+
+    /// The token secret, from the flag or read from the file; `None` when
+    /// neither is given.
+    pub fn token_secret(&self) -> Result<Option<Secret>, String> {
+        let Some(path) = &self.jwt_secret_file else {
+            return Ok(self.jwt_secret.clone());
+        };
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token secret file {}: {e}", path.display()))?;
+        parse_secret(raw.trim_end_matches(['\r', '\n']))
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn db_timeout(&self) -> Duration {
@@ -207,6 +263,14 @@ impl Config {
                 queue_expiry: Duration::from_secs(self.amqp_queue_expiry_secs),
             }),
             None => BrokerKind::Memory(MemoryBus::new()),
+        }
+    }
+
+    pub fn throttles(&self) -> ThrottleSettings {
+        ThrottleSettings {
+            login_per_address: self.login_per_minute,
+            login_per_user: self.login_per_user_per_minute,
+            register_per_address: self.register_per_minute,
         }
     }
 
@@ -303,5 +367,65 @@ mod tests {
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
         assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
+        assert!(Config::from_args(["--trusted-proxies", "nginx"]).is_err());
+        assert!(Config::from_args(["--login-per-minute", "0"]).is_err());
+    }
+
+    #[test]
+    fn trusts_loopback_proxies_by_default() {
+        let config = Config::from_args(Vec::<String>::new()).unwrap();
+        assert!(
+            config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains("127.0.0.1".parse().unwrap()))
+        );
+        assert!(
+            config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains("::1".parse().unwrap()))
+        );
+        assert!(
+            !config
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains("10.0.0.1".parse().unwrap()))
+        );
+        let listed = Config::from_args(["--trusted-proxies", "10.0.0.0/8,192.0.2.1"]).unwrap();
+        assert_eq!(listed.trusted_proxies.len(), 2);
+    }
+
+    #[test]
+    fn reads_the_token_secret_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("livefeed-secret-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("jwt");
+        let path = file.to_str().unwrap();
+        let config = Config::from_args(["--jwt-secret-file", path]).unwrap();
+        let missing = config.token_secret().unwrap_err();
+        assert!(
+            missing.contains("cannot read the token secret file"),
+            "{missing}"
+        );
+
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let secret = config.token_secret().unwrap().unwrap();
+        assert_eq!(secret.expose(), b"0123456789abcdef0123456789abcdef");
+
+        std::fs::write(&file, "short\n").unwrap();
+        let short = config.token_secret().unwrap_err();
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let both = ["--jwt-secret-file", path, "--jwt-secret", &"s".repeat(32)];
+        assert!(Config::from_args(both).is_err());
+        assert!(
+            Config::from_args(Vec::<String>::new())
+                .unwrap()
+                .token_secret()
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Apply pending migrations, then serve the API.
-    Serve(Config),
+    Serve(Box<Config>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseConfig),
     /// Fill the database with a deterministic data set (users, follows,
@@ -76,7 +76,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(database) => store::migrate(&database.database_url).await,
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Seed(args) => livefeed::seed::run(&args).await.map(drop),
         Command::WarmCache(args) => warm_cache(args).await,
     }

@@ -74,7 +74,8 @@ pub async fn run(
         // Small JSON responses must not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(http::Peer(peer));
             let app = app.clone();
             async move { Ok::<_, Infallible>(http::handle(app, request).await) }
         });

@@ -154,6 +154,46 @@ async fn nginx_balances_rest_and_websockets_over_two_instances() {
     );
 }
 
+/// `/metrics` and `/readyz` are for operations, reached on the instances
+/// themselves: through nginx they do not exist, however the path is spelt,
+/// while the public API and `/healthz` go through.
+#[tokio::test]
+async fn nginx_hides_the_operations_endpoints() {
+    let app = TestApp::spawn().await;
+    let upstream: SocketAddr = app
+        .address
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let nginx = Nginx::start(&[upstream]).await;
+    let gateway = Gateway::new(nginx.address);
+
+    for path in ["/metrics", "/readyz"] {
+        assert_eq!(app.get(path, None).await.status(), StatusCode::OK, "{path}");
+    }
+    for path in [
+        "/metrics",
+        "/readyz",
+        "/metrics?format=text",
+        "//metrics",
+        "/%6Detrics",
+        "/./readyz",
+    ] {
+        let response = gateway.request(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = response.json().await.expect("a JSON error body");
+        assert_eq!(body["code"], 1105, "{path}: {body}");
+        assert!(body["request_id"].is_string(), "{path}: {body}");
+    }
+    let health = gateway
+        .request(Method::GET, "/healthz")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_ok(health).await, json!({ "status": "ok" }));
+}
+
 /// `<8 hex digits>-<hex counter>`, as the app makes them.
 fn is_app_request_id(id: &str) -> bool {
     let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());

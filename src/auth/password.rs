@@ -20,21 +20,33 @@ pub enum PasswordError {
 /// Argon2id hashing off the async workers. Each hash costs tens of
 /// milliseconds of CPU and 19 MiB of memory, so at most one per core runs at
 /// a time: a login burst queues here instead of starving the other requests
-/// of CPU or filling the blocking pool.
+/// of CPU or filling the blocking pool. Registrations (new hashes) may hold
+/// half the slots at most, so a registration flood leaves logins (verifies)
+/// the other half; logins may use them all.
 #[derive(Clone)]
 pub struct Passwords {
     slots: Arc<Semaphore>,
+    registrations: Arc<Semaphore>,
 }
 
 impl Passwords {
     pub fn new(parallelism: usize) -> Self {
+        let parallelism = parallelism.max(1);
         Self {
-            slots: Arc::new(Semaphore::new(parallelism.max(1))),
+            slots: Arc::new(Semaphore::new(parallelism)),
+            registrations: Arc::new(Semaphore::new(parallelism.div_ceil(2))),
         }
     }
 
     pub async fn hash(&self, password: &Password) -> Result<String, PasswordError> {
         let password = password.clone();
+        // Queued here, not among the slots: a login waits behind at most
+        // the registrations that hold this share.
+        let _share = self
+            .registrations
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         self.run(move || {
             Argon2::default()
                 .hash_password(password.expose().as_bytes())
@@ -82,5 +94,36 @@ mod tests {
         assert!(hash.starts_with("$argon2id$"));
         assert!(passwords.verify(&right, hash.clone()).await.unwrap());
         assert!(!passwords.verify(&wrong, hash).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn registrations_leave_logins_their_share() {
+        let passwords = Passwords::new(4);
+        let password: Password = serde_json::from_str("\"correct horse\"").unwrap();
+        let flood: Vec<_> = (0..16)
+            .map(|_| {
+                let (passwords, password) = (passwords.clone(), password.clone());
+                tokio::spawn(async move { passwords.hash(&password).await })
+            })
+            .collect();
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while passwords.registrations.available_permits() > 0
+                || passwords.slots.available_permits() > 2
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the registrations take their share of the slots");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            assert!(
+                passwords.slots.available_permits() >= 2,
+                "half the slots stay free for logins during a registration flood"
+            );
+        }
+        for hash in flood {
+            hash.await.unwrap().unwrap();
+        }
     }
 }

@@ -35,6 +35,8 @@ pub struct CacheSettings {
     pub key_prefix: String,
     /// Authors with more followers than this are celebrities.
     pub celebrity_threshold: i64,
+    /// Posts a feed reaches back; see [`FeedPage::within`].
+    pub feed_depth: u32,
 }
 
 pub struct Feeds {
@@ -44,6 +46,7 @@ pub struct Feeds {
     /// The feed backlog held events when the worker last looked: cached
     /// feeds may lack them.
     backlogged: AtomicBool,
+    depth: u32,
 }
 
 impl Feeds {
@@ -53,17 +56,23 @@ impl Feeds {
             cache: RedisFeeds::new(&settings.redis_url, &settings.key_prefix)?,
             celebrity_threshold: settings.celebrity_threshold,
             backlogged: AtomicBool::new(false),
+            depth: settings.feed_depth,
         }))
     }
 
     /// A page of `reader`'s feed as the JSON array the API answers. From the
     /// cache when it can answer; from PostgreSQL otherwise (and a missing
-    /// feed is rebuilt in the background).
+    /// feed is rebuilt in the background). The feed is its newest `depth`
+    /// posts whichever answers, so PostgreSQL's work per followed author is
+    /// bounded by the depth, not by the offset a client asks for.
     pub async fn page(
         self: &Arc<Self>,
         reader: UserId,
         page: FeedPage,
     ) -> Result<Bytes, StoreError> {
+        let Some(page) = page.within(self.depth) else {
+            return Ok(Bytes::from_static(b"[]"));
+        };
         let (offset, limit) = (page.offset() as usize, page.limit() as usize);
         if offset + limit <= FEED_CAPACITY
             && let Some(posts) = self.cached(reader, offset, limit).await

@@ -368,7 +368,13 @@ local function newest(key)
 end
 local ids, status = newest(KEYS[1])
 if not ids then return {status} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {'missing'} end
+-- The pair is built together; an eviction can take one alone. Without the
+-- celebrities the feed cannot be read, and a rebuild would find it present:
+-- drop it so the next read rebuilds both.
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('DEL', KEYS[1])
+    return {'missing'}
+end
 -- Each source is newest first; a k-way merge of their heads yields the
 -- page without sorting (a Lua comparator sort costs far more than the
 -- Redis commands). A post in two sources (around a celebrity change) is

@@ -3,6 +3,7 @@
 
 mod dialog;
 mod id;
+mod idempotency;
 mod page;
 mod post;
 mod text;
@@ -10,6 +11,7 @@ mod user;
 
 pub use dialog::{DialogMessage, MessageText, NewMessage};
 pub use id::{PostId, UserId};
+pub use idempotency::IdempotencyKey;
 pub use page::FeedPage;
 pub use post::{NewPost, Post, PostEdit, PostText};
 pub use user::{BirthDate, Credentials, NewUser, Password, User, UserSearch};

@@ -37,6 +37,16 @@ impl FeedPage {
     pub fn limit(&self) -> u32 {
         self.limit
     }
+
+    /// This page of a feed that holds its newest `depth` posts only: cut to
+    /// end at `depth`, or `None` when it starts there or beyond.
+    pub fn within(self, depth: u32) -> Option<Self> {
+        let room = depth.checked_sub(self.offset).filter(|room| *room > 0)?;
+        Some(Self {
+            offset: self.offset,
+            limit: self.limit.min(room),
+        })
+    }
 }
 
 impl Default for FeedPage {
@@ -88,5 +98,16 @@ mod tests {
                 "{bad} accepted"
             );
         }
+    }
+
+    #[test]
+    fn pages_are_cut_at_the_depth() {
+        let page = |offset, limit| FeedPage::new(offset, limit).unwrap();
+        assert_eq!(page(0, 10).within(2000), Some(page(0, 10)));
+        assert_eq!(page(1990, 10).within(2000), Some(page(1990, 10)));
+        assert_eq!(page(1995, 10).within(2000), Some(page(1995, 5)));
+        assert_eq!(page(1999, 1000).within(2000), Some(page(1999, 1)));
+        assert_eq!(page(2000, 10).within(2000), None);
+        assert_eq!(page(100_000, 1000).within(2000), None);
     }
 }

@@ -1,4 +1,6 @@
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
+use std::time::Duration;
+
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
@@ -33,6 +35,10 @@ pub enum ApiError {
     Unavailable(#[source] StoreError),
     #[error("request timed out, retry later")]
     Timeout,
+    #[error("this Idempotency-Key was used for a different request")]
+    KeyReused,
+    #[error("too many attempts, retry in {} s", retry_after_secs(*.0))]
+    TooManyRequests(Duration),
     #[error("too many open websockets on this instance, retry later")]
     TooManySockets,
     #[error("internal error")]
@@ -56,6 +62,8 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -73,6 +81,8 @@ impl ApiError {
             Self::NotFound(_) => 1104,
             Self::NoRoute => 1105,
             Self::MethodNotAllowed(_) => 1106,
+            Self::KeyReused => 1122,
+            Self::TooManyRequests(_) => 1129,
             Self::Internal(_) => 2000,
             Self::Unavailable(_) => 2001,
             Self::Timeout => 2002,
@@ -92,6 +102,9 @@ impl ApiError {
             Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
                 headers.insert(RETRY_AFTER, RETRY_AFTER_SECS);
             }
+            Self::TooManyRequests(wait) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(*wait)));
+            }
             Self::MethodNotAllowed(allowed) => {
                 headers.insert(
                     ALLOW,
@@ -102,6 +115,11 @@ impl ApiError {
         }
         response
     }
+}
+
+/// Whole seconds, rounded up: retrying after them is allowed.
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl From<ValidationError> for ApiError {
@@ -115,6 +133,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::NotAuthor => Self::Forbidden(e.to_string()),
+            StoreError::KeyReused => Self::KeyReused,
             StoreError::Unavailable(_) => Self::Unavailable(e),
             StoreError::Config(_) | StoreError::Query(_) => Self::Internal(Box::new(e)),
         }

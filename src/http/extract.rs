@@ -6,9 +6,12 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
 use hyper::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use std::net::IpAddr;
+
 use super::ApiError;
+use super::client::client_address;
 use crate::app::App;
-use crate::domain::UserId;
+use crate::domain::{IdempotencyKey, UserId};
 
 /// The body parsed as JSON into `T`, whose own `Deserialize` enforces the
 /// domain rules. Bodies over the configured limit are refused with 413
@@ -55,4 +58,25 @@ pub fn query_str<T: DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError
 pub fn caller(app: &App, parts: &Parts) -> Result<UserId, ApiError> {
     let header = parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes());
     Ok(app.tokens.verify_header(header)?)
+}
+
+/// The request's `Idempotency-Key`, if it sent one (400 when malformed or
+/// sent twice).
+pub fn idempotency_key(parts: &Parts) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = parts.headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "send one Idempotency-Key header, not several".into(),
+        ));
+    }
+    Ok(Some(IdempotencyKey::parse(value.as_bytes())?))
+}
+
+/// The client's address, for rate limits (see [`super::client`]).
+pub fn client(app: &App, parts: &Parts) -> IpAddr {
+    client_address(parts, &app.limits.trusted_proxies)
+        .unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
 }

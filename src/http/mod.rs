@@ -1,6 +1,7 @@
 //! The HTTP edge: routing, request parsing into domain types, and the one
 //! place where errors become status codes.
 
+mod client;
 mod error;
 mod extract;
 mod handlers;
@@ -9,6 +10,7 @@ pub mod router;
 mod service;
 mod websocket;
 
+pub use client::{IpNet, Peer};
 pub use error::ApiError;
 pub use response::Body;
 pub use service::handle;

@@ -7,7 +7,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use tracing::Instrument;
 
-use super::extract::{caller, json_body, query};
+use super::extract::{caller, client, idempotency_key, json_body, query};
 use super::handlers::{dialogs, friends, health, posts, users};
 use super::router::{self, Route};
 use super::websocket;
@@ -51,15 +51,22 @@ pub async fn handle(app: Arc<App>, request: Request<Incoming>) -> Response<Body>
 async fn dispatch(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     match router::resolve(&parts.method, parts.uri.path())? {
-        Route::Login => users::login(app, json_body(app, &parts, body).await?).await,
-        Route::Register => users::register(app, json_body(app, &parts, body).await?).await,
+        Route::Login => {
+            let from = client(app, &parts);
+            users::login(app, from, json_body(app, &parts, body).await?).await
+        }
+        Route::Register => {
+            let from = client(app, &parts);
+            users::register(app, from, json_body(app, &parts, body).await?).await
+        }
         Route::GetUser(id) => users::get(app, id.parse()?).await,
         Route::SearchUsers => users::search(app, query(&parts)?).await,
         Route::SetFriend(id) => friends::follow(app, caller(app, &parts)?, id.parse()?).await,
         Route::DeleteFriend(id) => friends::unfollow(app, caller(app, &parts)?, id.parse()?).await,
         Route::CreatePost => {
             let me = caller(app, &parts)?;
-            posts::create(app, me, json_body(app, &parts, body).await?).await
+            let key = idempotency_key(&parts)?;
+            posts::create(app, me, json_body(app, &parts, body).await?, key).await
         }
         Route::UpdatePost => {
             let me = caller(app, &parts)?;
@@ -74,7 +81,8 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Result<Response<Body
         Route::SendMessage(id) => {
             let me = caller(app, &parts)?;
             let to = id.parse()?;
-            dialogs::send(app, me, to, json_body(app, &parts, body).await?).await
+            let key = idempotency_key(&parts)?;
+            dialogs::send(app, me, to, json_body(app, &parts, body).await?, key).await
         }
         Route::ListDialog(id) => dialogs::list(app, caller(app, &parts)?, id.parse()?).await,
         Route::Health => Ok(health::live()),

@@ -1,30 +1,33 @@
 use uuid::Uuid;
 
-use super::{Store, StoreError, missing_user};
+use super::{Once, Outcome, Store, StoreError, missing_user};
 use crate::domain::{DialogMessage, MessageText, UserId};
 
 /// The most messages `/dialog/{user_id}/list` answers: the newest ones.
 const DIALOG_LIMIT: i64 = 1000;
 
 impl Store {
+    /// Stores the message (and its idempotency key, if any).
     pub async fn send_message(
         &self,
         from: UserId,
         to: UserId,
         text: &MessageText,
-    ) -> Result<(), StoreError> {
-        self.execute(
-                "INSERT INTO dialog_messages (id, sender_id, recipient_id, text) VALUES ($1, $2, $3, $4)",
-                &[
-                    &Uuid::now_v7(),
-                    from.as_uuid(),
-                    to.as_uuid(),
-                    &text.as_str(),
-                ],
-            )
-            .await
-            .map_err(missing_user)?;
-        Ok(())
+        once: Option<&Once<'_>>,
+    ) -> Result<Outcome, StoreError> {
+        self.write_once(
+            "INSERT INTO dialog_messages (id, sender_id, recipient_id, text) VALUES ($1, $2, $3, $4)",
+            &[
+                &Uuid::now_v7(),
+                from.as_uuid(),
+                to.as_uuid(),
+                &text.as_str(),
+            ],
+            &[],
+            once,
+        )
+        .await
+        .map_err(missing_user)
     }
 
     /// The conversation between `me` and `other`, oldest message first.

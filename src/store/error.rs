@@ -12,6 +12,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("only the author may change a post")]
     NotAuthor,
+    /// An idempotency key sent again with another request.
+    #[error("this Idempotency-Key was used for a different request")]
+    KeyReused,
     #[error("invalid database configuration: {0}")]
     Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A query failed for a reason that is a bug, not an outage.

@@ -5,6 +5,7 @@ mod backlog;
 mod dialogs;
 mod error;
 mod friends;
+mod idempotency;
 mod migrate;
 mod outbox;
 mod posts;
@@ -22,6 +23,7 @@ use crate::outbox::OutboxMessage;
 
 pub use backlog::BackloggedEvent;
 pub use error::StoreError;
+pub use idempotency::{Endpoint, Once, Outcome, StoredResponse};
 pub use migrate::{create_database_if_missing, migrate};
 pub use outbox::{ClaimedMessage, OutboxLeader};
 pub use posts::FeedSource;
@@ -131,13 +133,31 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(sql).await?;
-        let changed = tx.execute(&statement, params).await?;
-        if changed > 0 {
-            outbox::enqueue(&tx, events).await?;
-        }
+        let changed = apply(&tx, sql, params, events).await?;
         tx.commit().await?;
         Ok(changed)
+    }
+
+    /// [`Self::write_announced`], at most once per idempotency key when
+    /// `once` has one: the key is claimed in the write's transaction, and a
+    /// key already claimed answers the earlier response without writing.
+    async fn write_once(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        events: &[OutboxMessage],
+        once: Option<&Once<'_>>,
+    ) -> Result<Outcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if let Some(once) = once
+            && let Some(earlier) = idempotency::claim(&tx, once).await?
+        {
+            return Ok(Outcome::Replayed(earlier));
+        }
+        apply(&tx, sql, params, events).await?;
+        tx.commit().await?;
+        Ok(Outcome::Written)
     }
 
     /// An error for a write that found no row: was the user missing?
@@ -146,6 +166,22 @@ impl Store {
             .await?
             .ok_or(StoreError::NotFound("user"))
     }
+}
+
+/// Runs the write `sql` in `tx` and, when it changed any row, stores
+/// `events` in the outbox. Returns how many rows changed.
+async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+    events: &[OutboxMessage],
+) -> Result<u64, StoreError> {
+    let statement = tx.prepare_cached(sql).await?;
+    let changed = tx.execute(&statement, params).await?;
+    if changed > 0 {
+        outbox::enqueue(tx, events).await?;
+    }
+    Ok(changed)
 }
 
 /// A foreign-key violation means the user the row points to does not exist.

@@ -1,24 +1,26 @@
 use tokio_postgres::Row;
 
-use super::{Store, StoreError, missing_user, user_id_from_row};
+use super::{Once, Outcome, Store, StoreError, missing_user, user_id_from_row};
 use crate::domain::{FeedPage, Post, PostId, PostText, UserId};
 use crate::outbox::OutboxMessage;
 
 impl Store {
-    /// Stores the post and, in the same transaction, the events announcing it.
+    /// Stores the post and, in the same transaction, the events announcing
+    /// it (and its idempotency key, if any).
     pub async fn create_post(
         &self,
         post: &Post,
         events: &[OutboxMessage],
-    ) -> Result<(), StoreError> {
-        self.write_announced(
+        once: Option<&Once<'_>>,
+    ) -> Result<Outcome, StoreError> {
+        self.write_once(
             "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
             &[post.id.as_uuid(), post.author_user_id.as_uuid(), &post.text],
             events,
+            once,
         )
         .await
-        .map_err(missing_user)?;
-        Ok(())
+        .map_err(missing_user)
     }
 
     pub async fn update_post(

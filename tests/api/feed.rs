@@ -1,6 +1,6 @@
 use reqwest::{Method, StatusCode};
 
-use crate::support::{TestApp, expect_error};
+use crate::support::{TestApp, expect_error, fresh_database};
 
 #[tokio::test]
 async fn feed_holds_the_followed_users_posts_newest_first() {
@@ -43,6 +43,34 @@ async fn feed_pages_with_offset_and_limit() {
     app.feed_settles_to(&reader, "?offset=23&limit=10", &["p1", "p0"])
         .await;
     app.feed_settles_to(&reader, "?offset=25", &[]).await;
+}
+
+/// The feed reaches back `LIVEFEED_FEED_DEPTH` posts, from the cache and
+/// from PostgreSQL alike (Redis unreachable): a page is cut there, and one
+/// past it is empty, so a deep offset costs PostgreSQL no more than the depth
+/// per followed author.
+#[tokio::test]
+async fn feed_pages_stop_at_the_configured_depth() {
+    let database = fresh_database().await;
+    for extra in [&[][..], &["--redis-url", "redis://127.0.0.1:1"][..]] {
+        let mut args = vec!["--feed-depth", "20"];
+        args.extend_from_slice(extra);
+        let app = TestApp::spawn_with(&database, &args).await;
+        let reader = app.register("Читатель", "Глубокий").await;
+        let author = app.register("Писатель", "Давний").await;
+        app.follow(&reader, &author).await;
+        for n in 0..25 {
+            app.create_post(&author, &format!("p{n}")).await;
+        }
+        let newest: Vec<String> = (5..25).rev().map(|n| format!("p{n}")).collect();
+        let newest: Vec<&str> = newest.iter().map(String::as_str).collect();
+        app.feed_settles_to(&reader, "?limit=1000", &newest).await;
+        app.feed_settles_to(&reader, "?offset=17&limit=10", &["p7", "p6", "p5"])
+            .await;
+        app.feed_settles_to(&reader, "?offset=20", &[]).await;
+        app.feed_settles_to(&reader, "?offset=100000&limit=1000", &[])
+            .await;
+    }
 }
 
 #[tokio::test]

@@ -369,3 +369,34 @@ async fn random_writes_leave_every_feed_equal_to_the_truth() {
         app.feed_settles_to(user, "?offset=3&limit=4", &page).await;
     }
 }
+
+/// Redis in compose evicts any key when full (allkeys-lru): a feed whose
+/// celebrities set alone was evicted is rebuilt, not read from PostgreSQL
+/// for ever.
+#[tokio::test]
+async fn a_feed_whose_celebrities_were_evicted_is_rebuilt() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Вытесняемый").await;
+    let reader = app.register("Читатель", "Вытесненный").await;
+    app.follow(&reader, &author).await;
+    app.create_post(&author, "один").await;
+    app.feed_settles_to(&reader, "", &["один"]).await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 1);
+
+    let celebs = format!("{}celebs:{}", prefix(&app), reader.id);
+    let mut redis = redis().await;
+    let evicted: usize = redis::cmd("DEL")
+        .arg(&celebs)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(evicted, 1);
+    assert_eq!(texts(&app.feed(&reader, "").await), ["один"]);
+    assert_eq!(cached_feed_len(&app, &reader).await, 1);
+    let rebuilt: bool = redis::cmd("EXISTS")
+        .arg(&celebs)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(rebuilt, "the celebrities set is built again with the feed");
+}

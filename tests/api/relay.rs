@@ -57,3 +57,28 @@ async fn a_relay_cut_off_from_rabbitmq_hands_over_and_nothing_is_lost() {
     outbox_settles(&a, &[&a, &b], 12).await;
     assert!(b.metric(PUBLISHED).await > 0, "B took the relay over");
 }
+
+/// `livefeed_outbox_depth` is read from the ends of the outbox's key, not
+/// counted: it still reports every waiting event while the broker is away,
+/// and drops to zero once they are published.
+#[tokio::test]
+async fn outbox_depth_reports_the_backlog_while_rabbitmq_is_away() {
+    let vhost = Arc::new(Vhost::create().await);
+    let (mut proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let mut app =
+        TestApp::spawn_on_broker(&fresh_database().await, &[], rabbit_broker(&through_proxy)).await;
+    app.keep(vhost);
+    let author = app.register("Автор", "Накопивший").await;
+    app.create_post(&author, "до сбоя").await;
+    outbox_settles(&app, &[&app], 2).await;
+
+    proxy.cut();
+    for n in 0..5 {
+        app.create_post(&author, &format!("в очереди {n}")).await;
+    }
+    // Two events per post (live, feed cache), none publishable.
+    assert_eq!(app.metric("livefeed_outbox_depth").await, 10);
+
+    proxy.restore().await;
+    outbox_settles(&app, &[&app], 12).await;
+}

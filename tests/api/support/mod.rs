@@ -102,6 +102,17 @@ impl TestApp {
             &prefix,
         ];
         args.extend_from_slice(extra_args);
+        // Tests register and log in from one address far faster than a
+        // person: the rate limits apply only where a test sets them.
+        for flag in [
+            "--register-per-minute",
+            "--login-per-minute",
+            "--login-per-user-per-minute",
+        ] {
+            if !extra_args.contains(&flag) {
+                args.extend([flag, "1000000"]);
+            }
+        }
         let config = Config::from_args(args).expect("test configuration is valid");
         let app = App::start(&config, broker).expect("building the app");
         let listener = livefeed::server::bind(config.listen).expect("binding port 0");
