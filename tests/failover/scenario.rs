@@ -11,7 +11,7 @@ use crate::instance::{self, Deployment, Instance};
 use crate::report::Verdict;
 use crate::support::vhost::Rabbitmqctl;
 use crate::support::{Vhost, fresh_database};
-use crate::traffic::{self, Cast};
+use crate::traffic::{self, Cast, Load};
 
 /// Bound on every created post reaching every socket once the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,12 +78,15 @@ pub async fn run(
     let homes = instances.map(|instance| instance.api.address.clone());
     let dials = instances.map(Instance::dial);
     let verdict = traffic::measure(
-        &format!("failover: {name}"),
-        &cast,
-        &homes,
-        &dials,
-        false,
-        DRAIN_TIMEOUT,
+        "failover",
+        name,
+        Load {
+            cast: &cast,
+            homes: &homes,
+            dials: &dials,
+            reconnect: false,
+            drain_within: DRAIN_TIMEOUT,
+        },
         &mut stage,
         fault,
     )

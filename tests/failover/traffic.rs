@@ -248,32 +248,43 @@ impl Traffic {
     }
 }
 
+/// The load of a scenario: who posts and follows, where (see
+/// `Traffic::start`), and how long the drain may take.
+pub struct Load<'a> {
+    pub cast: &'a Cast,
+    pub homes: &'a [String],
+    pub dials: &'a [Dial],
+    pub reconnect: bool,
+    pub drain_within: Duration,
+}
+
 /// A fault under load: starts the traffic, waits until it flows, runs
 /// `fault` on `stage` (it returns what it hit), keeps the load on for a
-/// while after it, stops posting, waits (at most `drain_within`) for the
-/// posts to arrive, and judges what every socket received. The delays are
-/// measured over the posts sent while the fault ran.
-#[allow(clippy::too_many_arguments)]
+/// while after it, stops posting, waits for the posts to arrive, and judges
+/// what every socket received. The delays are measured over the posts sent
+/// while the fault ran.
 pub async fn measure<S>(
+    suite: &str,
     name: &str,
-    cast: &Cast,
-    homes: &[String],
-    dials: &[Dial],
-    reconnect: bool,
-    drain_within: Duration,
+    load: Load<'_>,
     stage: &mut S,
     fault: impl AsyncFnOnce(&mut S) -> String,
 ) -> Verdict {
-    let mut traffic = Traffic::start(cast, homes, dials, reconnect).await;
-    traffic.flowing(cast.authors.len(), FLOWING_TIMEOUT).await;
-    eprintln!("{name}: fault");
+    let mut traffic = Traffic::start(load.cast, load.homes, load.dials, load.reconnect).await;
+    traffic
+        .flowing(load.cast.authors.len(), FLOWING_TIMEOUT)
+        .await;
+    eprintln!("{suite}: {name}: fault");
     let started = Instant::now();
     let target = fault(stage).await;
     let repaired = Instant::now();
-    eprintln!("{name}: {target}, repaired after {:?}", repaired - started);
+    eprintln!(
+        "{suite}: {name}: {target}, repaired after {:?}",
+        repaired - started
+    );
     tokio::time::sleep(SETTLE).await;
     traffic.stop_posting().await;
-    traffic.drain(drain_within).await;
+    traffic.drain(load.drain_within).await;
     Verdict::judge(
         format!("{name} ({target})"),
         &traffic.ledger.snapshot(),
