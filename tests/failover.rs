@@ -17,8 +17,11 @@ mod support;
 
 #[path = "failover/cluster.rs"]
 mod cluster;
+// Shared with the fault suite, which uses parts this suite does not.
+#[allow(dead_code)]
 #[path = "failover/instance.rs"]
 mod instance;
+#[allow(dead_code)]
 #[path = "failover/report.rs"]
 mod report;
 #[path = "failover/scenario.rs"]
@@ -30,7 +33,7 @@ use std::time::Duration;
 
 use cluster::{Cluster, NODES, NodeFault};
 use instance::QUEUE_EXPIRY_SECS;
-use report::Verdict;
+use report::conclude;
 use scenario::{Options, Stage};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -46,14 +49,6 @@ const FREEZE: Duration =
 async fn serial() -> MutexGuard<'static, ()> {
     static CLUSTER: Mutex<()> = Mutex::const_new(());
     CLUSTER.lock().await
-}
-
-/// Prints the table, then fails if any scenario lost, doubled or
-/// reordered a post.
-fn conclude(verdicts: &[Verdict]) {
-    let table = report::table(verdicts);
-    println!("{table}");
-    assert!(verdicts.iter().all(Verdict::passed), "{table}");
 }
 
 /// Which node a node fault hits.
@@ -153,11 +148,11 @@ async fn an_instance_cut_from_the_broker_loses_no_post() {
         };
         let verdict = scenario::run(&cluster, name, Options::default(), async |stage| {
             let cut = if relay { &mut stage.a } else { &mut stage.b };
-            cut.link.cut();
+            cut.link().cut();
             let label = cut.label;
             stage.hold(OUTAGE).await;
             let cut = if relay { &mut stage.a } else { &mut stage.b };
-            cut.link.restore().await;
+            cut.link().restore().await;
             format!("instance {label}, {OUTAGE:?}")
         })
         .await;

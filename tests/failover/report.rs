@@ -2,7 +2,8 @@
 //! against what the authors sent. Lost posts, duplicates and per-author
 //! order violations must all be zero; the delivery delay (create sent →
 //! post received) of the posts sent during the fault is measured, not
-//! judged. Printed as one table per test.
+//! judged. A scenario may add failures of its own (a check beside the
+//! delivery figures). Printed as one table per test.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -24,8 +25,13 @@ pub struct Verdict {
     pub out_of_order: usize,
     /// Received texts no author sent.
     pub strays: usize,
-    /// Sockets that ended before the test stopped reading.
+    /// Sockets that ended for good before the test stopped reading.
     pub ended: Vec<String>,
+    /// Reconnections of the sockets (a client closed by the fault connects
+    /// again with `?since=`): counted, not judged.
+    pub reconnects: usize,
+    /// What the scenario found wrong beside delivery.
+    pub failures: Vec<String>,
     /// Over the posts sent between the fault's start and its repair, every socket.
     pub delay_p99: Option<Duration>,
     pub delay_max: Option<Duration>,
@@ -56,6 +62,8 @@ impl Verdict {
             out_of_order: 0,
             strays: 0,
             ended: Vec::new(),
+            reconnects: 0,
+            failures: Vec::new(),
             delay_p99: None,
             delay_max: None,
             examples: Vec::new(),
@@ -66,6 +74,7 @@ impl Verdict {
             if let Some(why) = &reception.ended {
                 verdict.ended.push(format!("{}: {why}", socket.name));
             }
+            verdict.reconnects += reception.reconnects.len();
             let mut seen = HashSet::new();
             let mut last_seq: HashMap<usize, u64> = HashMap::new();
             for (text, at) in &reception.posts {
@@ -114,8 +123,14 @@ impl Verdict {
         }
     }
 
+    /// Records a failed check of the scenario's own.
+    pub fn fail(&mut self, problem: String) {
+        self.failures.push(problem);
+    }
+
     pub fn passed(&self) -> bool {
-        self.lost == 0
+        self.failures.is_empty()
+            && self.lost == 0
             && self.duplicates == 0
             && self.out_of_order == 0
             && self.strays == 0
@@ -129,13 +144,22 @@ pub fn table(verdicts: &[Verdict]) -> String {
         delay.map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string())
     };
     let mut out = format!(
-        "\n{:<50} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6}\n",
-        "scenario", "created", "uncer", "lost", "dup", "order", "p99 ms", "max ms", "closed"
+        "\n{:<72} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>6}\n",
+        "scenario",
+        "created",
+        "uncer",
+        "lost",
+        "dup",
+        "order",
+        "p99 ms",
+        "max ms",
+        "recon",
+        "closed"
     );
     for v in verdicts {
         let _ = writeln!(
             out,
-            "{:<50} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6}",
+            "{:<72} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>6}",
             v.scenario,
             v.created,
             v.uncertain,
@@ -144,14 +168,23 @@ pub fn table(verdicts: &[Verdict]) -> String {
             v.out_of_order + v.strays,
             ms(v.delay_p99),
             ms(v.delay_max),
+            v.reconnects,
             v.ended.len(),
         );
     }
     for v in verdicts.iter().filter(|v| !v.passed()) {
         let _ = writeln!(out, "\nFAILED {}:", v.scenario);
-        for line in v.ended.iter().chain(&v.examples) {
+        for line in v.failures.iter().chain(&v.ended).chain(&v.examples) {
             let _ = writeln!(out, "  {line}");
         }
     }
     out
+}
+
+/// Prints the table, then fails if any scenario lost, doubled or
+/// reordered a post, or failed a check of its own.
+pub fn conclude(verdicts: &[Verdict]) {
+    let output = table(verdicts);
+    println!("{output}");
+    assert!(verdicts.iter().all(Verdict::passed), "{output}");
 }

@@ -6,25 +6,13 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::cluster::Cluster;
-use crate::instance::{Deployment, Instance};
+use crate::instance::{self, Deployment, Instance};
 use crate::report::Verdict;
 use crate::support::vhost::Rabbitmqctl;
 use crate::support::{Vhost, fresh_database};
-use crate::traffic::{Cast, Traffic};
+use crate::traffic::{self, Cast, Load};
 
-const AUTHORS: usize = 4;
-const FOLLOWERS: usize = 3;
-/// What the relay's instance logs once it holds the relay lock.
-const RELAY_LEADER_LOG: &str = "this instance now relays the outbox";
-/// Bound on the first instance becoming the relay.
-const LEADER_TIMEOUT: Duration = Duration::from_secs(15);
-/// Bound on the load reaching every socket before the fault.
-const FLOWING_TIMEOUT: Duration = Duration::from_secs(20);
-/// Load kept on after the fault is repaired: the catching-up is measured too.
-const SETTLE: Duration = Duration::from_secs(4);
 /// Bound on every created post reaching every socket once the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -66,21 +54,17 @@ pub async fn run(
     let ctl: Rabbitmqctl = cluster.ctl(crate::cluster::NODES[0]);
     let vhost = Vhost::create_on(ctl, &cluster.url().await).await;
     let amqp_url = url::Url::parse(vhost.url()).unwrap();
-    let slug: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
     let deployment = Deployment {
         database_url,
-        amqp_url: amqp_url.clone(),
+        amqp_url: Some(amqp_url.clone()),
+        redis_url: None,
         redis_prefix: format!("failover-{}:", uuid::Uuid::new_v4().simple()),
         heartbeat_secs: options.heartbeat_secs,
-        log_dir: std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("failover")
-            .join(slug),
+        env: Vec::new(),
+        log_dir: instance::log_dir("failover", name),
     };
     let mut a = Instance::start("A", &deployment).await;
-    a.wait_for_log(RELAY_LEADER_LOG, LEADER_TIMEOUT).await;
+    a.wait_until_relay().await;
     let b = Instance::start("B", &deployment).await;
     let mut stage = Stage {
         cluster,
@@ -89,53 +73,29 @@ pub async fn run(
         b,
     };
 
-    let cast = Cast::register(&stage.a.api, AUTHORS, FOLLOWERS).await;
-    let mut traffic = Traffic::start(&cast, &[&stage.a, &stage.b]).await;
-    traffic.flowing(AUTHORS, FLOWING_TIMEOUT).await;
-
-    eprintln!("failover: {name}: fault");
-    let started = Instant::now();
-    let target = fault(&mut stage).await;
-    let repaired = Instant::now();
-    eprintln!(
-        "failover: {name}: {target} repaired after {:?}",
-        repaired - started
-    );
-    tokio::time::sleep(SETTLE).await;
-    traffic.stop_posting().await;
-    traffic.drain(DRAIN_TIMEOUT).await;
-
-    let verdict = Verdict::judge(
-        format!("{name} ({target})"),
-        &traffic.ledger.snapshot(),
-        &traffic.sockets,
-        (started, repaired),
-    );
+    let cast = Cast::register(&stage.a.api).await;
+    let instances = [&stage.a, &stage.b];
+    let homes = instances.map(|instance| instance.api.address.clone());
+    let dials = instances.map(Instance::dial);
+    let verdict = traffic::measure(
+        "failover",
+        name,
+        Load {
+            cast: &cast,
+            homes: &homes,
+            dials: &dials,
+            reconnect: false,
+            drain_within: DRAIN_TIMEOUT,
+        },
+        &mut stage,
+        fault,
+    )
+    .await;
     if !verdict.passed() {
-        for instance in [&stage.a, &stage.b] {
-            eprintln!(
-                "--- instance {} ({}), notable lines of {}:\n{}",
-                instance.label,
-                instance.id,
-                instance.log_path().display(),
-                notable_lines(&instance.log_text())
-            );
-        }
+        stage.a.print_notable_lines();
+        stage.b.print_notable_lines();
     }
     drop(stage);
     drop(vhost);
     verdict
-}
-
-/// Warnings, errors and broker/relay events of a log, at most the last 80.
-fn notable_lines(log: &str) -> String {
-    let notable: Vec<&str> = log
-        .lines()
-        .filter(|line| {
-            ["WARN", "ERROR", "RabbitMQ", "relay", "recover"]
-                .iter()
-                .any(|word| line.contains(word))
-        })
-        .collect();
-    notable[notable.len().saturating_sub(80)..].join("\n")
 }

@@ -1,8 +1,11 @@
 //! The load a fault is measured under: authors posting at a steady rate,
-//! each through its home instance, and followers' websockets on both
-//! instances recording every post they receive and when. What was sent and
-//! what arrived is kept in a `Ledger` and a `Reception` per socket, for
-//! `report` to judge; nothing here asserts delivery.
+//! each through its home address, and followers' websockets recording every
+//! post they receive and when. With `reconnect`, a socket behaves as a real
+//! client: when it is closed it connects again (to the same address, which
+//! may be a balancer) with `?since=<last post id received>`. What was sent
+//! and what arrived is kept in a `Ledger` and a `Reception` per socket, for
+//! `report` to judge; nothing here asserts delivery. Shared by the broker
+//! suite (tests/failover.rs) and the fault suite (tests/faults.rs).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,11 +18,17 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::instance::Instance;
+use crate::report::Verdict;
 use crate::support::{ApiClient, FeedClient, TestUser};
 
 /// Posts per second, all authors together.
 pub const POSTS_PER_SECOND: u32 = 20;
+const AUTHORS: usize = 4;
+const FOLLOWERS: usize = 3;
+/// Bound on the load reaching every socket before the fault.
+const FLOWING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Load kept on after the fault is repaired: the catching-up is measured too.
+const SETTLE: Duration = Duration::from_secs(4);
 /// How long a reader waits for a message before looking at its stop signal.
 const READ_SLICE: Duration = Duration::from_millis(200);
 
@@ -67,8 +76,19 @@ impl Ledger {
 #[derive(Default)]
 pub struct Reception {
     pub posts: Vec<(String, Instant)>,
-    /// Why the socket ended before the test stopped reading, if it did.
+    /// The `postId` of the last post received: the `?since=` of a reconnect.
+    last_id: Option<String>,
+    /// Why the socket ended for good before the test stopped reading, if it did.
     pub ended: Option<String>,
+    /// How each connection but the last ended, when the socket reconnected.
+    pub reconnects: Vec<String>,
+}
+
+/// Where a follower's socket connects (and reconnects).
+pub struct Dial {
+    /// `A`, `B`, `nginx`: names the socket in the report.
+    pub label: String,
+    pub address: String,
 }
 
 pub struct Socket {
@@ -85,16 +105,16 @@ pub struct Cast {
 }
 
 impl Cast {
-    pub async fn register(api: &ApiClient, authors: usize, followers: usize) -> Self {
+    pub async fn register(api: &ApiClient) -> Self {
         let mut cast = Self {
             authors: Vec::new(),
             followers: Vec::new(),
         };
-        for n in 0..authors {
+        for n in 0..AUTHORS {
             cast.authors
                 .push(api.register("Автор", &format!("Отказов{n}")).await);
         }
-        for n in 0..followers {
+        for n in 0..FOLLOWERS {
             let follower = api.register("Читатель", &format!("Стойкий{n}")).await;
             for author in &cast.authors {
                 api.follow(&follower, author).await;
@@ -116,8 +136,10 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Connects every follower to every instance, then starts the authors.
-    pub async fn start(cast: &Cast, instances: &[&Instance]) -> Self {
+    /// Connects every follower once to each of `dials` (each socket is
+    /// subscribed when this returns), then starts the authors, author `n`
+    /// posting through `homes[n % homes.len()]`.
+    pub async fn start(cast: &Cast, homes: &[String], dials: &[Dial], reconnect: bool) -> Self {
         let mut traffic = Self {
             ledger: Ledger::default(),
             sockets: Vec::new(),
@@ -127,21 +149,27 @@ impl Traffic {
             readers: JoinSet::new(),
         };
         for (n, follower) in cast.followers.iter().enumerate() {
-            for instance in instances {
-                let client = FeedClient::connect(&instance.api, &follower.token).await;
+            for dial in dials {
+                let api = ApiClient::new(dial.address.clone());
+                let client = FeedClient::connect(&api, &follower.token).await;
                 let reception = Arc::new(Mutex::new(Reception::default()));
-                traffic
-                    .readers
-                    .spawn(read(client, reception.clone(), traffic.reading.clone()));
+                let reader = Reader {
+                    api,
+                    token: follower.token.clone(),
+                    reception: reception.clone(),
+                    stop: traffic.reading.clone(),
+                    reconnect,
+                };
+                traffic.readers.spawn(reader.run(client));
                 traffic.sockets.push(Socket {
-                    name: format!("follower {n} on {}", instance.label),
+                    name: format!("follower {n} on {}", dial.label),
                     reception,
                 });
             }
         }
         let interval = Duration::from_secs(1) * cast.authors.len() as u32 / POSTS_PER_SECOND;
         for (n, author) in cast.authors.iter().enumerate() {
-            let home = ApiClient::new(instances[n % instances.len()].api.address.clone());
+            let home = ApiClient::new(homes[n % homes.len()].clone());
             traffic.posters.spawn(post(
                 home,
                 author.clone(),
@@ -156,7 +184,7 @@ impl Traffic {
 
     /// Waits until every socket has received at least one post of each
     /// author: the load is flowing end to end.
-    pub async fn flowing(&self, authors: usize, within: Duration) {
+    async fn flowing(&self, authors: usize, within: Duration) {
         self.await_condition(within, "every socket gets posts of every author", || {
             self.sockets.iter().all(|socket| {
                 let reception = socket.reception.lock().unwrap();
@@ -173,14 +201,14 @@ impl Traffic {
     }
 
     /// Stops the authors; returns once no create is in flight.
-    pub async fn stop_posting(&mut self) {
+    async fn stop_posting(&mut self) {
         self.posting.cancel();
         while self.posters.join_next().await.is_some() {}
     }
 
     /// Waits (at most `within`) until every socket has every created post or
     /// has ended, then stops the readers. Returns whether it all arrived.
-    pub async fn drain(&mut self, within: Duration) -> bool {
+    async fn drain(&mut self, within: Duration) -> bool {
         let ledger = self.ledger.snapshot();
         let created: Vec<&String> = ledger
             .iter()
@@ -218,6 +246,51 @@ impl Traffic {
             tokio::time::sleep(READ_SLICE).await;
         }
     }
+}
+
+/// The load of a scenario: who posts and follows, where (see
+/// `Traffic::start`), and how long the drain may take.
+pub struct Load<'a> {
+    pub cast: &'a Cast,
+    pub homes: &'a [String],
+    pub dials: &'a [Dial],
+    pub reconnect: bool,
+    pub drain_within: Duration,
+}
+
+/// A fault under load: starts the traffic, waits until it flows, runs
+/// `fault` on `stage` (it returns what it hit), keeps the load on for a
+/// while after it, stops posting, waits for the posts to arrive, and judges
+/// what every socket received. The delays are measured over the posts sent
+/// while the fault ran.
+pub async fn measure<S>(
+    suite: &str,
+    name: &str,
+    load: Load<'_>,
+    stage: &mut S,
+    fault: impl AsyncFnOnce(&mut S) -> String,
+) -> Verdict {
+    let mut traffic = Traffic::start(load.cast, load.homes, load.dials, load.reconnect).await;
+    traffic
+        .flowing(load.cast.authors.len(), FLOWING_TIMEOUT)
+        .await;
+    eprintln!("{suite}: {name}: fault");
+    let started = Instant::now();
+    let target = fault(stage).await;
+    let repaired = Instant::now();
+    eprintln!(
+        "{suite}: {name}: {target}, repaired after {:?}",
+        repaired - started
+    );
+    tokio::time::sleep(SETTLE).await;
+    traffic.stop_posting().await;
+    traffic.drain(load.drain_within).await;
+    Verdict::judge(
+        format!("{name} ({target})"),
+        &traffic.ledger.snapshot(),
+        &traffic.sockets,
+        (started, repaired),
+    )
 }
 
 /// One author posting `<author>/<seq>` every `interval`, one create at a
@@ -264,29 +337,101 @@ async fn post(
     }
 }
 
-/// Records every post `client` receives until `stop`, or until it ends.
-async fn read(mut client: FeedClient, reception: Arc<Mutex<Reception>>, stop: CancellationToken) {
-    while !stop.is_cancelled() {
-        let Ok(event) = client.event_within(READ_SLICE).await else {
-            continue;
-        };
-        let at = Instant::now();
-        let mut reception = reception.lock().unwrap();
-        match event {
-            Some(Message::Text(text)) => {
-                let post: Value = serde_json::from_str(&text).expect("a post is JSON");
-                let text = post["postText"].as_str().unwrap_or_default().to_owned();
-                reception.posts.push((text, at));
-            }
-            Some(Message::Close(frame)) => {
-                reception.ended = Some(format!("closed by the server: {frame:?}"));
+/// Pause between two attempts of a socket to reconnect.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
+
+/// One follower's socket, as a client program would run it.
+struct Reader {
+    api: ApiClient,
+    token: String,
+    reception: Arc<Mutex<Reception>>,
+    stop: CancellationToken,
+    reconnect: bool,
+}
+
+impl Reader {
+    /// Reads until `stop`; when the connection ends, reconnects with
+    /// `?since=` (if `reconnect`) or records the end.
+    async fn run(self, mut client: FeedClient) {
+        loop {
+            let Some(why) = self.read(&mut client).await else {
+                return;
+            };
+            if !self.reconnect {
+                self.reception.lock().unwrap().ended = Some(why);
                 return;
             }
-            Some(_) => {}
-            None => {
-                reception.ended = Some("connection ended".into());
-                return;
+            match self.connect_again().await {
+                Ok(again) => {
+                    self.reception.lock().unwrap().reconnects.push(why);
+                    client = again;
+                }
+                Err(error) => {
+                    self.reception.lock().unwrap().ended =
+                        Some(format!("{why}; no reconnect before the end: {error}"));
+                    return;
+                }
             }
+        }
+    }
+
+    /// Retries until connected (the catch-up recorded) or `stop`.
+    async fn connect_again(&self) -> Result<FeedClient, String> {
+        let mut last_error = String::new();
+        while !self.stop.is_cancelled() {
+            let since = self.reception.lock().unwrap().last_id.clone();
+            let query = since.map_or_else(String::new, |id| format!("?since={id}"));
+            match FeedClient::open(&self.api, Some(&self.token), &query, None).await {
+                Ok((client, caught_up)) => {
+                    let at = Instant::now();
+                    let mut reception = self.reception.lock().unwrap();
+                    for post in &caught_up {
+                        reception.record(post, at);
+                    }
+                    return Ok(client);
+                }
+                Err(error) => last_error = error.to_string(),
+            }
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+        }
+        Err(last_error)
+    }
+
+    /// Records every post `client` receives; `None` at `stop`, else why
+    /// the connection ended.
+    async fn read(&self, client: &mut FeedClient) -> Option<String> {
+        while !self.stop.is_cancelled() {
+            let Ok(event) = client.event_within(READ_SLICE).await else {
+                continue;
+            };
+            let at = Instant::now();
+            match event {
+                Some(Message::Text(text)) => {
+                    let post: Value = serde_json::from_str(&text).expect("a post is JSON");
+                    self.reception.lock().unwrap().record(&post, at);
+                }
+                Some(Message::Close(frame)) => {
+                    return Some(match frame {
+                        Some(frame) => {
+                            format!("closed {} {:?}", u16::from(frame.code), frame.reason)
+                        }
+                        None => "closed without a code".to_owned(),
+                    });
+                }
+                Some(_) => {}
+                None => return Some("connection ended".into()),
+            }
+        }
+        None
+    }
+}
+
+impl Reception {
+    fn record(&mut self, post: &Value, at: Instant) {
+        let text = post["postText"].as_str().unwrap_or_default().to_owned();
+        self.posts.push((text, at));
+        if let Some(id) = post["postId"].as_str() {
+            self.last_id = Some(id.to_owned());
         }
     }
 }

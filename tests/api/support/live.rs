@@ -138,6 +138,8 @@ impl FeedClient {
     /// is subscribed, with the catch-up posts received until then: the
     /// server answers a client ping only after subscribing and catching up,
     /// so the pong means every post created from now on is delivered.
+    /// Every failure (no server, refused handshake, closed or silent before
+    /// the pong) is an `Err`, for clients that retry.
     pub async fn open(
         app: &ApiClient,
         token: Option<&str>,
@@ -158,23 +160,31 @@ impl FeedClient {
         if let Some(size) = receive_buffer {
             socket.set_recv_buffer_size(size).unwrap();
         }
-        let stream = socket.connect(address).await.unwrap();
-        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
+        let stream = socket.connect(address).await?;
+        let (ws, _) = tokio::time::timeout(
+            EVENT_TIMEOUT,
+            tokio_tungstenite::client_async(request, stream),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let mut client = Self { ws };
         client
             .ws
             .send(Message::Ping(Bytes::from_static(b"ready?")))
-            .await
-            .unwrap();
+            .await?;
         let mut caught_up = Vec::new();
         loop {
-            match client.next_message().await {
+            let event = client
+                .event_within(EVENT_TIMEOUT)
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+            match event {
                 Some(Message::Pong(payload)) if payload.as_ref() == b"ready?" => {
                     return Ok((client, caught_up));
                 }
                 Some(Message::Text(text)) => caught_up.push(serde_json::from_str(&text).unwrap()),
                 Some(_) => {}
-                None => panic!("socket closed before it was subscribed"),
+                None => return Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed),
             }
         }
     }
