@@ -82,7 +82,6 @@ impl App {
         let announcer = Announcer::new(settings.routing);
         let realtime = Realtime::new(
             store.clone(),
-            feeds.clone(),
             broker.clone(),
             settings,
             metrics.clone(),

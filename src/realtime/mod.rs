@@ -32,7 +32,6 @@ pub use routing::Routing;
 pub use socket::{Push, Socket};
 
 use crate::broker::{Broker, Incoming};
-use crate::cache::Feeds;
 use crate::domain::{PostId, UserId};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
@@ -49,7 +48,6 @@ pub struct RealtimeSettings {
 
 pub struct Realtime {
     store: Store,
-    feeds: Arc<Feeds>,
     broker: Broker,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -74,7 +72,6 @@ impl Realtime {
     /// Cancelling `shutdown` closes every socket with 1001.
     pub fn new(
         store: Store,
-        feeds: Arc<Feeds>,
         broker: Broker,
         settings: RealtimeSettings,
         metrics: Arc<Metrics>,
@@ -83,7 +80,6 @@ impl Realtime {
         Arc::new(Self {
             registry: Arc::new(Registry::new(broker.clone(), settings.routing)),
             store,
-            feeds,
             broker,
             metrics,
             settings,

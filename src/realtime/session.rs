@@ -1,6 +1,21 @@
 //! One websocket's life: subscribe, catch up, then relay live posts until
 //! the client leaves, falls behind, stops answering pings, or the server
 //! shuts down.
+//!
+//! A `?since=` catch-up reads PostgreSQL, never the Redis feed: the feed
+//! worker fills that later, so a post published before this socket was
+//! subscribed but not yet materialised would reach the client by neither
+//! path. It orders by `posts.seq`, which one PostgreSQL sequence assigns at
+//! insert, not by post id: ids carry the clock of the instance that wrote
+//! them, and a post written after `since` on an instance whose clock is
+//! behind has a smaller id. A sequence value is taken at insert, not at
+//! commit, so the catch-up also sends the few posts inserted before `since`
+//! that were not yet committed when `since` was written (each post records
+//! its transaction and snapshot): they may have been published after it.
+//! Choosing to send rather than skip them means a post that committed in
+//! the same instant as `since` may come twice, never that one is lost.
+//! (Numbering posts at commit would need one lock every post commit waits
+//! on; numbering them as the relay publishes would tie the outbox to posts.)
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +34,10 @@ use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
 
 /// Most posts sent on a `?since=` catch-up.
-const CATCH_UP_LIMIT: usize = 1000;
+const CATCH_UP_LIMIT: i64 = 1000;
+/// Most posts of one author that can have been in flight (inserted, not yet
+/// committed) at once: the posts before `since` a catch-up looks back over.
+const CONCURRENT_PER_AUTHOR: i64 = 16;
 /// A close frame to a client that is not reading must not hold the task.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many of the last sent post ids a socket remembers.
@@ -149,8 +167,9 @@ async fn subscribe(realtime: &Realtime, socket: &Arc<Socket>) -> Result<(), End>
     Ok(())
 }
 
-/// Sends the posts newer than `since`, oldest first. The newest of them may
-/// also be waiting in the live queue; `recent` skips them there.
+/// Sends what the client may have missed since `since` (see the module
+/// doc), in sequence order. The newest of them may also be waiting in the
+/// live queue; `recent` skips them there.
 async fn catch_up<S>(
     realtime: &Realtime,
     ws: &mut WebSocketStream<S>,
@@ -162,8 +181,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let posts = realtime
-        .feeds
-        .newer_than(user, since, CATCH_UP_LIMIT)
+        .store
+        .posts_since(user, since, CATCH_UP_LIMIT, CONCURRENT_PER_AUTHOR)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
     for post in &posts {

@@ -12,5 +12,6 @@ mod live;
 mod outage;
 mod posts;
 mod relay;
+mod since;
 mod support;
 mod users;
