@@ -147,6 +147,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sockets: u64,
 
+    /// Most websockets one user holds on an instance (429 beyond).
+    #[arg(long, env = "LIVEFEED_MAX_SOCKETS_PER_USER", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets_per_user: u32,
+
     /// Posts a websocket may fall behind before it is closed as a slow consumer.
     #[arg(long, env = "LIVEFEED_SOCKET_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -215,6 +220,7 @@ impl Config {
             queue_capacity: self.socket_queue as usize,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             max_sockets: self.max_sockets,
+            max_sockets_per_user: self.max_sockets_per_user,
             routing: self.routing,
         }
     }
@@ -301,6 +307,7 @@ mod tests {
         let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
         assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
+        assert!(Config::from_args(["--max-sockets-per-user", "0"]).is_err());
         assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
     }

@@ -35,6 +35,8 @@ pub enum ApiError {
     Timeout,
     #[error("too many open websockets on this instance, retry later")]
     TooManySockets,
+    #[error("this user already holds {0} open websockets, the most allowed; close one first")]
+    TooManyUserSockets(u32),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -56,6 +58,7 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyUserSockets(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -73,6 +76,7 @@ impl ApiError {
             Self::NotFound(_) => 1104,
             Self::NoRoute => 1105,
             Self::MethodNotAllowed(_) => 1106,
+            Self::TooManyUserSockets(_) => 1129,
             Self::Internal(_) => 2000,
             Self::Unavailable(_) => 2001,
             Self::Timeout => 2002,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -43,6 +44,8 @@ pub struct RealtimeSettings {
     pub ping_interval: Duration,
     /// Most websockets this instance holds (503 beyond).
     pub max_sockets: u64,
+    /// Most websockets one user holds on this instance (429 beyond).
+    pub max_sockets_per_user: u32,
     pub routing: Routing,
 }
 
@@ -55,16 +58,33 @@ pub struct Realtime {
     shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for their close frames.
     sessions: TaskTracker,
+    /// Open sockets per user; a user with none has no entry.
+    per_user: Arc<DashMap<UserId, u32>>,
 }
 
-/// A place among the instance's open sockets, given back on drop.
+/// Why a websocket was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    InstanceFull,
+    /// The user holds `max_sockets_per_user` already.
+    UserFull(u32),
+}
+
+/// A place among the instance's open sockets and among its user's, given
+/// back on drop.
 pub struct SocketSlot {
     metrics: Arc<Metrics>,
+    per_user: Arc<DashMap<UserId, u32>>,
+    user: UserId,
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         self.metrics.open_sockets.fetch_sub(1, Ordering::Relaxed);
+        self.per_user.remove_if_mut(&self.user, |_, open| {
+            *open -= 1;
+            *open == 0
+        });
     }
 }
 
@@ -85,6 +105,7 @@ impl Realtime {
             settings,
             shutdown,
             sessions: TaskTracker::new(),
+            per_user: Arc::default(),
         })
     }
 
@@ -101,13 +122,38 @@ impl Realtime {
         )
     }
 
-    /// Reserves a socket place, or `None` when the instance is full.
-    pub fn admit(&self) -> Option<SocketSlot> {
+    /// Reserves a socket place for `user`, unless the instance or the user
+    /// holds as many as allowed already: one account cannot take every
+    /// place of an instance.
+    pub fn admit(&self, user: UserId) -> Result<SocketSlot, Refusal> {
+        let cap = self.settings.max_sockets_per_user;
+        {
+            // The entry's shard stays locked until the instance place is
+            // taken too, so two sockets of one user cannot both pass.
+            let mut open = self.per_user.entry(user).or_insert(0);
+            if *open >= cap {
+                return Err(Refusal::UserFull(cap));
+            }
+            if !self.take_instance_place() {
+                drop(open);
+                self.per_user.remove_if(&user, |_, open| *open == 0);
+                return Err(Refusal::InstanceFull);
+            }
+            *open += 1;
+        }
+        Ok(SocketSlot {
+            metrics: self.metrics.clone(),
+            per_user: self.per_user.clone(),
+            user,
+        })
+    }
+
+    fn take_instance_place(&self) -> bool {
         let open = &self.metrics.open_sockets;
         let mut current = open.load(Ordering::Relaxed);
         loop {
             if current >= self.settings.max_sockets {
-                return None;
+                return false;
             }
             match open.compare_exchange_weak(
                 current,
@@ -115,11 +161,7 @@ impl Realtime {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    return Some(SocketSlot {
-                        metrics: self.metrics.clone(),
-                    });
-                }
+                Ok(_) => return true,
                 Err(actual) => current = actual,
             }
         }

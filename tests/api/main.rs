@@ -13,5 +13,6 @@ mod outage;
 mod posts;
 mod relay;
 mod since;
+mod sockets;
 mod support;
 mod users;
