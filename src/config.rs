@@ -162,6 +162,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_secs: u64,
 
+    /// Longest a websocket write may take; a socket whose peer does not take
+    /// it in time (stopped reading, or vanished) is closed.
+    #[arg(long, env = "LIVEFEED_WS_WRITE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_write_timeout_ms: u64,
+
     #[command(flatten)]
     pub cache: CacheConfig,
 
@@ -219,6 +225,7 @@ impl Config {
         RealtimeSettings {
             queue_capacity: self.socket_queue as usize,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
+            write_timeout: Duration::from_millis(self.ws_write_timeout_ms),
             max_sockets: self.max_sockets,
             max_sockets_per_user: self.max_sockets_per_user,
             routing: self.routing,

@@ -11,6 +11,7 @@
 //! of the default vhost's work queue, which other test binaries use.
 
 #[path = "api/support/proxy.rs"]
+#[allow(dead_code, reason = "freezing a proxy serves the api tests only")]
 mod proxy;
 #[path = "api/support/vhost.rs"]
 mod vhost;

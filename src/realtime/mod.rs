@@ -42,6 +42,8 @@ pub struct RealtimeSettings {
     /// Frames a socket may fall behind before it is closed as a slow consumer.
     pub queue_capacity: usize,
     pub ping_interval: Duration,
+    /// Longest one websocket write may take before the socket is closed.
+    pub write_timeout: Duration,
     /// Most websockets this instance holds (503 beyond).
     pub max_sockets: u64,
     /// Most websockets one user holds on this instance (429 beyond).
