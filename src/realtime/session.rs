@@ -180,10 +180,7 @@ async fn subscribe(realtime: &Realtime, socket: &Arc<Socket>) -> Result<(), End>
         .followed_authors(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let pending: Vec<_> = authors
-        .into_iter()
-        .filter_map(|author| realtime.registry.follow(socket, author))
-        .collect();
+    let pending = realtime.registry.subscribe(socket, &authors);
     futures_util::future::join_all(pending).await;
     Ok(())
 }

@@ -6,6 +6,7 @@ mod dialogs;
 mod errors;
 mod feed;
 mod feed_cache;
+mod follow_race;
 mod gap;
 mod lifecycle;
 mod live;
