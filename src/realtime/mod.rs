@@ -1,6 +1,8 @@
 //! The live feed: sockets subscribe here, posts arrive from the broker and
 //! are fanned out to them. What reaches the broker, and how, is
-//! [`crate::outbox`]'s business.
+//! [`crate::outbox`]'s business. Admission is here too: a socket takes a
+//! place among the instance's and among its user's, so that one account
+//! cannot take every place of an instance.
 //!
 //! ```text
 //! broker ─▶ hub ─▶ registry (author ▶ sockets) ─▶ per-socket queue ─▶ session ─▶ client
