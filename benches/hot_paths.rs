@@ -42,7 +42,7 @@ fn hub_fan_out(c: &mut Criterion) {
         .map(|_| Arc::new(Socket::new(UserId::new_v7(), 1024)))
         .collect();
     for socket in &sockets {
-        drop(registry.follow(socket, author));
+        drop(registry.subscribe(socket, &[author]));
     }
     let frame = Arc::new(decode_post(encode_post(&post(author), 0)).unwrap());
     let mut group = c.benchmark_group("hub");
@@ -78,10 +78,11 @@ fn registry_churn(c: &mut Criterion) {
                     let (registry, authors) = (registry.clone(), authors.clone());
                     std::thread::spawn(move || {
                         let socket = Arc::new(Socket::new(UserId::new_v7(), 16));
+                        drop(registry.subscribe(&socket, &[]));
                         for i in 0..iterations as usize {
                             let author = authors[i % authors.len()];
-                            drop(registry.follow(&socket, author));
-                            registry.unfollow(&socket, author);
+                            drop(registry.change(&socket, author, true));
+                            drop(registry.change(&socket, author, false));
                         }
                     })
                 })

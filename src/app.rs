@@ -86,7 +86,6 @@ impl App {
         let announcer = Announcer::new(settings.routing);
         let realtime = Realtime::new(
             store.clone(),
-            feeds.clone(),
             broker.clone(),
             settings,
             metrics.clone(),
@@ -136,7 +135,7 @@ impl App {
 
     /// Stops the background tasks and closes every socket with 1001, waits
     /// for both until `grace` is over at most, then leaves the broker
-    /// (deleting this instance's queue). The relay finishes the batch it is
+    /// (deleting this instance's queue) if the grace period leaves time. The relay finishes the batch it is
     /// publishing first, so its rows are not published twice.
     pub async fn shutdown(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
@@ -151,7 +150,14 @@ impl App {
             }
         };
         tokio::join!(self.realtime.close_sockets(deadline), tasks_done);
-        self.broker.shutdown().await;
+        // Leaving politely deletes this instance's queue; a broker that does
+        // not answer in time lets it expire instead.
+        if tokio::time::timeout_at(deadline, self.broker.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("left the broker without closing: the grace period is over");
+        }
     }
 }
 

@@ -164,6 +164,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sockets: u64,
 
+    /// Most websockets one user holds on an instance (429 beyond).
+    #[arg(long, env = "LIVEFEED_MAX_SOCKETS_PER_USER", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets_per_user: u32,
+
     /// Posts a websocket may fall behind before it is closed as a slow consumer.
     #[arg(long, env = "LIVEFEED_SOCKET_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -173,6 +178,12 @@ pub struct Config {
     #[arg(long, env = "LIVEFEED_PING_INTERVAL_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub ping_interval_secs: u64,
+
+    /// Longest a websocket write may take; a socket whose peer does not take
+    /// it in time (stopped reading, or vanished) is closed.
+    #[arg(long, env = "LIVEFEED_WS_WRITE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_write_timeout_ms: u64,
 
     #[command(flatten)]
     pub cache: CacheConfig,
@@ -278,7 +289,9 @@ impl Config {
         RealtimeSettings {
             queue_capacity: self.socket_queue as usize,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
+            write_timeout: Duration::from_millis(self.ws_write_timeout_ms),
             max_sockets: self.max_sockets,
+            max_sockets_per_user: self.max_sockets_per_user,
             routing: self.routing,
         }
     }
@@ -365,6 +378,7 @@ mod tests {
         let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
         assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
+        assert!(Config::from_args(["--max-sockets-per-user", "0"]).is_err());
         assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());
         assert!(Config::from_args(["--redis-url", "localhost:6379"]).is_err());
         assert!(Config::from_args(["--trusted-proxies", "nginx"]).is_err());

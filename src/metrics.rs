@@ -14,6 +14,7 @@ pub struct Metrics {
     pub open_sockets: AtomicU64,
     pub deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
+    pub socket_write_timeouts: AtomicU64,
     pub published: AtomicU64,
     /// Broker gaps this instance recovered from, and the posts it recovered.
     pub gap_recoveries: AtomicU64,
@@ -71,6 +72,13 @@ impl Metrics {
             "counter",
             "Sockets closed for falling behind.",
             load(&self.slow_consumer_closes),
+        );
+        metric(
+            &mut out,
+            "livefeed_socket_write_timeouts_total",
+            "counter",
+            "Sockets closed because a write did not complete in time.",
+            load(&self.socket_write_timeouts),
         );
         metric(
             &mut out,

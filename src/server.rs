@@ -1,5 +1,10 @@
 //! The accept loop: one task per connection, a cap on open connections, and
-//! a graceful shutdown that lets in-flight requests finish.
+//! a graceful shutdown that lets in-flight requests finish, within its grace
+//! period and never longer.
+//!
+//! Every accepted socket gets TCP keepalive and `TCP_USER_TIMEOUT`, so the
+//! kernel gives up on a peer that vanished (its host died, its network went)
+//! within about a minute instead of retransmitting for a quarter of an hour.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,7 +14,8 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +25,14 @@ use crate::http;
 
 /// Time a client gets to send its request headers before it is dropped.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time before the first keepalive probe, the time between probes, and
+/// how many unanswered probes end the connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Longest sent data may stay unacknowledged before the kernel closes the
+/// connection.
+const USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections the kernel queues before `accept`: a storm of websocket
 /// clients overflows the usual 128 (the kernel caps it at somaxconn).
 const LISTEN_BACKLOG: u32 = 4096;
@@ -33,6 +47,24 @@ pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Small JSON responses must not wait for Nagle's algorithm, and a dead
+/// peer must be found out (see the module doc). Failing to set an option
+/// costs only that option.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let socket = SockRef::from(stream);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(USER_TIMEOUT)))
+    {
+        tracing::debug!(error = %e, "cannot set TCP keepalive options");
+    }
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops
@@ -71,8 +103,7 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
-        // Small JSON responses must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         let app = app.clone();
         let service = service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(http::Peer(peer));
@@ -115,4 +146,26 @@ pub async fn run(
     // realtime side, at the same time as HTTP requests finish.
     tokio::join!(requests_done, app.shutdown(app.limits.shutdown_grace));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_find_out_about_dead_peers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        tune(&accepted);
+        let socket = SockRef::from(&accepted);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -11,6 +11,7 @@
 //! of the default vhost's work queue, which other test binaries use.
 
 #[path = "api/support/proxy.rs"]
+#[allow(dead_code, reason = "freezing a proxy serves the api tests only")]
 mod proxy;
 #[path = "api/support/vhost.rs"]
 mod vhost;
@@ -661,7 +662,13 @@ async fn reconnects_after_the_connection_is_cut() {
     proxy.restore().await;
 
     until("b reconnects", || async { b.broker.reconnects() >= 1 }).await;
-    assert_eq!(b.next_post().await, &b"while cut"[..]);
+    // Delivery is at least once: "before" comes again if its ack was lost
+    // with the link (the hub skips such repeats).
+    let mut next = b.next_post().await;
+    while next == b"before"[..] {
+        next = b.next_post().await;
+    }
+    assert_eq!(next, &b"while cut"[..]);
     a.publish(Topic::Posts, &key, b"after").await;
     assert_eq!(b.next_post().await, &b"after"[..]);
     assert_eq!(b.broker.reconnects(), 1);

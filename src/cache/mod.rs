@@ -25,7 +25,7 @@ pub use self::redis::{CacheError, FEED_CAPACITY};
 use self::redis::{CachedPage, RedisFeeds};
 pub use self::warm::{WarmOptions, WarmReport, warm};
 pub use self::worker::run as run_worker;
-use crate::domain::{FeedPage, Post, PostId, UserId};
+use crate::domain::{FeedPage, PostId, UserId};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -83,31 +83,6 @@ impl Feeds {
         Ok(Bytes::from(
             serde_json::to_vec(&posts).expect("posts serialise"),
         ))
-    }
-
-    /// The posts of `reader`'s feed newer than `since`, oldest first, at
-    /// most `limit`: what a reconnecting live client missed.
-    pub async fn newer_than(
-        self: &Arc<Self>,
-        reader: UserId,
-        since: PostId,
-        limit: usize,
-    ) -> Result<Vec<Post>, StoreError> {
-        if let Some(cached) = self.cached(reader, 0, FEED_CAPACITY).await {
-            let window_reaches_since =
-                cached.len() < FEED_CAPACITY || cached.last().is_some_and(|(id, _)| *id <= since);
-            if window_reaches_since {
-                let mut newer: Vec<Post> = cached
-                    .iter()
-                    .take_while(|(id, _)| *id > since)
-                    .filter_map(|(_, body)| serde_json::from_slice(body).ok())
-                    .collect();
-                newer.reverse();
-                newer.truncate(limit);
-                return Ok(newer);
-            }
-        }
-        self.store.posts_since(reader, since, limit as i64).await
     }
 
     /// The cached page, or `None` after scheduling whatever rebuild it needs.

@@ -41,6 +41,8 @@ pub enum ApiError {
     TooManyRequests(Duration),
     #[error("too many open websockets on this instance, retry later")]
     TooManySockets,
+    #[error("this user already holds {0} open websockets, the most allowed; close one first")]
+    TooManyUserSockets(u32),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -64,6 +66,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyUserSockets(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Timeout | Self::TooManySockets => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -83,6 +86,7 @@ impl ApiError {
             Self::MethodNotAllowed(_) => 1106,
             Self::KeyReused => 1122,
             Self::TooManyRequests(_) => 1129,
+            Self::TooManyUserSockets(_) => 1130,
             Self::Internal(_) => 2000,
             Self::Unavailable(_) => 2001,
             Self::Timeout => 2002,

@@ -17,6 +17,7 @@ use super::extract::query_str;
 use super::{ApiError, Body};
 use crate::app::App;
 use crate::domain::PostId;
+use crate::realtime::Refusal;
 
 /// Clients only answer pings and close; anything bigger is refused with 1009.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
@@ -43,7 +44,10 @@ pub async fn upgrade(
                 .map(HeaderValue::as_bytes),
         )?,
     };
-    let slot = app.realtime.admit().ok_or(ApiError::TooManySockets)?;
+    let slot = app.realtime.admit(user).map_err(|refusal| match refusal {
+        Refusal::InstanceFull => ApiError::TooManySockets,
+        Refusal::UserFull(cap) => ApiError::TooManyUserSockets(cap),
+    })?;
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let send_buffer = app.limits.ws_send_buffer;

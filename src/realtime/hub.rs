@@ -87,11 +87,7 @@ fn apply_follow_change(
 ) {
     let mut new_binding = None;
     for socket in registry.sockets_of(change.follower) {
-        if change.follows {
-            new_binding = new_binding.or(registry.follow(&socket, change.author));
-        } else {
-            registry.unfollow(&socket, change.author);
-        }
+        new_binding = new_binding.or(registry.change(&socket, change.author, change.follows));
     }
     if let Some(bound) = new_binding {
         tokio::spawn(catch_up_after_binding(

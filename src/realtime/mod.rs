@@ -1,6 +1,8 @@
 //! The live feed: sockets subscribe here, posts arrive from the broker and
 //! are fanned out to them. What reaches the broker, and how, is
-//! [`crate::outbox`]'s business.
+//! [`crate::outbox`]'s business. Admission is here too: a socket takes a
+//! place among the instance's and among its user's, so that one account
+//! cannot take every place of an instance.
 //!
 //! ```text
 //! broker ─▶ hub ─▶ registry (author ▶ sockets) ─▶ per-socket queue ─▶ session ─▶ client
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,7 +35,6 @@ pub use routing::Routing;
 pub use socket::{Push, Socket};
 
 use crate::broker::{Broker, Incoming};
-use crate::cache::Feeds;
 use crate::domain::{PostId, UserId};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::Store;
@@ -42,14 +44,17 @@ pub struct RealtimeSettings {
     /// Frames a socket may fall behind before it is closed as a slow consumer.
     pub queue_capacity: usize,
     pub ping_interval: Duration,
+    /// Longest one websocket write may take before the socket is closed.
+    pub write_timeout: Duration,
     /// Most websockets this instance holds (503 beyond).
     pub max_sockets: u64,
+    /// Most websockets one user holds on this instance (429 beyond).
+    pub max_sockets_per_user: u32,
     pub routing: Routing,
 }
 
 pub struct Realtime {
     store: Store,
-    feeds: Arc<Feeds>,
     broker: Broker,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -57,16 +62,33 @@ pub struct Realtime {
     shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for their close frames.
     sessions: TaskTracker,
+    /// Open sockets per user; a user with none has no entry.
+    per_user: Arc<DashMap<UserId, u32>>,
 }
 
-/// A place among the instance's open sockets, given back on drop.
+/// Why a websocket was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    InstanceFull,
+    /// The user holds `max_sockets_per_user` already.
+    UserFull(u32),
+}
+
+/// A place among the instance's open sockets and among its user's, given
+/// back on drop.
 pub struct SocketSlot {
     metrics: Arc<Metrics>,
+    per_user: Arc<DashMap<UserId, u32>>,
+    user: UserId,
 }
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
         self.metrics.open_sockets.fetch_sub(1, Ordering::Relaxed);
+        self.per_user.remove_if_mut(&self.user, |_, open| {
+            *open -= 1;
+            *open == 0
+        });
     }
 }
 
@@ -74,7 +96,6 @@ impl Realtime {
     /// Cancelling `shutdown` closes every socket with 1001.
     pub fn new(
         store: Store,
-        feeds: Arc<Feeds>,
         broker: Broker,
         settings: RealtimeSettings,
         metrics: Arc<Metrics>,
@@ -83,12 +104,12 @@ impl Realtime {
         Arc::new(Self {
             registry: Arc::new(Registry::new(broker.clone(), settings.routing)),
             store,
-            feeds,
             broker,
             metrics,
             settings,
             shutdown,
             sessions: TaskTracker::new(),
+            per_user: Arc::default(),
         })
     }
 
@@ -105,13 +126,38 @@ impl Realtime {
         )
     }
 
-    /// Reserves a socket place, or `None` when the instance is full.
-    pub fn admit(&self) -> Option<SocketSlot> {
+    /// Reserves a socket place for `user`, unless the instance or the user
+    /// holds as many as allowed already: one account cannot take every
+    /// place of an instance.
+    pub fn admit(&self, user: UserId) -> Result<SocketSlot, Refusal> {
+        let cap = self.settings.max_sockets_per_user;
+        {
+            // The entry's shard stays locked until the instance place is
+            // taken too, so two sockets of one user cannot both pass.
+            let mut open = self.per_user.entry(user).or_insert(0);
+            if *open >= cap {
+                return Err(Refusal::UserFull(cap));
+            }
+            if !self.take_instance_place() {
+                drop(open);
+                self.per_user.remove_if(&user, |_, open| *open == 0);
+                return Err(Refusal::InstanceFull);
+            }
+            *open += 1;
+        }
+        Ok(SocketSlot {
+            metrics: self.metrics.clone(),
+            per_user: self.per_user.clone(),
+            user,
+        })
+    }
+
+    fn take_instance_place(&self) -> bool {
         let open = &self.metrics.open_sockets;
         let mut current = open.load(Ordering::Relaxed);
         loop {
             if current >= self.settings.max_sockets {
-                return None;
+                return false;
             }
             match open.compare_exchange_weak(
                 current,
@@ -119,11 +165,7 @@ impl Realtime {
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => {
-                    return Some(SocketSlot {
-                        metrics: self.metrics.clone(),
-                    });
-                }
+                Ok(_) => return true,
                 Err(actual) => current = actual,
             }
         }

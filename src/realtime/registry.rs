@@ -6,6 +6,12 @@
 //! out of the map (releasing the shard) and pushes to each socket's queue
 //! under that author's read lock: pushing never blocks, so a slow client
 //! holds nobody up.
+//!
+//! A connecting socket's subscriptions come from two sources that race: the
+//! session's read of the user's follows from PostgreSQL, and the follow
+//! changes the hub applies as they arrive. [`Registry::subscribe`] and
+//! [`Registry::change`] commute: a change that reached the socket before its
+//! snapshot was applied is never undone by that snapshot.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
@@ -81,11 +87,48 @@ impl Registry {
             .push(socket.clone());
     }
 
-    /// Subscribes `socket` to `author`. Returns what to await for the broker
-    /// binding to be in place when this made the instance newly interested.
-    pub fn follow(&self, socket: &Arc<Socket>, author: UserId) -> Option<Applied> {
+    /// Applies the user's follows as the session read them (`snapshot`),
+    /// except for the authors a follow change already reached this socket
+    /// about since it was attached: such a change may be newer than the
+    /// snapshot, and one older than it is in the snapshot anyway. So a
+    /// snapshot and the changes around it give the same subscriptions in
+    /// whichever order they arrive. Returns the new broker bindings to await.
+    pub fn subscribe(&self, socket: &Arc<Socket>, snapshot: &[UserId]) -> Vec<Applied> {
         let mut follows = socket.follows.lock().expect("follows lock");
-        if !follows.insert(author) {
+        let changed = follows.changed_while_subscribing.take().unwrap_or_default();
+        snapshot
+            .iter()
+            .filter(|author| !changed.contains_key(author))
+            .filter_map(|author| self.add(&mut follows.authors, socket, *author))
+            .collect()
+    }
+
+    /// A follow (`follows`) or unfollow of `author` by the socket's user.
+    /// Returns what to await for the broker binding to be in place when
+    /// this made the instance newly interested.
+    pub fn change(&self, socket: &Arc<Socket>, author: UserId, follows: bool) -> Option<Applied> {
+        let mut state = socket.follows.lock().expect("follows lock");
+        if let Some(changed) = &mut state.changed_while_subscribing {
+            changed.insert(author, follows);
+        }
+        if follows {
+            self.add(&mut state.authors, socket, author)
+        } else {
+            if state.authors.remove(&author) {
+                self.remove_subscriber(socket, author);
+            }
+            None
+        }
+    }
+
+    /// Subscribes `socket` to `author`; `authors` is its locked follows.
+    fn add(
+        &self,
+        authors: &mut HashSet<UserId>,
+        socket: &Arc<Socket>,
+        author: UserId,
+    ) -> Option<Applied> {
+        if !authors.insert(author) {
             return None;
         }
         match self.by_author.entry(author) {
@@ -101,17 +144,10 @@ impl Registry {
         }
     }
 
-    pub fn unfollow(&self, socket: &Arc<Socket>, author: UserId) {
-        let mut follows = socket.follows.lock().expect("follows lock");
-        if follows.remove(&author) {
-            self.remove_subscriber(socket, author);
-        }
-    }
-
     /// Unsubscribes `socket` from everything and forgets it.
     pub fn detach(&self, socket: &Arc<Socket>) {
         let mut follows = socket.follows.lock().expect("follows lock");
-        for author in follows.drain() {
+        for author in follows.authors.drain() {
             self.remove_subscriber(socket, author);
         }
         drop(follows);
@@ -152,20 +188,16 @@ impl Registry {
     pub fn follow_exactly(&self, user: UserId, authors: &HashSet<UserId>) -> Vec<Applied> {
         let mut bindings = Vec::new();
         for socket in self.sockets_of(user) {
-            let stale: Vec<UserId> = socket
-                .follows
-                .lock()
-                .expect("follows lock")
-                .difference(authors)
-                .copied()
-                .collect();
+            let mut follows = socket.follows.lock().expect("follows lock");
+            let stale: Vec<UserId> = follows.authors.difference(authors).copied().collect();
             for author in stale {
-                self.unfollow(&socket, author);
+                follows.authors.remove(&author);
+                self.remove_subscriber(&socket, author);
             }
             bindings.extend(
                 authors
                     .iter()
-                    .filter_map(|author| self.follow(&socket, *author)),
+                    .filter_map(|author| self.add(&mut follows.authors, &socket, *author)),
             );
         }
         bindings

@@ -1,9 +1,30 @@
 //! One websocket's life: subscribe, catch up, then relay live posts until
 //! the client leaves, falls behind, stops answering pings, or the server
 //! shuts down.
+//!
+//! Every write here runs under the write deadline ([`within`]): a peer that
+//! stops taking data, because it stopped reading or vanished with full
+//! buffers, costs a session task for that long at most, never for as long as
+//! the kernel retransmits.
+//!
+//! A `?since=` catch-up reads PostgreSQL, never the Redis feed: the feed
+//! worker fills that later, so a post published before this socket was
+//! subscribed but not yet materialised would reach the client by neither
+//! path. It orders by `posts.seq`, which one PostgreSQL sequence assigns at
+//! insert, not by post id: ids carry the clock of the instance that wrote
+//! them, and a post written after `since` on an instance whose clock is
+//! behind has a smaller id. A sequence value is taken at insert, not at
+//! commit, so the catch-up also sends the few posts inserted before `since`
+//! that were not yet committed when `since` was written (each post records
+//! its transaction and snapshot): they may have been published after it.
+//! Choosing to send rather than skip them means a post that committed in
+//! the same instant as `since` may come twice, never that one is lost.
+//! (Numbering posts at commit would need one lock every post commit waits
+//! on; numbering them as the relay publishes would tie the outbox to posts.)
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,8 +40,12 @@ use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
 
 /// Most posts sent on a `?since=` catch-up.
-const CATCH_UP_LIMIT: usize = 1000;
-/// A close frame to a client that is not reading must not hold the task.
+const CATCH_UP_LIMIT: i64 = 1000;
+/// Most posts of one author that can have been in flight (inserted, not yet
+/// committed) at once: the posts before `since` a catch-up looks back over.
+const CONCURRENT_PER_AUTHOR: i64 = 16;
+/// A close frame to a client that is not reading must not hold the task
+/// (nor shutdown) for a whole write deadline.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many of the last sent post ids a socket remembers.
 const RECENT_POSTS: usize = 64;
@@ -54,6 +79,9 @@ enum End {
     ClientLeft,
     SlowConsumer,
     PingTimeout,
+    /// A write did not complete within the deadline: the peer stopped
+    /// reading or vanished with full buffers.
+    WriteTimeout,
     Shutdown,
     MessageTooBig,
     Failed(String),
@@ -62,7 +90,11 @@ enum End {
 impl End {
     fn close_frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            Self::ClientClosed | Self::ClientLeft | Self::PingTimeout => return None,
+            // A socket that did not take the last write will not take a
+            // close frame either.
+            Self::ClientClosed | Self::ClientLeft | Self::PingTimeout | Self::WriteTimeout => {
+                return None;
+            }
             Self::SlowConsumer => (
                 CloseCode::Policy,
                 "slow consumer: too many undelivered posts",
@@ -100,15 +132,22 @@ pub(super) async fn run<S>(
     realtime.registry.attach(&socket);
     let end = serve(&realtime, &mut ws, &socket, since).await;
     realtime.registry.detach(&socket);
+    if matches!(end, End::WriteTimeout) {
+        realtime
+            .metrics
+            .socket_write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
     match &end {
         End::Failed(error) => tracing::warn!(%user, %error, "websocket session failed"),
         other => tracing::debug!(%user, end = ?other, "websocket closed"),
     }
+    let close_wait = CLOSE_TIMEOUT.min(realtime.settings.write_timeout);
     if let Some(frame) = end.close_frame() {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(close_wait, ws.close(Some(frame))).await;
     } else if matches!(end, End::ClientClosed) {
         // Completes the closing handshake: sends the queued reply.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+        let _ = tokio::time::timeout(close_wait, ws.flush()).await;
     }
 }
 
@@ -141,16 +180,14 @@ async fn subscribe(realtime: &Realtime, socket: &Arc<Socket>) -> Result<(), End>
         .followed_authors(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let pending: Vec<_> = authors
-        .into_iter()
-        .filter_map(|author| realtime.registry.follow(socket, author))
-        .collect();
+    let pending = realtime.registry.subscribe(socket, &authors);
     futures_util::future::join_all(pending).await;
     Ok(())
 }
 
-/// Sends the posts newer than `since`, oldest first. The newest of them may
-/// also be waiting in the live queue; `recent` skips them there.
+/// Sends what the client may have missed since `since` (see the module
+/// doc), in sequence order. The newest of them may also be waiting in the
+/// live queue; `recent` skips them there.
 async fn catch_up<S>(
     realtime: &Realtime,
     ws: &mut WebSocketStream<S>,
@@ -162,16 +199,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let posts = realtime
-        .feeds
-        .newer_than(user, since, CATCH_UP_LIMIT)
+        .store
+        .posts_since(user, since, CATCH_UP_LIMIT, CONCURRENT_PER_AUTHOR)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
+    let deadline = realtime.settings.write_timeout;
     for post in &posts {
         recent.first_time(post.id);
-        ws.feed(Message::Text(post_payload(post))).await?;
+        within(deadline, ws.feed(Message::Text(post_payload(post)))).await?;
     }
-    ws.flush().await?;
-    Ok(())
+    within(deadline, ws.flush()).await
 }
 
 async fn relay_live<S>(
@@ -184,6 +221,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let shutdown = realtime.shutdown.clone();
+    let deadline = realtime.settings.write_timeout;
     let mut ping = tokio::time::interval(realtime.settings.ping_interval);
     ping.reset();
     let mut awaiting_pong = false;
@@ -210,8 +248,8 @@ where
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 // tungstenite queues the pong; flush sends it now.
                 Some(Ok(Message::Ping(_))) => {
-                    if let Err(e) = ws.flush().await {
-                        return e.into();
+                    if let Err(end) = within(deadline, ws.flush()).await {
+                        return end;
                     }
                 }
                 // The channel is one-way: anything else a client sends is ignored.
@@ -223,8 +261,8 @@ where
                     return End::PingTimeout;
                 }
                 awaiting_pong = true;
-                if let Err(e) = ws.send(Message::Ping(Default::default())).await {
-                    return e.into();
+                if let Err(end) = within(deadline, ws.send(Message::Ping(Default::default()))).await {
+                    return end;
                 }
             }
             () = shutdown.cancelled() => return End::Shutdown,
@@ -243,6 +281,7 @@ async fn write_queued<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let deadline = realtime.settings.write_timeout;
     while let Some(frame) = socket.pop() {
         if socket.is_slow() {
             return Err(End::SlowConsumer);
@@ -250,13 +289,25 @@ where
         if !recent.first_time(frame.post) {
             continue;
         }
-        ws.feed(Message::Text(frame.text.clone())).await?;
+        within(deadline, ws.feed(Message::Text(frame.text.clone()))).await?;
         realtime
             .metrics
             .observe_latency_micros(unix_micros().saturating_sub(frame.published_at_micros));
     }
-    ws.flush().await?;
-    Ok(())
+    within(deadline, ws.flush()).await
+}
+
+/// Runs one websocket write, which fails with [`End::WriteTimeout`] when it
+/// does not complete within `deadline`: without one, a write to a peer that
+/// vanished with full buffers waits as long as the kernel retransmits.
+async fn within(
+    deadline: Duration,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(deadline, write).await {
+        Ok(written) => written.map_err(End::from),
+        Err(_) => Err(End::WriteTimeout),
+    }
 }
 
 #[cfg(test)]

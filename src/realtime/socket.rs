@@ -1,7 +1,7 @@
 //! The per-socket delivery queue, shared by the hub (which pushes) and the
 //! socket's session task (which drains it).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,7 +37,17 @@ pub struct Socket {
     overflow: Notify,
     /// Authors this socket is subscribed to. Held only for short, sync
     /// registry updates; it serialises follow changes of this socket.
-    pub(super) follows: Mutex<HashSet<UserId>>,
+    pub(super) follows: Mutex<Follows>,
+}
+
+/// What a socket follows, and how it came to.
+pub(super) struct Follows {
+    pub(super) authors: HashSet<UserId>,
+    /// Until the session's snapshot of the user's follows is applied: the
+    /// follow changes applied to this socket meanwhile, the newest per
+    /// author. A change can be applied before a snapshot read earlier than
+    /// it, and the snapshot must not undo it. `None` once subscribed.
+    pub(super) changed_while_subscribing: Option<HashMap<UserId, bool>>,
 }
 
 impl Socket {
@@ -50,7 +60,10 @@ impl Socket {
             slow: AtomicBool::new(false),
             wake: Notify::new(),
             overflow: Notify::new(),
-            follows: Mutex::new(HashSet::new()),
+            follows: Mutex::new(Follows {
+                authors: HashSet::new(),
+                changed_while_subscribing: Some(HashMap::new()),
+            }),
         }
     }
 

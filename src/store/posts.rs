@@ -162,25 +162,46 @@ impl Store {
         .await
     }
 
-    /// Posts of the users `reader` follows that are newer than `since`,
-    /// oldest first: what a reconnecting live client missed.
+    /// Posts of the users `reader` follows that a live client whose last
+    /// post was `since` may not have, in the order PostgreSQL sequenced them,
+    /// at most `limit`: those inserted after `since`, and the few (at most
+    /// `concurrent` per author) inserted before it but still uncommitted when
+    /// it was written. Ids are not compared: they carry their writer's clock.
+    /// An unknown `since` (a deleted post) counts from the first post with a
+    /// greater id.
     pub async fn posts_since(
         &self,
         reader: UserId,
         since: PostId,
         limit: i64,
+        concurrent: i64,
     ) -> Result<Vec<Post>, StoreError> {
         self.fetch_all(
-            "SELECT p.id, p.text, p.author_id \
-             FROM friends f \
+            "WITH since AS ( \
+                 SELECT seq, snapshot FROM ( \
+                     (SELECT seq, snapshot, true AS exact FROM posts WHERE id = $2) \
+                     UNION ALL \
+                     (SELECT seq - 1, NULL, false FROM posts WHERE id > $2 ORDER BY id LIMIT 1) \
+                 ) found ORDER BY exact DESC LIMIT 1 \
+             ) \
+             SELECT p.id, p.text, p.author_id \
+             FROM since \
+             CROSS JOIN friends f \
              CROSS JOIN LATERAL ( \
-                 SELECT id, text, author_id FROM posts \
-                 WHERE author_id = f.friend_id AND id > $2 \
-                 ORDER BY id LIMIT $3 \
+                 (SELECT id, text, author_id, seq FROM posts \
+                  WHERE author_id = f.friend_id AND seq > since.seq \
+                  ORDER BY seq LIMIT $3) \
+                 UNION ALL \
+                 (SELECT id, text, author_id, seq FROM ( \
+                      SELECT id, text, author_id, seq, written_by FROM posts \
+                      WHERE author_id = f.friend_id AND seq < since.seq \
+                      ORDER BY seq DESC LIMIT $4 \
+                  ) before_since \
+                  WHERE NOT pg_visible_in_snapshot(written_by, since.snapshot)) \
              ) p \
              WHERE f.user_id = $1 \
-             ORDER BY p.id LIMIT $3",
-            &[reader.as_uuid(), since.as_uuid(), &limit],
+             ORDER BY p.seq LIMIT $3",
+            &[reader.as_uuid(), since.as_uuid(), &limit, &concurrent],
             post_from_row,
         )
         .await

@@ -218,6 +218,12 @@ impl FeedClient {
         self.next_message().await
     }
 
+    /// Closes the connection the polite way and waits for the server's reply.
+    pub async fn close(mut self) {
+        self.ws.close(None).await.unwrap();
+        while self.next_message().await.is_some() {}
+    }
+
     pub async fn send(&mut self, message: Message) {
         self.ws.send(message).await.unwrap();
     }
