@@ -183,21 +183,28 @@ impl Registry {
     }
 
     /// Makes every socket of `user` follow exactly `authors`, as after the
-    /// follow changes it may have missed. Returns the new broker bindings
-    /// to await.
+    /// follow changes it may have missed. Each difference is applied as a
+    /// follow change, so a socket still subscribing keeps it over its older
+    /// snapshot, and the live changes that follow override it in turn.
+    /// Returns the new broker bindings to await.
     pub fn follow_exactly(&self, user: UserId, authors: &HashSet<UserId>) -> Vec<Applied> {
         let mut bindings = Vec::new();
         for socket in self.sockets_of(user) {
-            let mut follows = socket.follows.lock().expect("follows lock");
-            let stale: Vec<UserId> = follows.authors.difference(authors).copied().collect();
+            let stale: Vec<UserId> = socket
+                .follows
+                .lock()
+                .expect("follows lock")
+                .authors
+                .difference(authors)
+                .copied()
+                .collect();
             for author in stale {
-                follows.authors.remove(&author);
-                self.remove_subscriber(&socket, author);
+                self.change(&socket, author, false);
             }
             bindings.extend(
                 authors
                     .iter()
-                    .filter_map(|author| self.add(&mut follows.authors, &socket, *author)),
+                    .filter_map(|author| self.change(&socket, *author, true)),
             );
         }
         bindings
