@@ -2,7 +2,7 @@
 //! `cargo bench`. Figures and what they mean are in BENCHMARKS.md.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -16,7 +16,16 @@ use tokio::sync::mpsc;
 
 const SUBSCRIBERS: usize = 10_000;
 
+/// The in-process broker hands out work on a task of its own, so it starts
+/// inside a runtime, which lives as long as the benchmarks.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a Tokio runtime")
+});
+
 fn registry() -> Registry {
+    let _inside = RUNTIME.enter();
     let (deliveries, _) = mpsc::channel(1);
     let (work, _) = mpsc::channel(1);
     let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), deliveries, work);
