@@ -77,6 +77,14 @@ impl Relay {
             let pause = match self.store.lead_outbox(STANDBY_RETRY, &stop).await {
                 Ok(Some(leader)) => {
                     tracing::info!("this instance now relays the outbox");
+                    // Rows the last relay claimed and never settled (it was
+                    // killed, or lost its link) would wait out their lease:
+                    // up to 30 s of posts held back. Should it still be
+                    // publishing them, they go out twice, and the hub and the
+                    // feed worker take a repeat as a no-op.
+                    if let Err(e) = self.store.release_all_outbox_claims().await {
+                        tracing::warn!(error = %e, "cannot free the last relay's claims");
+                    }
                     match self.lead(&leader, &stop).await {
                         Tenure::Ended => continue,
                         // Dropping the leader closes its connection, which

@@ -167,6 +167,17 @@ impl Store {
         Ok(())
     }
 
+    /// Frees every claim: for a relay that has just taken the lock, whose
+    /// predecessor died or stepped down holding claims it will never settle.
+    pub async fn release_all_outbox_claims(&self) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+            &[],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Messages written but not yet published, read from the two ends of
     /// the primary key: two index probes whatever the backlog, where a
     /// `count(*)` per scrape would read every waiting row. Exact while the

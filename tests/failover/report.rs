@@ -30,6 +30,9 @@ pub struct Verdict {
     /// Reconnections of the sockets (a client closed by the fault connects
     /// again with `?since=`): counted, not judged.
     pub reconnects: usize,
+    /// Posts a reconnect's catch-up sent again (dropped by the client, as
+    /// the README says): counted, not judged.
+    pub resent: usize,
     /// What the scenario found wrong beside delivery.
     pub failures: Vec<String>,
     /// Over the posts sent between the fault's start and its repair, every socket.
@@ -63,6 +66,7 @@ impl Verdict {
             strays: 0,
             ended: Vec::new(),
             reconnects: 0,
+            resent: 0,
             failures: Vec::new(),
             delay_p99: None,
             delay_max: None,
@@ -75,6 +79,7 @@ impl Verdict {
                 verdict.ended.push(format!("{}: {why}", socket.name));
             }
             verdict.reconnects += reception.reconnects.len();
+            verdict.resent += reception.resent;
             let mut seen = HashSet::new();
             let mut last_seq: HashMap<usize, u64> = HashMap::new();
             for (text, at) in &reception.posts {
@@ -144,7 +149,7 @@ pub fn table(verdicts: &[Verdict]) -> String {
         delay.map_or_else(|| "-".to_owned(), |d| d.as_millis().to_string())
     };
     let mut out = format!(
-        "\n{:<72} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>6}\n",
+        "\n{:<72} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>6} {:>6}\n",
         "scenario",
         "created",
         "uncer",
@@ -154,12 +159,13 @@ pub fn table(verdicts: &[Verdict]) -> String {
         "p99 ms",
         "max ms",
         "recon",
+        "resent",
         "closed"
     );
     for v in verdicts {
         let _ = writeln!(
             out,
-            "{:<72} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>6}",
+            "{:<72} {:>7} {:>5} {:>5} {:>5} {:>5} {:>7} {:>7} {:>6} {:>6} {:>6}",
             v.scenario,
             v.created,
             v.uncertain,
@@ -169,6 +175,7 @@ pub fn table(verdicts: &[Verdict]) -> String {
             ms(v.delay_p99),
             ms(v.delay_max),
             v.reconnects,
+            v.resent,
             v.ended.len(),
         );
     }

@@ -82,6 +82,10 @@ pub struct Reception {
     pub ended: Option<String>,
     /// How each connection but the last ended, when the socket reconnected.
     pub reconnects: Vec<String>,
+    /// Posts a `?since=` catch-up sent that this socket already had: the
+    /// README allows them (a post committed in the same instant as `since`)
+    /// and tells clients to drop them by `postId`, as this one does.
+    pub resent: usize,
 }
 
 /// Where a follower's socket connects (and reconnects).
@@ -386,7 +390,7 @@ impl Reader {
                     let at = Instant::now();
                     let mut reception = self.reception.lock().unwrap();
                     for post in &caught_up {
-                        reception.record(post, at);
+                        reception.record_caught_up(post, at);
                     }
                     return Ok(client);
                 }
@@ -427,6 +431,15 @@ impl Reader {
 }
 
 impl Reception {
+    fn record_caught_up(&mut self, post: &Value, at: Instant) {
+        let text = post["postText"].as_str().unwrap_or_default();
+        if self.posts.iter().any(|(received, _)| received == text) {
+            self.resent += 1;
+        } else {
+            self.record(post, at);
+        }
+    }
+
     fn record(&mut self, post: &Value, at: Instant) {
         let text = post["postText"].as_str().unwrap_or_default().to_owned();
         self.posts.push((text, at));
