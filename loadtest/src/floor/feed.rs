@@ -2,7 +2,6 @@
 //! again), learns its address, and hands it the run's posts at the run's
 //! rate, as [`crate::publish::Publisher`] does through `POST /post/create`.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::server::Order;
+use crate::fleet;
 use crate::marker;
 use crate::opts::{Target, unix_micros};
 use crate::pace::Pacer;
@@ -22,7 +22,6 @@ use crate::protocol::Posted;
 use crate::publish::Published;
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Floor {
     run: String,
@@ -41,17 +40,7 @@ pub struct Floor {
 impl Floor {
     pub async fn start(run: &str, users: &[Uuid], text_bytes: usize) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("floor")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the floor")?;
-        let pid = child.id().context("the floor exited at once")?;
-        let stdin = child.stdin.take().context("floor stdin")?;
-        let stdout = child.stdout.take().context("floor stdout")?;
+        let (child, pid, stdin, stdout) = fleet::spawn_self(&exe, "floor")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(START_TIMEOUT, lines.next_line())
             .await
@@ -120,15 +109,6 @@ impl Floor {
     /// Closes its stdin (it exits) and waits for it, killing it if it lingers.
     pub async fn stop(mut self) {
         self.stdin.lock().await.take();
-        if tokio::time::timeout(EXIT_GRACE, self.child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "warning: the floor (pid {}) did not exit; killing it",
-                self.pid
-            );
-            let _ = self.child.kill().await;
-        }
+        fleet::reap(&mut self.child, &format!("the floor (pid {})", self.pid)).await;
     }
 }
