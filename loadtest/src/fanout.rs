@@ -13,7 +13,7 @@ use crate::fleet::{Assignment, Fleet};
 use crate::opts::{Common, FleetOptions, Target};
 use crate::population::Population;
 use crate::protocol::{ClientSpec, Command, DrainReport, Event, Progress, ReadyReport};
-use crate::publish::Publisher;
+use crate::publish::{Poster, Publisher};
 use crate::report::{self, ProgressLine, latency_line, tally_line};
 use crate::stats::{Latency, Summary, Tally, add_tally, tally_total};
 use crate::token::Minter;
@@ -251,23 +251,46 @@ pub fn connect_status(progress: &Progress) -> String {
     )
 }
 
-pub async fn run(
+/// Posts through livefeed's `POST /post/create`, texts padded to `text_bytes`.
+pub fn rest_poster(
     common: &Common,
-    fleet_options: &FleetOptions,
     targets: &[Target],
     population: &Population,
-    plan: Plan,
-    line: &mut ProgressLine,
-) -> anyhow::Result<FanoutReport> {
-    let servers = Servers::new(&common.server_pids, targets)?;
+    plan: &Plan,
+    text_bytes: usize,
+) -> anyhow::Result<Poster> {
     let minter = Minter::new(&common.jwt_secret)?;
-    let publisher = Publisher::new(
+    Ok(Poster::Rest(Publisher::new(
         targets,
         &population.run,
         &population.users,
         &plan.schedule,
         &minter,
-    )?;
+        text_bytes,
+    )?))
+}
+
+/// What the subscribers connect to, and who measures it.
+pub struct Stage<'a> {
+    pub targets: &'a [Target],
+    /// The processes whose CPU and memory the report gives.
+    pub servers: Servers,
+    pub poster: Poster,
+}
+
+pub async fn run(
+    common: &Common,
+    fleet_options: &FleetOptions,
+    stage: &Stage<'_>,
+    population: &Population,
+    plan: &Plan,
+    line: &mut ProgressLine,
+) -> anyhow::Result<FanoutReport> {
+    let Stage {
+        targets,
+        servers,
+        poster,
+    } = stage;
     let clients: Vec<ClientSpec> = plan
         .subscribers
         .iter()
@@ -279,7 +302,7 @@ pub async fn run(
         })
         .collect();
     let before = servers.snapshot().await;
-    let connect_start = CpuMark::take(&servers, &[]);
+    let connect_start = CpuMark::take(servers, &[]);
     let assignment = Assignment {
         run: &population.run,
         jwt_secret: &common.jwt_secret,
@@ -305,7 +328,7 @@ pub async fn run(
         .await?;
     let connections = Connections::merge(&ready);
     let connect_cpu =
-        CpuMark::take(&servers, &fleet.pids()).since(&connect_start, &servers, connections.ready);
+        CpuMark::take(servers, &fleet.pids()).since(&connect_start, servers, connections.ready);
     line.note(&format!(
         "{} of {} subscribers ready",
         connections.ready, connections.clients
@@ -318,8 +341,8 @@ pub async fn run(
     let loaded = servers.snapshot().await;
     let memory = servers.memory(&before, &loaded, &ready_per_target(&ready));
 
-    let start = CpuMark::take(&servers, &fleet.pids());
-    let publishing = publisher.run(&plan.schedule, plan.rate);
+    let start = CpuMark::take(servers, &fleet.pids());
+    let publishing = poster.run(&plan.schedule, plan.rate);
     tokio::pin!(publishing);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     let published = loop {
@@ -327,11 +350,10 @@ pub async fn run(
             published = &mut publishing => break published,
             _ = tick.tick() => {
                 let progress = fleet.totals();
+                let (sent, failed) = poster.counts();
                 line.show(&format!(
-                    "publishing: {} of {} posts sent ({} failed), {} deliveries, {} duplicates, {} disconnected",
-                    publisher.sent.load(std::sync::atomic::Ordering::Relaxed),
+                    "publishing: {sent} of {} posts sent ({failed} failed), {} deliveries, {} duplicates, {} disconnected",
                     plan.schedule.len(),
-                    publisher.failed.load(std::sync::atomic::Ordering::Relaxed),
                     progress.received,
                     progress.duplicates,
                     progress.disconnected,
@@ -371,11 +393,12 @@ pub async fn run(
         )
         .await?;
     let deliveries = Deliveries::merge(&drained, published.first_sent_micros);
-    let end = CpuMark::take(&servers, &fleet.pids());
+    let end = CpuMark::take(servers, &fleet.pids());
     let after = servers.snapshot().await;
-    let cpu = end.since(&start, &servers, deliveries.received);
+    let cpu = end.since(&start, servers, deliveries.received);
 
-    let close = close_all(&mut fleet, &servers, CLOSE_TIMEOUT, line).await?;
+    poster.closing(CLOSE_TIMEOUT).await?;
+    let close = close_all(&mut fleet, servers, CLOSE_TIMEOUT, line).await?;
     let workers = fleet.describe();
     fleet.shutdown().await;
     line.end_line();

@@ -8,13 +8,14 @@
 //! 127.0.0.(2+i) keeps any one address far from running out of ports.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -87,17 +88,7 @@ impl Fleet {
                 connect_concurrency: concurrency.max(1),
                 connect_timeout_ms: options.connect_timeout * 1000,
             };
-            let mut child = tokio::process::Command::new(&exe)
-                .arg("worker")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting a worker process")?;
-            let pid = child.id().context("worker exited at once")?;
-            let mut stdin = child.stdin.take().context("worker stdin")?;
-            let stdout = child.stdout.take().context("worker stdout")?;
+            let (child, pid, mut stdin, stdout) = spawn_self(&exe, "worker")?;
             let mut line = serde_json::to_vec(&job)?;
             line.push(b'\n');
             stdin
@@ -217,23 +208,48 @@ impl Fleet {
             worker.stdin = None;
         }
         for worker in &mut self.workers {
-            if tokio::time::timeout(EXIT_GRACE, worker.child.wait())
-                .await
-                .is_err()
-            {
-                eprintln!(
-                    "warning: worker pid {} did not exit; killing it",
-                    worker.pid
-                );
-                let _ = worker.child.kill().await;
-            }
+            reap(&mut worker.child, &format!("worker pid {}", worker.pid)).await;
         }
+    }
+}
+
+/// Starts this binary's `subcommand`, talking to it over its stdin and
+/// stdout; it is killed if the handle is dropped.
+pub fn spawn_self(
+    exe: &Path,
+    subcommand: &str,
+) -> anyhow::Result<(Child, u32, ChildStdin, ChildStdout)> {
+    let mut child = tokio::process::Command::new(exe)
+        .arg(subcommand)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting loadtest {subcommand}"))?;
+    let pid = child
+        .id()
+        .with_context(|| format!("loadtest {subcommand} exited at once"))?;
+    let stdin = child.stdin.take().context("child stdin")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    Ok((child, pid, stdin, stdout))
+}
+
+/// Waits for a child told to exit (its stdin closed), killing it if it
+/// lingers past [`EXIT_GRACE`].
+pub async fn reap(child: &mut Child, name: &str) {
+    if tokio::time::timeout(EXIT_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("warning: {name} did not exit; killing it");
+        let _ = child.kill().await;
     }
 }
 
 async fn read_events(
     index: usize,
-    stdout: tokio::process::ChildStdout,
+    stdout: ChildStdout,
     sender: mpsc::UnboundedSender<(usize, Option<Event>)>,
     progress: Arc<Mutex<Vec<Progress>>>,
 ) {

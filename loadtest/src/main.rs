@@ -12,6 +12,7 @@ mod client;
 mod cost;
 mod fanout;
 mod fleet;
+mod floor;
 mod marker;
 mod opts;
 mod pace;
@@ -53,6 +54,9 @@ enum Command {
     ConnectStorm(storm::Args),
     /// A mix of REST calls at a target rate (or as fast as possible).
     Rest(rest::Args),
+    /// The floor: accept websocket subscribers, then write each post named
+    /// on stdin (JSON lines) to every one of them, one write() each.
+    Floor(floor::server::Args),
     /// Internal: a worker process holding a slice of the websocket clients.
     #[command(hide = true)]
     Worker,
@@ -70,6 +74,15 @@ fn main() -> ExitCode {
         };
     }
     opts::raise_fd_limit();
+    if let Command::Floor(args) = &cli.command {
+        return match floor::server::main(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest floor: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -83,7 +96,7 @@ fn main() -> ExitCode {
             Command::Social(args) => social::run(args).await,
             Command::ConnectStorm(args) => storm::run(args).await,
             Command::Rest(args) => rest::run(args).await,
-            Command::Worker => unreachable!("handled above"),
+            Command::Worker | Command::Floor(_) => unreachable!("handled above"),
         }
     });
     // Dropping the runtime must not wait for stuck tasks.

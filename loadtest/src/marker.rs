@@ -1,5 +1,6 @@
-//! The text of a load-test post, `lt:<run>:<seq>:<author>:<sent micros>`,
-//! and reading it back out of a websocket frame.
+//! The text of a load-test post, `lt:<run>:<seq>:<author>:<sent micros>`
+//! (then `:xxx...` padding up to a chosen length), and reading it back out
+//! of a websocket frame.
 //!
 //! A frame is parsed in place: find `"postText":"`, check the run, read
 //! three numbers. No JSON tree, no allocation, whatever the frame holds.
@@ -9,8 +10,16 @@ pub const TAG: &str = "lt:";
 
 const TEXT_FIELD: &[u8] = b"\"postText\":\"";
 
-pub fn post_text(run: &str, seq: u32, author: u32, sent_micros: u64) -> String {
-    format!("{TAG}{run}:{seq}:{author}:{sent_micros}")
+/// `min_bytes` pads the text (after a `:`) so that every post weighs what
+/// a real one would; 0 leaves the marker alone.
+pub fn post_text(run: &str, seq: u32, author: u32, sent_micros: u64, min_bytes: usize) -> String {
+    let mut text = format!("{TAG}{run}:{seq}:{author}:{sent_micros}");
+    if text.len() < min_bytes {
+        text.push(':');
+        let pad = min_bytes.saturating_sub(text.len());
+        text.extend(std::iter::repeat_n('x', pad));
+    }
+    text
 }
 
 /// What one of our posts says about itself.
@@ -45,12 +54,12 @@ pub fn parse_frame(frame: &[u8], run: &str) -> Frame {
         return Frame::Foreign;
     };
     let mut rest = rest;
-    let mut number = |end: u8| {
+    let mut number = |end: &[u8]| {
         let (value, after) = leading_number(rest, end)?;
         rest = after;
         Some(value)
     };
-    match (number(b':'), number(b':'), number(b'"')) {
+    match (number(b":"), number(b":"), number(b"\":")) {
         (Some(seq), Some(author), Some(sent_micros)) => {
             match (u32::try_from(seq), u32::try_from(author)) {
                 (Ok(seq), Ok(author)) => Frame::Ours(Mark {
@@ -65,15 +74,15 @@ pub fn parse_frame(frame: &[u8], run: &str) -> Frame {
     }
 }
 
-/// Decimal digits up to `end`: the value and what follows `end`.
-fn leading_number(bytes: &[u8], end: u8) -> Option<(u64, &[u8])> {
+/// Decimal digits up to one of `ends`: the value and what follows it.
+fn leading_number<'a>(bytes: &'a [u8], ends: &[u8]) -> Option<(u64, &'a [u8])> {
     let mut value: u64 = 0;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
             b'0'..=b'9' => {
                 value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
             }
-            _ if b == end && i > 0 => return Some((value, &bytes[i + 1..])),
+            _ if ends.contains(&b) && i > 0 => return Some((value, &bytes[i + 1..])),
             _ => return None,
         }
     }
@@ -98,20 +107,24 @@ mod tests {
 
     #[test]
     fn reads_back_what_it_wrote() {
-        let text = post_text("ab12", 17, 3, 1_712_345_678_901_234);
-        assert_eq!(
-            parse_frame(frame(&text).as_bytes(), "ab12"),
-            Frame::Ours(Mark {
-                seq: 17,
-                author: 3,
-                sent_micros: 1_712_345_678_901_234
-            })
-        );
+        for min_bytes in [0, 200] {
+            let text = post_text("ab12", 17, 3, 1_712_345_678_901_234, min_bytes);
+            assert!(text.len() >= min_bytes, "{text}");
+            assert_eq!(
+                parse_frame(frame(&text).as_bytes(), "ab12"),
+                Frame::Ours(Mark {
+                    seq: 17,
+                    author: 3,
+                    sent_micros: 1_712_345_678_901_234
+                })
+            );
+        }
+        assert_eq!(post_text("ab12", 17, 3, 5, 200).len(), 200);
     }
 
     #[test]
     fn tells_other_runs_and_other_posts_apart() {
-        let other_run = post_text("ab123", 1, 0, 5);
+        let other_run = post_text("ab123", 1, 0, 5, 0);
         assert_eq!(
             parse_frame(frame(&other_run).as_bytes(), "ab12"),
             Frame::Foreign

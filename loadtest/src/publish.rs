@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::floor::feed::Floor;
 use crate::marker;
 use crate::opts::{Target, unix_micros};
 use crate::pace::Pacer;
@@ -29,6 +30,8 @@ pub struct Publisher {
     http: reqwest::Client,
     bases: Vec<String>,
     run: String,
+    /// Pad each text to this length (0: the marker alone).
+    text_bytes: usize,
     /// Token of each author (user index).
     tokens: HashMap<u32, String>,
     pub sent: Arc<AtomicU64>,
@@ -46,6 +49,52 @@ pub struct Published {
     pub seconds: f64,
 }
 
+impl Published {
+    pub fn new(attempted: usize, first_sent_micros: u64) -> Self {
+        Self {
+            attempted: attempted as u64,
+            posted: Vec::with_capacity(attempted),
+            failures: Tally::new(),
+            create: Latency::default(),
+            first_sent_micros,
+            seconds: 0.0,
+        }
+    }
+}
+
+/// Where a fan-out run's posts go: livefeed's REST API, or the floor.
+pub enum Poster {
+    Rest(Publisher),
+    Floor(Box<Floor>),
+}
+
+impl Poster {
+    /// Publishes `schedule` at `rate` posts per second.
+    pub async fn run(&self, schedule: &[u32], rate: f64) -> Published {
+        match self {
+            Self::Rest(publisher) => publisher.run(schedule, rate).await,
+            Self::Floor(floor) => floor.publish(schedule, rate).await,
+        }
+    }
+
+    /// Posts sent and failed so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let (sent, failed) = match self {
+            Self::Rest(publisher) => (&publisher.sent, &publisher.failed),
+            Self::Floor(floor) => (&floor.sent, &floor.failed),
+        };
+        (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+
+    /// Before the clients close their sockets.
+    pub async fn closing(&self, timeout: Duration) -> anyhow::Result<()> {
+        match self {
+            Self::Rest(_) => Ok(()),
+            Self::Floor(floor) => floor.closing(timeout).await,
+        }
+    }
+}
+
 impl Publisher {
     pub fn new(
         targets: &[Target],
@@ -53,6 +102,7 @@ impl Publisher {
         users: &[Uuid],
         schedule: &[u32],
         minter: &Minter,
+        text_bytes: usize,
     ) -> anyhow::Result<Self> {
         let mut tokens = HashMap::new();
         for &author in schedule {
@@ -68,6 +118,7 @@ impl Publisher {
                 .build()?,
             bases: targets.iter().map(|t| t.base.clone()).collect(),
             run: run.to_owned(),
+            text_bytes,
             tokens,
             sent: Arc::default(),
             failed: Arc::default(),
@@ -97,22 +148,16 @@ impl Publisher {
             let request = self.http.post(url).bearer_auth(&self.tokens[&author]);
             let run = self.run.clone();
             let sent = self.sent.clone();
+            let text_bytes = self.text_bytes;
             tasks.spawn(async move {
-                let text = marker::post_text(&run, seq, author, unix_micros());
+                let text = marker::post_text(&run, seq, author, unix_micros(), text_bytes);
                 sent.fetch_add(1, Ordering::Relaxed);
                 let outcome = create(request.json(&json!({ "text": text }))).await;
                 drop(permit);
                 (Posted { seq, author }, outcome, due.elapsed())
             });
         }
-        let mut published = Published {
-            attempted: schedule.len() as u64,
-            posted: Vec::with_capacity(schedule.len()),
-            failures: Tally::new(),
-            create: Latency::default(),
-            first_sent_micros,
-            seconds: 0.0,
-        };
+        let mut published = Published::new(schedule.len(), first_sent_micros);
         while let Some(joined) = tasks.join_next().await {
             let (post, outcome, latency) = joined.expect("a create task panicked");
             published.create.record(latency);

@@ -6,7 +6,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::fanout::{self, Plan};
+use crate::cost::Servers;
+use crate::fanout::{self, Plan, Stage};
 use crate::opts::{self, Common, FleetOptions, Target};
 use crate::pace::{self, parse_rate};
 use crate::population::{Follow, Population};
@@ -85,14 +86,22 @@ pub async fn run(args: Args) -> anyhow::Result<Verdict> {
             .collect(),
         rate: args.rate,
     };
-    let outcome = opts::interruptible(fanout::run(
-        &args.common,
-        &args.fleet,
-        &targets,
-        &population,
-        plan,
-        &mut line,
-    ))
+    let outcome = opts::interruptible(async {
+        let stage = Stage {
+            targets: &targets,
+            servers: Servers::new(&args.common.server_pids, &targets)?,
+            poster: fanout::rest_poster(&args.common, &targets, &population, &plan, 0)?,
+        };
+        fanout::run(
+            &args.common,
+            &args.fleet,
+            &stage,
+            &population,
+            &plan,
+            &mut line,
+        )
+        .await
+    })
     .await;
     drop(line);
     population.cleanup().await;

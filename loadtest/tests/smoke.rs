@@ -252,8 +252,25 @@ fn assert_no_tally(report: &Value, pointer: &str) {
     );
 }
 
-/// What `broadcast` and `social` report about connections and deliveries.
+/// What `broadcast` and `social` report about connections and deliveries,
+/// and what livefeed's /metrics say about them.
 fn assert_fanout(report: &Value, subscribers: u64, posts: u64, expected: u64) {
+    assert_deliveries(report, subscribers, posts, expected);
+    // The server's own count agrees with the clients'.
+    assert_eq!(
+        number(report, "/server_counters/deliveries"),
+        expected,
+        "{report:#}"
+    );
+    assert_eq!(
+        number(report, "/server_counters/slow_consumer_closes"),
+        0,
+        "{report:#}"
+    );
+}
+
+/// Every subscriber ready, every post created, every delivery made once.
+fn assert_deliveries(report: &Value, subscribers: u64, posts: u64, expected: u64) {
     assert_eq!(
         number(report, "/connections/clients"),
         subscribers,
@@ -288,17 +305,6 @@ fn assert_fanout(report: &Value, subscribers: u64, posts: u64, expected: u64) {
     assert_no_tally(deliveries, "/disconnects");
     assert_eq!(deliveries["complete"], true, "{report:#}");
     assert_eq!(number(deliveries, "/latency/count"), expected, "{report:#}");
-    // The server's own count agrees with the clients'.
-    assert_eq!(
-        number(report, "/server_counters/deliveries"),
-        expected,
-        "{report:#}"
-    );
-    assert_eq!(
-        number(report, "/server_counters/slow_consumer_closes"),
-        0,
-        "{report:#}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -307,7 +313,20 @@ async fn broadcast_reaches_every_subscriber_once() {
     let (subscribers, posts) = (50, 5);
     let (n, m) = (subscribers.to_string(), posts.to_string());
     // Two workers of 25 sockets: their reports have to merge.
-    let mut args = vec!["-n", &n, "-m", &m, "-r", "20", "--clients-per-worker", "25"];
+    // Texts of 200 bytes, and the floor in the same run.
+    let mut args = vec![
+        "-n",
+        &n,
+        "-m",
+        &m,
+        "-r",
+        "20",
+        "--clients-per-worker",
+        "25",
+        "--text-bytes",
+        "200",
+        "--floor",
+    ];
     args.extend_from_slice(FLEET);
     let report = server.loadtest("broadcast", &args).await;
     assert_eq!(
@@ -316,6 +335,23 @@ async fn broadcast_reaches_every_subscriber_once() {
         "{report:#}"
     );
     assert_fanout(&report, subscribers, posts, subscribers * posts);
+    // The floor got the same subscribers and posts, measured by its pid,
+    // and answered every close frame.
+    let floor = &report["floor"];
+    assert_deliveries(floor, subscribers, posts, subscribers * posts);
+    assert_eq!(number(floor, "/cpu/operations"), subscribers * posts);
+    assert!(floor["cpu"]["server_us_per_op"].is_f64(), "{report:#}");
+    assert_eq!(number(floor, "/close/clean"), subscribers, "{report:#}");
+    let ratio = &report["floor_ratio"];
+    assert_eq!(
+        ratio["floor_server_us_per_delivery"], floor["cpu"]["server_us_per_op"],
+        "{report:#}"
+    );
+    // No --server-pid here (the server is this process): no livefeed CPU.
+    assert!(
+        ratio["livefeed_server_us_per_delivery"].is_null(),
+        "{report:#}"
+    );
     server.assert_cleaned_up().await;
     server.stop().await;
 }

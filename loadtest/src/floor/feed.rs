@@ -1,0 +1,114 @@
+//! The parent's side of the floor: starts `loadtest floor` (this binary
+//! again), learns its address, and hands it the run's posts at the run's
+//! rate, as [`crate::publish::Publisher`] does through `POST /post/create`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::server::Order;
+use crate::fleet;
+use crate::marker;
+use crate::opts::{Target, unix_micros};
+use crate::pace::Pacer;
+use crate::protocol::Posted;
+use crate::publish::Published;
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Floor {
+    run: String,
+    /// Each user's id, by user index.
+    users: Vec<Uuid>,
+    /// Pad each text to this length, as the REST publisher does.
+    text_bytes: usize,
+    child: Child,
+    stdin: Mutex<Option<ChildStdin>>,
+    pub pid: u32,
+    pub target: Target,
+    pub sent: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+}
+
+impl Floor {
+    pub async fn start(run: &str, users: &[Uuid], text_bytes: usize) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let (child, pid, stdin, stdout) = fleet::spawn_self(&exe, "floor")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .context("the floor did not say where it listens")??
+            .context("the floor ended before listening")?;
+        let target = Target::resolve(&format!("http://{addr}")).await?;
+        Ok(Self {
+            run: run.to_owned(),
+            users: users.to_vec(),
+            text_bytes,
+            child,
+            stdin: Mutex::new(Some(stdin)),
+            pid,
+            target,
+            sent: Arc::default(),
+            failed: Arc::default(),
+        })
+    }
+
+    async fn order(&self, order: &Order) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(order)?;
+        line.push(b'\n');
+        let mut stdin = self.stdin.lock().await;
+        let stdin = stdin.as_mut().context("the floor was stopped")?;
+        stdin.write_all(&line).await.context("the floor is gone")
+    }
+
+    /// Post `seq`, by user `schedule[seq]`, is due at `seq / rate` seconds;
+    /// its text is the one `POST /post/create` would have got.
+    pub async fn publish(&self, schedule: &[u32], rate: f64) -> Published {
+        let started = Instant::now();
+        let pacer = Pacer::new(started, rate);
+        let mut published = Published::new(schedule.len(), unix_micros());
+        for (seq, &author) in schedule.iter().enumerate() {
+            let due = pacer.due(seq as u64);
+            tokio::time::sleep_until(due).await;
+            let seq = seq as u32;
+            let text = marker::post_text(&self.run, seq, author, unix_micros(), self.text_bytes);
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            let order = Order::Post {
+                author: self.users[author as usize],
+                text,
+            };
+            match self.order(&order).await {
+                Ok(()) => published.posted.push(Posted { seq, author }),
+                Err(_) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    *published.failures.entry("floor gone".into()).or_default() += 1;
+                }
+            }
+            published.create.record(due.elapsed());
+        }
+        published.seconds = started.elapsed().as_secs_f64();
+        published
+    }
+
+    /// Tells the floor to answer the close frames the clients are about to
+    /// send.
+    pub async fn closing(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.order(&Order::Close {
+            timeout_ms: timeout.as_millis() as u64,
+        })
+        .await
+    }
+
+    /// Closes its stdin (it exits) and waits for it, killing it if it lingers.
+    pub async fn stop(mut self) {
+        self.stdin.lock().await.take();
+        fleet::reap(&mut self.child, &format!("the floor (pid {})", self.pid)).await;
+    }
+}
