@@ -21,6 +21,11 @@ pub struct Metrics {
     pub recovered_posts: AtomicU64,
     /// Feed events given up on (dead-lettered) by this instance's worker.
     pub feed_dead_letters: AtomicU64,
+    /// Post events taken from the broker, and posts (from the broker or a
+    /// gap recovery) no socket here wanted: bucket routing brings every post
+    /// of a bound bucket.
+    pub broker_posts: AtomicU64,
+    pub unwanted_posts: AtomicU64,
     latency: Histogram,
 }
 
@@ -107,6 +112,20 @@ impl Metrics {
             "counter",
             "Feed events that could never be applied, moved to the dead-letter queue.",
             load(&self.feed_dead_letters),
+        );
+        metric(
+            &mut out,
+            "livefeed_broker_posts_total",
+            "counter",
+            "Post events received from the broker.",
+            load(&self.broker_posts),
+        );
+        metric(
+            &mut out,
+            "livefeed_unwanted_posts_total",
+            "counter",
+            "Posts that reached no socket of this instance (another author of a bound bucket).",
+            load(&self.unwanted_posts),
         );
         metric(
             &mut out,

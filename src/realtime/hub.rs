@@ -42,6 +42,7 @@ pub(super) async fn run(
         match delivery.topic {
             Topic::Posts => match decode_post(delivery.body) {
                 Ok(frame) => {
+                    metrics.broker_posts.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
                     delivered.forget_old(now);
                     // A post recovered after a gap, or published twice by a
@@ -66,6 +67,7 @@ pub(super) async fn run(
 pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
     // With bucket routing, posts of authors nobody here follows arrive too.
     let Some(subscribers) = registry.subscribers(frame.author) else {
+        metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
         return;
     };
     let mut queued = 0;
