@@ -156,7 +156,17 @@ pub struct Config {
 
     /// Routing key of an author's posts: `id` (one key per author) or
     /// `bucket:N` (authors hashed into N keys).
-    #[arg(long, env = "LIVEFEED_ROUTING", default_value = "id")]
+    ///
+    /// `bucket:1024` by default because `id` binds one key per distinct
+    /// followed author and makes a new socket wait for those binds: in
+    /// `loadtest social` (5,000 users following 25, two instances, RabbitMQ,
+    /// load 5-10 on 2 cores) `id` bound 5,000 keys per instance queue with
+    /// ready p99 683 / 635 ms, `bucket:1024` bound 1,020 with ready p99
+    /// 381 / 331 ms, at the same server CPU per delivery (52 vs 49-52 us).
+    /// 1,024 keeps the binds of a restarting instance to a thousand while
+    /// still filtering at small scale; at 1,000,000 users on 50 instances
+    /// every instance binds every bucket either way (BENCHMARKS.md §11).
+    #[arg(long, env = "LIVEFEED_ROUTING", default_value = "bucket:1024")]
     pub routing: Routing,
 
     /// Most websockets this instance holds (503 beyond).
