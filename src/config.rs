@@ -162,7 +162,9 @@ pub struct Config {
     /// `loadtest social` (5,000 users following 25, two instances, RabbitMQ,
     /// load 5-10 on 2 cores) `id` bound 5,000 keys per instance queue with
     /// ready p99 683 / 635 ms, `bucket:1024` bound 1,020 with ready p99
-    /// 381 / 331 ms, at the same server CPU per delivery (52 vs 49-52 us).
+    /// 381 / 331 ms, at the same server CPU per delivery (52 vs 49-52 us);
+    /// 5,000 more users joining warm instances: `id` 466 / 552 ms,
+    /// `bucket:1024` 69 / 53 ms (their buckets were already bound).
     /// 1,024 keeps the binds of a restarting instance to a thousand while
     /// still filtering at small scale; at 1,000,000 users on 50 instances
     /// every instance binds every bucket either way (BENCHMARKS.md §11).
