@@ -374,6 +374,7 @@ mod tests {
         let config = Config::from_args(["--database-url", DEFAULT_DATABASE_URL]).unwrap();
         assert_eq!(config.database.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(config.max_body_bytes, 65_536);
+        assert_eq!(config.routing, "bucket:1024".parse().unwrap());
     }
 
     #[test]
