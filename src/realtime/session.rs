@@ -120,14 +120,18 @@ impl From<WsError> for End {
     }
 }
 
+/// Runs the websocket `upgrade` completes with, if it does.
 pub(super) async fn run<S>(
     realtime: Arc<Realtime>,
-    mut ws: WebSocketStream<S>,
+    upgrade: impl Future<Output = Option<WebSocketStream<S>>>,
     user: UserId,
     since: Option<PostId>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Some(mut ws) = upgrade.await else {
+        return;
+    };
     let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity));
     realtime.registry.attach(&socket);
     let end = serve(&realtime, &mut ws, &socket, since).await;
