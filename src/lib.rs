@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod outbox;
 pub mod realtime;

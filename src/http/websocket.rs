@@ -21,6 +21,11 @@ use crate::realtime::Refusal;
 
 /// Clients only answer pings and close; anything bigger is refused with 1009.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// tungstenite's read buffer, held by every socket for its whole life:
+/// enough for the control frames clients send (at most 2 + 4 + 125 bytes),
+/// and it grows for a larger frame. 1 KiB cost 0.8 KiB of RSS per idle
+/// socket more (BENCHMARKS.md §12).
+const READ_BUFFER: usize = 128;
 
 #[derive(Deserialize)]
 struct FeedQuery {
@@ -124,13 +129,14 @@ fn is_valid_key(key: &[u8]) -> bool {
 
 /// Takes the TCP stream back from hyper (dropping hyper's per-connection
 /// machinery) and wraps it with buffers sized for tens of thousands of
-/// mostly idle sockets, not tungstenite's 128 KiB defaults.
+/// mostly idle sockets, not tungstenite's 128 KiB defaults (the write buffer
+/// is a threshold: it allocates only what is written).
 async fn into_websocket(
     upgraded: hyper::upgrade::Upgraded,
     send_buffer: usize,
 ) -> WebSocketStream<TcpStream> {
     let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(MAX_CLIENT_MESSAGE))

@@ -182,11 +182,15 @@ impl Realtime {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let realtime = self.clone();
+        // Boxed: a future the task holds by value stays in the task's
+        // memory after it completed, for as long as the socket is open.
+        // Awaited inside `run`, which holds the websocket once, rather than
+        // here, where the upgrade's result was held beside `run`'s future.
+        let ws = Box::pin(ws);
         self.sessions.spawn(async move {
-            if let Some(ws) = ws.await {
-                session::run(realtime, ws, user, since).await;
-            }
+            session::run(realtime, ws, user, since).await;
             drop(slot);
+            crate::memory::session_ended();
         });
     }
 

@@ -120,14 +120,18 @@ impl From<WsError> for End {
     }
 }
 
+/// Runs the websocket `upgrade` completes with, if it does.
 pub(super) async fn run<S>(
     realtime: Arc<Realtime>,
-    mut ws: WebSocketStream<S>,
+    upgrade: impl Future<Output = Option<WebSocketStream<S>>>,
     user: UserId,
     since: Option<PostId>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Some(mut ws) = upgrade.await else {
+        return;
+    };
     let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity));
     realtime.registry.attach(&socket);
     let end = serve(&realtime, &mut ws, &socket, since).await;
@@ -160,12 +164,15 @@ async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if let Err(end) = subscribe(realtime, socket).await {
+    // Subscribing and catching up hold database futures of kilobytes; boxed,
+    // they are freed once done instead of sizing the task of every idle
+    // socket for as long as it is open.
+    if let Err(end) = Box::pin(subscribe(realtime, socket)).await {
         return end;
     }
     let mut recent = RecentPosts::default();
     if let Some(since) = since
-        && let Err(end) = catch_up(realtime, ws, socket.user, since, &mut recent).await
+        && let Err(end) = Box::pin(catch_up(realtime, ws, socket.user, since, &mut recent)).await
     {
         return end;
     }
@@ -233,8 +240,9 @@ where
                 }
                 // The write blocks on a client that stopped reading: the
                 // overflow it causes, or shutdown, must still end the session.
+                // Boxed for the same reason: an idle socket does not write.
                 let written = tokio::select! {
-                    written = write_queued(realtime, ws, socket, &mut recent) => written,
+                    written = Box::pin(write_queued(realtime, ws, socket, &mut recent)) => written,
                     () = socket.overflowed() => return End::SlowConsumer,
                     () = shutdown.cancelled() => return End::Shutdown,
                 };
