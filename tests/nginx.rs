@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use nginx::{NGINX, Nginx};
-use support::{PASSWORD, TestApp, TestUser, Vhost, fresh_database, json_ok, rabbit_broker};
+use support::{ApiClient, TestApp, Vhost, fresh_database, json_ok, rabbit_broker};
 
 /// Bound on every request and every websocket event of the test.
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -47,13 +47,13 @@ async fn nginx_balances_rest_and_websockets_over_two_instances() {
     a.keep(vhost);
     let taps = [Tap::start(&a).await, Tap::start(&b).await];
     let nginx = Nginx::start(&[taps[0].address, taps[1].address]).await;
-    let gateway = Gateway::new(nginx.address);
+    let gateway = ApiClient::new(format!("http://{}", nginx.address));
 
     // REST is spread over both instances, on upstream connections that nginx
     // keeps alive between requests, with the forwarding headers set.
     const REQUESTS: usize = 20;
     for n in 0..REQUESTS {
-        let mut request = gateway.request(Method::GET, "/healthz");
+        let mut request = gateway.request(Method::GET, "/healthz", None, None);
         if n == 0 {
             request = request.header("x-request-id", "chosen-by-the-client");
         }
@@ -163,7 +163,7 @@ async fn nginx_hides_the_operations_endpoints() {
         .parse()
         .unwrap();
     let nginx = Nginx::start(&[upstream]).await;
-    let gateway = Gateway::new(nginx.address);
+    let gateway = ApiClient::new(format!("http://{}", nginx.address));
 
     for path in ["/metrics", "/readyz"] {
         assert_eq!(app.get(path, None).await.status(), StatusCode::OK, "{path}");
@@ -176,14 +176,18 @@ async fn nginx_hides_the_operations_endpoints() {
         "/%6Detrics",
         "/./readyz",
     ] {
-        let response = gateway.request(Method::GET, path).send().await.unwrap();
+        let response = gateway
+            .request(Method::GET, path, None, None)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
         let body: Value = response.json().await.expect("a JSON error body");
         assert_eq!(body["code"], 1105, "{path}: {body}");
         assert!(body["request_id"].is_string(), "{path}: {body}");
     }
     let health = gateway
-        .request(Method::GET, "/healthz")
+        .request(Method::GET, "/healthz", None, None)
         .send()
         .await
         .unwrap();
@@ -310,92 +314,6 @@ async fn forward(
 }
 
 // ---------------------------------------------------------------- clients ---
-
-/// The REST calls of the test, against nginx's address.
-struct Gateway {
-    base: String,
-    client: reqwest::Client,
-}
-
-impl Gateway {
-    fn new(address: SocketAddr) -> Self {
-        Self {
-            base: format!("http://{address}"),
-            client: reqwest::Client::builder().timeout(TIMEOUT).build().unwrap(),
-        }
-    }
-
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client.request(method, format!("{}{path}", self.base))
-    }
-
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> Response {
-        let mut request = self.request(method, path);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.expect("request reaches nginx")
-    }
-
-    async fn register(&self, first_name: &str, second_name: &str) -> TestUser {
-        let body = json!({
-            "first_name": first_name,
-            "second_name": second_name,
-            "birthdate": "1990-05-17",
-            "biography": "За балансировщиком",
-            "city": "Москва",
-            "password": PASSWORD,
-        });
-        let response = self
-            .call(Method::POST, "/user/register", None, Some(body))
-            .await;
-        let id = json_ok(response).await["user_id"]
-            .as_str()
-            .expect("user_id is a string")
-            .to_owned();
-        let login = json!({ "id": id, "password": PASSWORD });
-        let response = self.call(Method::POST, "/login", None, Some(login)).await;
-        let token = json_ok(response).await["token"]
-            .as_str()
-            .expect("token is a string")
-            .to_owned();
-        TestUser { id, token }
-    }
-
-    async fn follow(&self, follower: &TestUser, author: &TestUser) {
-        let path = format!("/friend/set/{}", author.id);
-        let response = self
-            .call(Method::PUT, &path, Some(&follower.token), None)
-            .await;
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    async fn create_post(&self, author: &TestUser, text: &str) -> String {
-        let body = json!({ "text": text });
-        let response = self
-            .call(
-                Method::POST,
-                "/post/create",
-                Some(&author.token),
-                Some(body),
-            )
-            .await;
-        json_ok(response)
-            .await
-            .as_str()
-            .expect("/post/create answers the id as a JSON string")
-            .to_owned()
-    }
-}
 
 /// A websocket of `/post/feed/posted` through nginx.
 struct FeedSocket {
