@@ -15,23 +15,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use nginx::{NGINX, Nginx};
-use support::{ApiClient, TestApp, Vhost, fresh_database, json_ok, rabbit_broker};
-
-/// Bound on every request and every websocket event of the test.
-const TIMEOUT: Duration = Duration::from_secs(15);
+use support::{ApiClient, FeedClient, TestApp, Vhost, fresh_database, json_ok, rabbit_broker};
 
 #[tokio::test]
 async fn nginx_balances_rest_and_websockets_over_two_instances() {
@@ -116,8 +108,8 @@ async fn nginx_balances_rest_and_websockets_over_two_instances() {
     let author = gateway.register("Автор", "Балансируемый").await;
     let follower = gateway.register("Читатель", "Проксированный").await;
     gateway.follow(&follower, &author).await;
-    let mut first = FeedSocket::connect(nginx.address, &follower.token).await;
-    let mut second = FeedSocket::connect(nginx.address, &follower.token).await;
+    let mut first = FeedClient::connect(&gateway, &follower.token).await;
+    let mut second = FeedClient::connect(&gateway, &follower.token).await;
     // least_conn: the second socket goes to the instance without one.
     assert_eq!(
         (open_sockets(&a).await, open_sockets(&b).await),
@@ -314,58 +306,3 @@ async fn forward(
 }
 
 // ---------------------------------------------------------------- clients ---
-
-/// A websocket of `/post/feed/posted` through nginx.
-struct FeedSocket {
-    ws: WebSocketStream<TcpStream>,
-}
-
-impl FeedSocket {
-    /// Connects and returns once the socket is subscribed: the server answers
-    /// a client ping only then, so every later post is delivered.
-    async fn connect(address: SocketAddr, token: &str) -> Self {
-        let mut request = format!("ws://{address}/post/feed/posted")
-            .into_client_request()
-            .unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let stream = TcpStream::connect(address).await.unwrap();
-        let (ws, _) =
-            tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(request, stream))
-                .await
-                .expect("websocket handshake within the timeout")
-                .expect("websocket handshake through nginx");
-        let mut socket = Self { ws };
-        socket
-            .ws
-            .send(Message::Ping(Bytes::from_static(b"ready?")))
-            .await
-            .unwrap();
-        loop {
-            match socket.next_message().await {
-                Message::Pong(payload) if payload.as_ref() == b"ready?" => return socket,
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("expected the pong, got {other:?}"),
-            }
-        }
-    }
-
-    async fn next_post(&mut self) -> Value {
-        loop {
-            match self.next_message().await {
-                Message::Text(text) => return serde_json::from_str(&text).expect("post is JSON"),
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("expected a post, got {other:?}"),
-            }
-        }
-    }
-
-    async fn next_message(&mut self) -> Message {
-        match tokio::time::timeout(TIMEOUT, self.ws.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(other) => panic!("websocket ended: {other:?}"),
-            Err(_) => panic!("no websocket event within {TIMEOUT:?}"),
-        }
-    }
-}
