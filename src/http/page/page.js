@@ -81,13 +81,18 @@
     notice.hidden = !message;
   }
 
-  // Runs `action`; a failure becomes the page's alert.
+  // A failure becomes the page's alert; a 401 has signed out and said so.
+  function report(error) {
+    if (error.status !== 401) notify(error.message);
+  }
+
+  // Runs `action`, reporting its failure.
   async function guarded(action) {
     try {
       notify('');
       await action();
     } catch (error) {
-      notify(error.message);
+      report(error);
     }
   }
 
@@ -123,7 +128,7 @@
     $('me-name').textContent = session.name || 'user';
     $('me-id').textContent = session.id;
     $('post-text').focus();
-    await loadFeed(0).catch((error) => notify(error.message));
+    await loadFeed(0).catch(report);
     connect();
   }
 
