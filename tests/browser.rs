@@ -27,6 +27,9 @@ use nginx::{Nginx, free_local_port};
 use support::{PASSWORD, TcpProxy, TestApp, TestUser};
 use webdriver::{Browser, Chromedriver};
 
+/// The Enter key, as WebDriver types it.
+const ENTER: char = '\u{E007}';
+
 /// Bound on a live post reaching the other page, and on a reconnect after
 /// the server came back (the page's backoff tops out at 10 s).
 const LIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,8 +186,10 @@ async fn two_users_follow_post_and_watch_live_through_a_server_side_close() {
         .goto(&format!("http://{}/", nginx.address))
         .await;
     reader_page.type_into("#login-id", &reader.id).await;
-    reader_page.type_into("#login-password", PASSWORD).await;
-    reader_page.click("#login-submit").await;
+    // Enter submits, as everything on the page works from the keyboard.
+    reader_page
+        .type_into("#login-password", &format!("{PASSWORD}{ENTER}"))
+        .await;
     assert_eq!(reader_page.text("#me-id").await, reader.id);
     connection_becomes(&reader_page, "live").await;
 
@@ -216,8 +221,9 @@ async fn two_users_follow_post_and_watch_live_through_a_server_side_close() {
 
     // The reader finds the author and follows her.
     reader_page.type_into("#search-first", "Ad").await;
-    reader_page.type_into("#search-last", "Love").await;
-    reader_page.click("#search-submit").await;
+    reader_page
+        .type_into("#search-last", &format!("Love{ENTER}"))
+        .await;
     let result = format!("#search-results li[data-user-id='{}']", author.id);
     reader_page.click(&format!("{result} button.follow")).await;
     reader_page
@@ -292,6 +298,33 @@ async fn two_users_follow_post_and_watch_live_through_a_server_side_close() {
 
     reader_page.screenshot(&artifacts.join("reader.png")).await;
     author_page.screenshot(&artifacts.join("author.png")).await;
+
+    // Unfollowing from the page empties the reader's feed.
+    reader_page
+        .click(&format!("{result} button.unfollow"))
+        .await;
+    reader_page
+        .wait_for(
+            "the unfollow to be confirmed",
+            "const li = document.querySelector(arguments[0]); return li.dataset.following === 'false'",
+            json!([result]),
+        )
+        .await;
+    app.feed_settles_to(&reader, "?offset=0&limit=20", &[])
+        .await;
+    reader_page.click("#feed-refresh").await;
+    feed_page_is(&reader_page, "No posts yet: follow someone", &[]).await;
+
+    // Signing out closes the socket and forgets the token.
+    reader_page.click("#sign-out").await;
+    connection_becomes(&reader_page, "signed-out").await;
+    let stored = reader_page
+        .script(
+            "return [sessionStorage.length, document.getElementById('login-form').offsetParent !== null]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(stored, json!([0, true]));
     reader_page.quit().await;
     author_page.quit().await;
 }
