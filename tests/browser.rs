@@ -24,8 +24,11 @@ use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use serde_json::{Value, json};
 
 use nginx::{Nginx, free_local_port};
-use support::{PASSWORD, TcpProxy, TestApp, TestUser};
+use support::{Brokers, PASSWORD, TcpProxy, TestApp, TestUser};
 use webdriver::{Browser, Chromedriver};
+
+/// The gauge of websockets an instance holds.
+const OPEN_SOCKETS: &str = "livefeed_open_sockets";
 
 /// The Enter key, as WebDriver types it.
 const ENTER: char = '\u{E007}';
@@ -47,18 +50,35 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// An instance, and nginx in front of it through a proxy the test can cut.
-async fn stack() -> (TestApp, TcpProxy, Nginx) {
-    let app = TestApp::spawn().await;
+/// A proxy to `app` that the test can cut.
+async fn tap(app: &TestApp) -> TcpProxy {
     let address: SocketAddr = app
         .address
         .strip_prefix("http://")
         .unwrap()
         .parse()
         .unwrap();
-    let tap = TcpProxy::start(address).await;
+    TcpProxy::start(address).await
+}
+
+/// An instance, and nginx in front of it through a proxy the test can cut.
+async fn stack() -> (TestApp, TcpProxy, Nginx) {
+    let app = TestApp::spawn().await;
+    let tap = tap(&app).await;
     let nginx = Nginx::start(&[tap.address()]).await;
     (app, tap, nginx)
+}
+
+/// Opens the page through `nginx` in a new browser and logs in as `user`.
+async fn logged_in(driver: &Chromedriver, nginx: &Nginx, user: &TestUser) -> Browser {
+    let page = driver.open().await;
+    page.goto(&format!("http://{}/", nginx.address)).await;
+    page.type_into("#login-id", &user.id).await;
+    // Enter submits, as everything on the page works from the keyboard.
+    page.type_into("#login-password", &format!("{PASSWORD}{ENTER}"))
+        .await;
+    assert_eq!(page.text("#me-id").await, user.id);
+    page
 }
 
 #[tokio::test]
@@ -177,21 +197,11 @@ async fn two_users_follow_post_and_watch_live_through_a_server_side_close() {
         &artifacts.join("chromedriver.log"),
     )
     .await;
-    let reader_page = driver.open().await;
-    let author_page = driver.open().await;
-
     // The reader exists already and logs in, through nginx.
     let reader = app.register("Grace", "Hopper").await;
-    reader_page
-        .goto(&format!("http://{}/", nginx.address))
-        .await;
-    reader_page.type_into("#login-id", &reader.id).await;
-    // Enter submits, as everything on the page works from the keyboard.
-    reader_page
-        .type_into("#login-password", &format!("{PASSWORD}{ENTER}"))
-        .await;
-    assert_eq!(reader_page.text("#me-id").await, reader.id);
+    let reader_page = logged_in(&driver, &nginx, &reader).await;
     connection_becomes(&reader_page, "live").await;
+    let author_page = driver.open().await;
 
     // The author registers through the page, straight to the instance.
     author_page.goto(&format!("{}/", app.address)).await;
@@ -313,7 +323,7 @@ async fn two_users_follow_post_and_watch_live_through_a_server_side_close() {
     app.feed_settles_to(&reader, "?offset=0&limit=20", &[])
         .await;
     reader_page.click("#feed-refresh").await;
-    feed_page_is(&reader_page, "No posts yet: follow someone", &[]).await;
+    feed_page_is(&reader_page, "No posts yet", &[]).await;
 
     // Signing out closes the socket and forgets the token.
     reader_page.click("#sign-out").await;
@@ -339,4 +349,62 @@ async fn feed_page_is(page: &Browser, label: &str, texts: &[&str]) {
     .await;
     let shown: Value = texts_in(page, "#feed-list").await.into();
     assert_eq!(shown, json!(texts));
+}
+
+/// The instance holding the page's websocket shuts down (closing it with
+/// 1001): the page says so, and once another instance is reachable through
+/// nginx it reconnects there and catches up on what was written meanwhile.
+#[tokio::test]
+async fn the_page_moves_to_another_instance_when_its_own_shuts_down() {
+    let (a, b) = Brokers::Memory.spawn_pair(&[]).await;
+    let tap_a = tap(&a).await;
+    let mut tap_b = tap(&b).await;
+    let nginx = Nginx::start(&[tap_a.address(), tap_b.address()]).await;
+    // Only `a` is reachable through nginx: the page's socket opens there.
+    tap_b.cut();
+    let reader = b.register("Grace", "Hopper").await;
+    let author = b.register("Ada", "Lovelace").await;
+    b.follow(&reader, &author).await;
+
+    let artifacts = artifacts();
+    let driver = Chromedriver::start(
+        free_local_port().port(),
+        &artifacts.join("chromedriver-shutdown.log"),
+    )
+    .await;
+    let page = logged_in(&driver, &nginx, &reader).await;
+    connection_becomes(&page, "live").await;
+    assert_eq!(a.metric(OPEN_SOCKETS).await, 1);
+    b.create_post(&author, "Before the shutdown").await;
+    arrives_live(&page, "Before the shutdown").await;
+
+    a.stop().await.expect("instance a stops cleanly");
+    page.wait_for_within(
+        LIVE_TIMEOUT,
+        "the page to show the server's close",
+        "const conn = document.getElementById('conn');
+         return conn.dataset.state !== 'live'
+             && conn.textContent.includes('closed 1001: server shutting down')",
+        json!([]),
+    )
+    .await;
+    b.create_post(&author, "Written while no instance was reachable")
+        .await;
+    page.screenshot(&artifacts.join("reader-shutdown.png"))
+        .await;
+
+    tap_b.restore().await;
+    arrives_live(&page, "Written while no instance was reachable").await;
+    connection_becomes(&page, "live").await;
+    assert_eq!(b.metric(OPEN_SOCKETS).await, 1, "the socket moved to b");
+    assert_eq!(
+        texts_in(&page, "#live-list").await,
+        [
+            "Written while no instance was reachable",
+            "Before the shutdown"
+        ]
+    );
+    b.create_post(&author, "Live again").await;
+    arrives_live(&page, "Live again").await;
+    page.quit().await;
 }

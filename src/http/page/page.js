@@ -17,6 +17,9 @@
   let socket = null;
   let retryTimer = null;
   let attempts = 0;
+  // Why the last open socket closed, shown until one opens again: the
+  // failed attempts after it only say "connection lost".
+  let outage = null;
   // The newest post this tab has: the `since` of the next connection, so a
   // reconnect sends what was written meanwhile.
   let lastPostId = null;
@@ -144,6 +147,7 @@
     lastPostId = null;
     seen.clear();
     attempts = 0;
+    outage = null;
     $('live-list').replaceChildren();
     $('feed-list').replaceChildren();
     $('search-results').replaceChildren();
@@ -179,6 +183,7 @@
       if (ws !== socket) return;
       opened = true;
       attempts = 0;
+      outage = null;
       setConnection('live', lastPostId ? 'live (caught up)' : 'live');
     };
     ws.onmessage = (event) => {
@@ -199,7 +204,8 @@
     const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     attempts += 1;
     const why = event.code === 1006 ? 'connection lost' : `closed ${event.code}${event.reason ? `: ${event.reason}` : ''}`;
-    setConnection('reconnecting', `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    if (opened || !outage) outage = why;
+    setConnection('reconnecting', `${outage}; reconnecting in ${(delay / 1000).toFixed(1)} s`);
     retryTimer = setTimeout(connect, delay);
     // A handshake refused at once may be a dead token (the browser does not
     // say why): a REST call tells, and signs out on 401.
@@ -277,7 +283,7 @@
     }
     $('feed-page').textContent = posts.length
       ? `Posts ${offset + 1}–${offset + posts.length}`
-      : offset ? 'No older posts' : 'No posts yet: follow someone';
+      : offset ? 'No older posts' : 'No posts yet';
     $('feed-newer').disabled = offset === 0;
     $('feed-older').disabled = posts.length < FEED_LIMIT;
   }
