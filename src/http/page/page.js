@@ -327,7 +327,8 @@
     const state = document.createElement('span');
     state.className = 'follow-state';
     state.setAttribute('role', 'status');
-    const button = (label, path, done) => {
+    const id = encodeURIComponent(user.id);
+    const button = (label, path, following) => {
       const b = document.createElement('button');
       b.type = 'button';
       b.className = label.toLowerCase();
@@ -335,14 +336,21 @@
       b.setAttribute('aria-label', `${label} ${name.textContent}`);
       b.addEventListener('click', () =>
         guarded(async () => {
-          await api('PUT', `/${path}/${encodeURIComponent(user.id)}`);
-          state.textContent = done;
-          item.dataset.following = String(path === 'friend/set');
+          await api('PUT', path);
+          state.textContent = following ? 'following' : 'not following';
+          item.dataset.following = String(following);
         }),
       );
       return b;
     };
-    item.append(' ', button('Follow', 'friend/set', 'following'), ' ', button('Unfollow', 'friend/delete', 'not following'), ' ', state);
+    item.append(
+      ' ',
+      button('Follow', `/friend/set/${id}`, true),
+      ' ',
+      button('Unfollow', `/friend/delete/${id}`, false),
+      ' ',
+      state,
+    );
     return item;
   }
 
