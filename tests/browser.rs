@@ -73,6 +73,7 @@ async fn stack() -> (TestApp, TcpProxy, Nginx) {
 async fn logged_in(driver: &Chromedriver, nginx: &Nginx, user: &TestUser) -> Browser {
     let page = driver.open().await;
     page.goto(&format!("http://{}/", nginx.address)).await;
+    accessible(&page).await;
     page.type_into("#login-id", &user.id).await;
     // Enter submits, as everything on the page works from the keyboard.
     page.type_into("#login-password", &format!("{PASSWORD}{ENTER}"))
@@ -135,6 +136,32 @@ async fn connection_becomes(page: &Browser, state: &str) {
         json!([state]),
     )
     .await;
+}
+
+/// What a screen reader or a keyboard needs of the page's structure: the
+/// landmarks, a label on every field, a name on every button, and the live
+/// list announced as it grows.
+async fn accessible(page: &Browser) {
+    let found = page
+        .script(
+            "return {
+               landmarks: ['header', 'main', 'nav'].filter(t => !document.querySelector(t)),
+               unlabelled: [...document.querySelectorAll('input, textarea, select')]
+                 .filter(e => e.labels.length === 0).map(e => e.id),
+               unnamed: [...document.querySelectorAll('button')]
+                 .filter(b => !(b.textContent.trim() || b.getAttribute('aria-label'))).map(b => b.id),
+               live: document.getElementById('live-list').getAttribute('aria-live'),
+               status: document.getElementById('conn').getAttribute('role'),
+               lang: document.documentElement.lang,
+             }",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        found,
+        json!({ "landmarks": [], "unlabelled": [], "unnamed": [],
+                "live": "polite", "status": "status", "lang": "en" })
+    );
 }
 
 /// When the live list first shows a post with `text`: its `data-received-at`.
