@@ -302,7 +302,7 @@ async fn two_users_follow_post_and_watch_live_through_a_server_side_close() {
     arrives_live(&reader_page, "Written while you were away").await;
     connection_becomes(&reader_page, "live").await;
     let shown = reader_page.text("#conn-text").await;
-    assert_eq!(shown, "live (caught up)");
+    assert_eq!(shown, "live (resumed after the last post)");
     assert_eq!(
         texts_in(&reader_page, "#live-list").await,
         ["Written while you were away", "First live post"],

@@ -184,7 +184,7 @@
       opened = true;
       attempts = 0;
       outage = null;
-      setConnection('live', lastPostId ? 'live (caught up)' : 'live');
+      setConnection('live', lastPostId ? 'live (resumed after the last post)' : 'live');
     };
     ws.onmessage = (event) => {
       if (ws === socket) receive(event.data);
