@@ -92,3 +92,125 @@ fn vendored_specs_match_the_shared_originals() {
         }
     }
 }
+
+/// The page at `/` is a client of the spec like any other: every API path
+/// its script names is a path of the spec (an operation of the REST spec or
+/// a channel of the async one), every query parameter it spells out is one
+/// the operation declares, and every `api(METHOD, path)` call uses a method
+/// the spec has for that path.
+#[test]
+fn the_page_calls_only_what_the_spec_documents() {
+    let script = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/page/page.js"),
+    )
+    .expect("the page's script");
+    let rest = spec();
+    let channels = load("asyncapi.json");
+    let literals = path_literals(&script);
+    assert!(literals.len() >= 9, "found only {literals:?}");
+    for (method, literal) in &literals {
+        let (path, query) = literal.split_once('?').unwrap_or((literal, ""));
+        if channels["channels"].get(path).is_some() {
+            assert!(method.is_none() && query.is_empty(), "{literal}");
+            continue;
+        }
+        let (template, operations) = rest["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(template, _)| matches_template(template, path))
+            .unwrap_or_else(|| panic!("the page calls {literal}, which the spec does not have"));
+        if let Some(method) = method {
+            let operation = &operations[method.to_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{method} {template} is not in the spec"
+            );
+            let declared: Vec<&str> = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            for pair in query.split('&').filter(|pair| pair.contains('=')) {
+                let name = pair.split('=').next().unwrap();
+                assert!(
+                    declared.contains(&name),
+                    "{literal}: {name} is not declared"
+                );
+            }
+        }
+    }
+}
+
+/// Whether `path` (with `*` for what the script fills in) fits `template`.
+fn matches_template(template: &str, path: &str) -> bool {
+    let (template, path): (Vec<_>, Vec<_>) =
+        (template.split('/').collect(), path.split('/').collect());
+    template.len() == path.len()
+        && template
+            .iter()
+            .zip(&path)
+            .all(|(t, p)| t == p || (t.starts_with('{') && *p == "*"))
+}
+
+/// Every string or template literal of `script` that starts with `/` and a
+/// letter, with each `${...}` as `*`, and the method when it is the path of
+/// an `api('METHOD', ...)` call. Whole-line `//` comments are skipped.
+fn path_literals(script: &str) -> Vec<(Option<&'static str>, String)> {
+    let code: Vec<char> = script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .chars()
+        .collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < code.len() {
+        let quote = code[i];
+        if !matches!(quote, '\'' | '`' | '"') {
+            i += 1;
+            continue;
+        }
+        let before: String = code[..i].iter().collect();
+        let mut text = String::new();
+        i += 1;
+        while i < code.len() && code[i] != quote {
+            if code[i] == '\\' {
+                i += 2;
+                continue;
+            }
+            if quote == '`' && code[i] == '$' && code.get(i + 1) == Some(&'{') {
+                // Skip the interpolation, nested literals and all: their
+                // braces balance.
+                i += 1;
+                let mut depth = 0;
+                loop {
+                    match code[i] {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                    i += 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                text.push('*');
+                continue;
+            }
+            text.push(code[i]);
+            i += 1;
+        }
+        i += 1;
+        if text.starts_with('/') && text[1..].starts_with(|c: char| c.is_ascii_alphabetic()) {
+            let method = ["GET", "POST", "PUT", "DELETE"]
+                .into_iter()
+                .find(|m| before.ends_with(&format!("api('{m}', ")));
+            found.push((method, text));
+        }
+    }
+    found
+}

@@ -5,6 +5,7 @@ mod client;
 mod error;
 mod extract;
 mod handlers;
+mod page;
 mod response;
 pub mod router;
 mod service;

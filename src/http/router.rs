@@ -3,6 +3,8 @@
 
 use hyper::Method;
 
+use super::page::Asset;
+
 /// An endpoint, with its path parameters still raw: they are parsed into
 /// domain ids after authentication, so a bad token is a 401 even when the
 /// id is malformed too.
@@ -25,6 +27,8 @@ pub enum Route<'a> {
     Health,
     Ready,
     Metrics,
+    /// The page at `/` and its files: not part of the spec.
+    Page(Asset),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +63,9 @@ pub fn resolve<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, RouteErr
         ["healthz"] => (Route::Health, Method::GET),
         ["readyz"] => (Route::Ready, Method::GET),
         ["metrics"] => (Route::Metrics, Method::GET),
+        [""] => (Route::Page(Asset::Html), Method::GET),
+        ["page.js"] => (Route::Page(Asset::Script), Method::GET),
+        ["page.css"] => (Route::Page(Asset::Style), Method::GET),
         _ => return Err(RouteError::NotFound),
     };
     if *method == allowed {
@@ -85,12 +92,32 @@ mod tests {
     }
 
     #[test]
+    fn serves_the_page_at_the_root() {
+        assert_eq!(resolve(&Method::GET, "/"), Ok(Route::Page(Asset::Html)));
+        assert_eq!(
+            resolve(&Method::GET, "/page.js"),
+            Ok(Route::Page(Asset::Script))
+        );
+        assert_eq!(
+            resolve(&Method::POST, "/"),
+            Err(RouteError::MethodNotAllowed(Method::GET))
+        );
+    }
+
+    #[test]
     fn distinguishes_unknown_paths_from_wrong_methods() {
         assert_eq!(
             resolve(&Method::GET, "/post/create"),
             Err(RouteError::MethodNotAllowed(Method::POST))
         );
-        for path in ["/", "/nope", "/user/get/a/b", "/a/b/c/d/e/f", "/post/feed/"] {
+        for path in [
+            "//",
+            "/nope",
+            "/page.js/",
+            "/user/get/a/b",
+            "/a/b/c/d/e/f",
+            "/post/feed/",
+        ] {
             assert_eq!(
                 resolve(&Method::GET, path),
                 Err(RouteError::NotFound),

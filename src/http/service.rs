@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::extract::{caller, client, idempotency_key, json_body, query};
 use super::handlers::{dialogs, friends, health, posts, users};
+use super::page;
 use super::router::{self, Route};
 use super::websocket;
 use super::{ApiError, Body};
@@ -88,6 +89,7 @@ async fn dispatch(app: &App, request: Request<Incoming>) -> Result<Response<Body
         Route::Health => Ok(health::live()),
         Route::Ready => health::ready(app).await,
         Route::Metrics => Ok(health::metrics(app).await),
+        Route::Page(asset) => Ok(page::serve(asset, &parts.headers)),
         Route::FeedSocket => websocket::upgrade(app, Request::from_parts(parts, body)).await,
     }
 }
