@@ -45,6 +45,7 @@ COPY --from=builder /app/target/release/livefeed /usr/local/bin/livefeed
 USER 10001:10001
 ENV LIVEFEED_LISTEN=0.0.0.0:8080
 EXPOSE 8080
-# No HEALTHCHECK: the slim image has no HTTP client to probe with.
+# No HEALTHCHECK here: the slim image has no HTTP client; docker-compose.yml
+# probes /readyz with bash instead.
 ENTRYPOINT ["livefeed"]
 CMD ["serve"]
