@@ -311,6 +311,21 @@ fn nginx_prometheus_and_haproxy_point_at_services_that_exist() {
     let compose = compose();
     let services = services(&compose);
     let apps: BTreeSet<String> = app_services(&compose).into_keys().collect();
+    // The port the instances listen on, which nginx and Prometheus must use.
+    let listen_ports: BTreeSet<String> = app_services(&compose)
+        .values()
+        .map(|app| {
+            let listen = environment(app)["LIVEFEED_LISTEN"].clone();
+            listen.rsplit(':').next().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        listen_ports.len(),
+        1,
+        "the instances listen on {listen_ports:?}"
+    );
+    let port = listen_ports.first().unwrap();
+    let port_of = |address: &str| address.rsplit(':').next().unwrap().to_owned();
 
     // nginx: every upstream is an instance, re-resolved, and waited for
     // until healthy.
@@ -325,8 +340,9 @@ fn nginx_prometheus_and_haproxy_point_at_services_that_exist() {
                 line.split_whitespace().any(|word| word == "resolve"),
                 "{line}: without `resolve` nginx keeps the address it saw at start"
             );
-            let host = line.split_whitespace().nth(1).unwrap();
-            host.split(':').next().unwrap().to_owned()
+            let address = line.split_whitespace().nth(1).unwrap();
+            assert_eq!(&port_of(address), port, "{line}");
+            address.split(':').next().unwrap().to_owned()
         })
         .collect();
     assert_eq!(
@@ -350,7 +366,10 @@ fn nginx_prometheus_and_haproxy_point_at_services_that_exist() {
         .iter()
         .flat_map(|job| job["static_configs"].as_sequence().unwrap().iter())
         .flat_map(|config| strings(&config["targets"]))
-        .map(|target| target.split(':').next().unwrap().to_owned())
+        .map(|target| {
+            assert_eq!(&port_of(&target), port, "Prometheus target {target}");
+            target.split(':').next().unwrap().to_owned()
+        })
         .collect();
     assert_eq!(targets, apps, "Prometheus targets and the app services");
 
