@@ -407,7 +407,8 @@ fn haproxy_accepts_its_configuration() {
 }
 
 /// Every metric the Grafana dashboard queries is one the code exports
-/// (histograms by their `_bucket`/`_sum`/`_count` series).
+/// (histograms by their `_bucket`/`_sum`/`_count` series). The per-route
+/// HTTP metrics come with the observe branch (issue 12's operator's view).
 #[test]
 fn the_dashboard_queries_metrics_that_exist() {
     let dashboard: serde_json::Value =
@@ -437,10 +438,14 @@ fn the_dashboard_queries_metrics_that_exist() {
     assert!(queried.len() >= 8, "the dashboard queries {queried:?}");
     let mut sources = String::new();
     collect_sources(&Path::new(ROOT).join("src"), &mut sources);
-    let missing: Vec<&String> = queried
-        .iter()
-        .filter(|name| !sources.contains(&format!("\"{name}\"")))
-        .collect();
+    // A counter may be registered without the `_total` its encoder appends.
+    let exported = |name: &str| {
+        [Some(name), name.strip_suffix("_total")]
+            .into_iter()
+            .flatten()
+            .any(|name| sources.contains(&format!("\"{name}\"")))
+    };
+    let missing: Vec<&String> = queried.iter().filter(|name| !exported(name)).collect();
     assert!(
         missing.is_empty(),
         "the dashboard queries metrics no code exports: {missing:?}"
