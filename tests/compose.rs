@@ -732,15 +732,33 @@ async fn the_data_scripts_fill_the_running_stack_through_docker_compose() {
     assert_eq!((users, posts), (2000, 3000), "rows in the stack's database");
 
     let redis = redis::Client::open(app1["REDIS_URL"].as_str()).unwrap();
-    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut redis)
+    // This Redis is shared and may hold millions of keys: SCAN in steps, not
+    // KEYS, each step given far longer than the client's default.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(COMMAND_TIMEOUT));
+    let mut redis = redis
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap();
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(&keys)
+    let (mut cursor, mut keys) = (0_u64, Vec::<String>::new());
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for chunk in keys.chunks(1000) {
+        let _: () = redis::cmd("UNLINK")
+            .arg(chunk)
             .query_async(&mut redis)
             .await
             .unwrap();
