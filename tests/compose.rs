@@ -2,10 +2,9 @@
 //! a Docker engine: the YAML and what it references, the app environment
 //! against the names the binary itself accepts, `.env.example` against the
 //! variables the file reads, the deploy configurations run by their own
-//! programs (nginx, HAProxy), the healthcheck commands run against a real
-//! instance and a real nginx, and the documented data scripts driven
-//! through `docker compose` with the stack's stores stood in for by the
-//! local PostgreSQL and Redis.
+//! programs (nginx, HAProxy), and the healthcheck commands run against a
+//! real instance and a real nginx. tests/compose_data.rs runs the data
+//! scripts through `docker compose`.
 
 #[allow(dead_code, unused_imports)]
 #[path = "api/support/mod.rs"]
@@ -14,8 +13,11 @@ mod support;
 #[path = "support/nginx.rs"]
 mod nginx;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
+#[allow(dead_code)]
+#[path = "support/compose.rs"]
+mod stack;
+
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,108 +25,11 @@ use std::time::{Duration, Instant};
 use serde_norway::Value;
 
 use nginx::{Nginx, free_local_port};
-use support::{TestApp, fresh_database, sql};
+use stack::{ROOT, app_services, compose, depends_on, environment, read, services, strings};
+use support::TestApp;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Bound on one healthcheck command and on one run of a data script (a
-/// debug build seeding a few thousand users takes seconds).
+/// Bound on one healthcheck command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(Path::new(ROOT).join(path))
-        .unwrap_or_else(|e| panic!("reading {path}: {e}"))
-}
-
-/// docker-compose.yml with its `<<` merge keys applied, as compose sees it.
-fn compose() -> Value {
-    let mut value: Value =
-        serde_norway::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
-    value
-        .apply_merge()
-        .expect("the merge keys of docker-compose.yml apply");
-    value
-}
-
-fn services(compose: &Value) -> BTreeMap<String, Value> {
-    compose["services"]
-        .as_mapping()
-        .expect("services is a mapping")
-        .iter()
-        .map(|(name, service)| (name.as_str().unwrap().to_owned(), service.clone()))
-        .collect()
-}
-
-/// The services that run the livefeed image (built from this repository).
-fn app_services(compose: &Value) -> BTreeMap<String, Value> {
-    services(compose)
-        .into_iter()
-        .filter(|(_, service)| service["build"].as_str() == Some("."))
-        .collect()
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_sequence()
-        .map(|items| {
-            items
-                .iter()
-                .map(|item| item.as_str().expect("a string item").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `depends_on` in either of its forms: a list, or a mapping with conditions.
-fn depends_on(service: &Value) -> BTreeMap<String, Option<String>> {
-    match &service["depends_on"] {
-        Value::Sequence(_) => strings(&service["depends_on"])
-            .into_iter()
-            .map(|name| (name, None))
-            .collect(),
-        Value::Mapping(map) => map
-            .iter()
-            .map(|(name, how)| {
-                let condition = how["condition"].as_str().map(str::to_owned);
-                (name.as_str().unwrap().to_owned(), condition)
-            })
-            .collect(),
-        _ => BTreeMap::new(),
-    }
-}
-
-fn environment(service: &Value) -> BTreeMap<String, String> {
-    service["environment"]
-        .as_mapping()
-        .map(|map| {
-            map.iter()
-                .map(|(name, value)| {
-                    let value = match value {
-                        Value::String(s) => with_defaults(s),
-                        other => serde_norway::to_string(other).unwrap().trim().to_owned(),
-                    };
-                    (name.as_str().unwrap().to_owned(), value)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `text` with each `${NAME:-default}` replaced by its default, as compose
-/// does without a `.env` or such a variable in its environment.
-fn with_defaults(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').expect("an unclosed ${") + start;
-        let inner = &rest[start + 2..end];
-        out.push_str(inner.split_once(":-").map_or("", |(_, default)| default));
-        rest = &rest[end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
 
 /// The names inside `${NAME...}` in `text` (not `$${...}`, which compose
 /// leaves to the container's shell).
@@ -546,232 +451,4 @@ async fn the_healthchecks_pass_on_a_ready_instance_and_fail_without_one() {
     );
     drop(nginx);
     app.stop().await.unwrap();
-}
-
-/// Stands in for `docker`: `docker compose ps` reports the stack running,
-/// `docker compose run ... SERVICE ARGS` runs the livefeed binary with the
-/// environment the test derived from that service (`SERVICE.env`) plus the
-/// variables passed by name with `-e`, and nothing else from the caller.
-/// Every call is appended to `calls`.
-const DOCKER_SHIM: &str = r#"#!/usr/bin/env bash
-set -euo pipefail
-dir="$(dirname "$0")"
-printf '%s\n' "$*" >> "$dir/calls"
-[[ $1 == compose ]] || exit 1
-shift
-while [[ $1 == --project-directory || $1 == -f ]]; do shift 2; done
-case $1 in
-  ps) printf '%s\n' postgres redis rabbitmq app1 app2 nginx ;;
-  run)
-    shift
-    passed=()
-    while [[ $1 == -* ]]; do
-      if [[ $1 == -e ]]; then passed+=("$2=${!2-}"); shift 2; else shift; fi
-    done
-    service=$1
-    shift
-    mapfile -t stack < "$dir/$service.env"
-    exec env -i PATH="$PATH" "${stack[@]}" "${passed[@]}" "$SHIM_LIVEFEED_BIN" "$@"
-    ;;
-  *) exit 1 ;;
-esac
-"#;
-
-struct Script {
-    success: bool,
-    stderr: String,
-}
-
-fn run_script(shim: &Path, script: &str, args: &[&str], env: &[(&str, &str)]) -> Script {
-    let path = format!("{}:{}", shim.display(), std::env::var("PATH").unwrap());
-    let mut command = Command::new("bash");
-    command
-        .arg(Path::new(ROOT).join(script))
-        .args(args)
-        .env_clear()
-        .env("PATH", path)
-        .env("HOME", std::env::var("HOME").unwrap_or_default())
-        .env("SHIM_LIVEFEED_BIN", env!("CARGO_BIN_EXE_livefeed"))
-        // The host's addresses, which must not reach the stack.
-        .env(
-            "DATABASE_URL",
-            "postgres://nobody@127.0.0.1:1/not_the_stack",
-        )
-        .env("REDIS_URL", "redis://127.0.0.1:1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = command.spawn().expect("starting the data script");
-    let pid = child.id();
-    let (done, finished) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let output = child.wait_with_output();
-        let _ = done.send(());
-        output
-    });
-    if finished.recv_timeout(COMMAND_TIMEOUT).is_err() {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        panic!("{script} {args:?} did not finish within {COMMAND_TIMEOUT:?}");
-    }
-    let output = waiter.join().unwrap().expect("waiting for the script");
-    Script {
-        success: output.status.success(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// The stack's URL `stack_url` with its address (and credentials) replaced
-/// by those of the local service standing in for it.
-fn stood_in(stack_url: &str, local: &url::Url, path: &str) -> String {
-    let mut url = url::Url::parse(stack_url).expect("a URL in docker-compose.yml");
-    url.set_host(local.host_str()).unwrap();
-    url.set_port(local.port()).unwrap();
-    url.set_username(local.username()).unwrap();
-    url.set_password(local.password()).unwrap();
-    url.set_path(path);
-    url.to_string()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_data_scripts_fill_the_running_stack_through_docker_compose() {
-    let database_url = fresh_database().await;
-    let local_database = url::Url::parse(&database_url).unwrap();
-    let local_redis = url::Url::parse(
-        &std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
-    )
-    .unwrap();
-    let prefix = format!("lf_compose_test_{}:", uuid::Uuid::new_v4().simple());
-
-    let shim = std::env::temp_dir().join(format!("livefeed-docker-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&shim).unwrap();
-    let docker = shim.join("docker");
-    std::fs::write(&docker, DOCKER_SHIM).unwrap();
-    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut app1 = environment(&services(&compose())["app1"]);
-    let stack_database = app1["DATABASE_URL"].clone();
-    let stack_redis = app1["REDIS_URL"].clone();
-    app1.insert(
-        "DATABASE_URL".into(),
-        stood_in(&stack_database, &local_database, local_database.path()),
-    );
-    app1.insert("REDIS_URL".into(), stood_in(&stack_redis, &local_redis, ""));
-    // The shared Redis of this machine: a prefix of the test's own.
-    app1.insert("LIVEFEED_REDIS_PREFIX".into(), prefix.clone());
-    let env_file: String = app1
-        .iter()
-        .map(|(name, value)| format!("{name}={value}\n"))
-        .collect();
-    std::fs::write(shim.join("app1.env"), env_file).unwrap();
-
-    let shim_dir = shim.clone();
-    let (seeded, warmed) = tokio::task::spawn_blocking(move || {
-        let env = [("LIVEFEED_SEED_USERS", "2000"), ("LIVEFEED_LOG", "warn")];
-        let seeded = run_script(&shim_dir, "db/generate_data.sh", &["--posts", "3000"], &env);
-        let warmed = if seeded.success {
-            run_script(&shim_dir, "cache/generate_data.sh", &[], &env)
-        } else {
-            Script {
-                success: false,
-                stderr: String::new(),
-            }
-        };
-        (seeded, warmed)
-    })
-    .await
-    .unwrap();
-    let calls = std::fs::read_to_string(shim.join("calls")).unwrap_or_default();
-    assert!(
-        seeded.success,
-        "db/generate_data.sh failed:\n{}\ncalls:\n{calls}",
-        seeded.stderr
-    );
-    assert!(
-        warmed.success,
-        "cache/generate_data.sh failed:\n{}\ncalls:\n{calls}",
-        warmed.stderr
-    );
-    assert!(
-        seeded.stderr.contains("the compose stack is up"),
-        "the script did not notice the stack:\n{}",
-        seeded.stderr
-    );
-    let runs: Vec<&str> = calls
-        .lines()
-        .filter(|call| call.contains(" run "))
-        .collect();
-    assert_eq!(
-        runs.len(),
-        2,
-        "one `docker compose run` per script:\n{calls}"
-    );
-    assert!(
-        runs[0].contains("-e LIVEFEED_SEED_USERS") && runs[0].ends_with("app1 seed --posts 3000"),
-        "{}",
-        runs[0]
-    );
-    assert!(runs[1].ends_with("app1 warm-cache"), "{}", runs[1]);
-    for run in &runs {
-        assert!(
-            !run.contains("DATABASE_URL") && !run.contains("REDIS_URL"),
-            "the host's store addresses were passed into the stack: {run}"
-        );
-    }
-
-    let db = sql(&database_url).await;
-    let users: i64 = db
-        .query_one("SELECT count(*) FROM users", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let posts: i64 = db
-        .query_one("SELECT count(*) FROM posts", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((users, posts), (2000, 3000), "rows in the stack's database");
-
-    let redis = redis::Client::open(app1["REDIS_URL"].as_str()).unwrap();
-    // This Redis is shared and may hold millions of keys: SCAN in steps, not
-    // KEYS, each step given far longer than the client's default.
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(COMMAND_TIMEOUT));
-    let mut redis = redis
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .unwrap();
-    let (mut cursor, mut keys) = (0_u64, Vec::<String>::new());
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1_000)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("UNLINK")
-            .arg(chunk)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
-    let _ = std::fs::remove_dir_all(&shim);
-    let name = local_database.path().trim_start_matches('/');
-    let admin = sql(&support::base_database_url()).await;
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await;
-    assert!(
-        keys.len() > 1000,
-        "the warmed feeds in the stack's Redis: {} keys under {prefix}",
-        keys.len()
-    );
 }
