@@ -7,7 +7,7 @@
 # Taking them from the whole context keeps this working for any workspace
 # member (e.g. a later loadtest/) without naming it here. The output changes
 # only when a manifest changes, so the dependency layer below stays cached.
-FROM rust:1-bookworm AS manifests
+FROM rust:1.95.0-bookworm AS manifests
 WORKDIR /src
 COPY . .
 RUN mkdir /manifests \
@@ -15,7 +15,7 @@ RUN mkdir /manifests \
       | xargs -0 cp --parents -p -t /manifests
 
 # ---- builder -----------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+FROM rust:1.95.0-bookworm AS builder
 WORKDIR /app
 
 # 1. Dependencies only, against dummy sources for every workspace member.
@@ -45,6 +45,7 @@ COPY --from=builder /app/target/release/livefeed /usr/local/bin/livefeed
 USER 10001:10001
 ENV LIVEFEED_LISTEN=0.0.0.0:8080
 EXPOSE 8080
-# No HEALTHCHECK: the slim image has no HTTP client to probe with.
+# No HEALTHCHECK here: the slim image has no HTTP client; docker-compose.yml
+# probes /readyz with bash instead.
 ENTRYPOINT ["livefeed"]
 CMD ["serve"]

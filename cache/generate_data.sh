@@ -3,6 +3,10 @@
 # `livefeed warm-cache` (every argument is passed through to it). Safe while
 # the service serves traffic: it uses the same build protocol as a read.
 #
+# With the compose stack up (`docker compose up -d`) it fills the stack's
+# Redis from the stack's PostgreSQL, running inside the stack (needs only
+# Docker); otherwise the services of this machine. See scripts/run-livefeed.
+#
 #   cache/generate_data.sh                   # every user's feed
 #   cache/generate_data.sh --users 100000    # the 100,000 users who follow the most others
 #
@@ -14,6 +18,6 @@
 # --users                LIVEFEED_WARM_USERS             all
 # --concurrency          LIVEFEED_WARM_CONCURRENCY       8 feeds built at once
 #
-# Progress goes to stderr; the exit status is non-zero if any feed failed.
+# Progress (feeds, rate, time left) goes to stderr; the exit status is non-zero if any feed failed.
 set -euo pipefail
 exec "$(dirname "${BASH_SOURCE[0]}")/../scripts/run-livefeed" warm-cache "$@"

@@ -2,11 +2,15 @@
 # db/generate_data.sh: fills PostgreSQL with the load-test data set by running
 # `livefeed seed` (every argument is passed through to it).
 #
+# With the compose stack up (`docker compose up -d`) it fills the stack's
+# PostgreSQL, running inside the stack (needs only Docker); otherwise the
+# PostgreSQL of this machine. See scripts/run-livefeed.
+#
 #   db/generate_data.sh                          # 1,000,000 users, ~32M follows, 1,000,000 posts
 #   db/generate_data.sh --users 10000 --posts 20000
 #   LIVEFEED_SEED_USERS=100000 db/generate_data.sh --replace
 #
-# The database (DATABASE_URL or --database-url, default
+# The database (the stack's, else DATABASE_URL or --database-url, default
 # postgres://postgres@localhost:5432/livefeed) is created and migrated first.
 # A database that already has users is refused unless --replace is given,
 # which first deletes every user, follow, post, dialog message and outbox event.
@@ -27,8 +31,9 @@
 # --until                LIVEFEED_SEED_UNTIL            2026-11-01 (posts dated over the year before)
 # --replace              LIVEFEED_SEED_REPLACE          off
 #
-# The binary is picked by scripts/run-livefeed ($LIVEFEED_BIN, else
-# target/release/livefeed, else `cargo run --release`). The default size
-# takes a few minutes on 2 cores and about 6 GB of disk (tables, indexes and WAL).
+# Outside the stack the binary is picked by scripts/run-livefeed ($LIVEFEED_BIN,
+# else target/release/livefeed, else `cargo run --release`). Progress lines
+# (rows, rate, time left) go to stderr. The default size takes a few minutes
+# on 2 cores and about 6 GB of disk (tables, indexes and WAL).
 set -euo pipefail
 exec "$(dirname "${BASH_SOURCE[0]}")/../scripts/run-livefeed" seed "$@"

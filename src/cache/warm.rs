@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use super::Feeds;
+use crate::seed::progress::time_left;
 use crate::store::Store;
 
 /// Post bodies written per round trip.
@@ -51,14 +52,19 @@ pub async fn warm(
     eprintln!("warming {total} feeds, {} at a time", options.concurrency);
     let built = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
+    let feeds_started = Instant::now();
     let progress = async {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             let done = built.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed);
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let elapsed = feeds_started.elapsed();
+            let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+            let left = time_left(done, total as u64, elapsed).map_or_else(String::new, |left| {
+                format!(", ~{:.0} s left", left.as_secs_f64())
+            });
             eprint!(
-                "\r{done}/{total} feeds, {rate:.0}/s, {} failed   ",
+                "\r{done}/{total} feeds, {rate:.0}/s{left}, {} failed   ",
                 failed.load(Ordering::Relaxed)
             );
         }

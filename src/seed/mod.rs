@@ -19,7 +19,7 @@ mod graph;
 mod ids;
 mod people;
 mod posts;
-mod progress;
+pub(crate) mod progress;
 mod random;
 mod schema;
 

@@ -56,8 +56,11 @@ impl Progress {
         } else {
             100.0 * self.done as f64 / self.total as f64
         };
+        let left = time_left(self.done, self.total, elapsed).map_or_else(String::new, |left| {
+            format!(", ~{:.0} s left", left.as_secs_f64())
+        });
         eprintln!(
-            "seed: {:<8}{:>12} rows ({percent:5.1}% of {} {}), {:>9} rows/s, {:.1} s (total {:.1} s){suffix}",
+            "seed: {:<8}{:>12} rows ({percent:5.1}% of {} {}), {:>9} rows/s, {:.1} s{left} (total {:.1} s){suffix}",
             self.table,
             thousands(self.rows),
             thousands(self.total),
@@ -67,6 +70,15 @@ impl Progress {
             self.seed_started.elapsed().as_secs_f64(),
         );
     }
+}
+
+/// Time left at the rate so far, with `done` of `total` done after
+/// `elapsed`; none before anything is done or once everything is.
+pub fn time_left(done: u64, total: u64, elapsed: Duration) -> Option<Duration> {
+    if done == 0 || done >= total {
+        return None;
+    }
+    Some(elapsed.mul_f64((total - done) as f64 / done as f64))
 }
 
 /// `1234567` as `1,234,567`.
@@ -84,7 +96,17 @@ pub fn thousands(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::thousands;
+    use std::time::Duration;
+
+    use super::{thousands, time_left};
+
+    #[test]
+    fn time_left_extrapolates_the_rate_so_far() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(time_left(25, 100, ten), Some(Duration::from_secs(30)));
+        assert_eq!(time_left(0, 100, ten), None);
+        assert_eq!(time_left(100, 100, ten), None);
+    }
 
     #[test]
     fn groups_digits_by_three() {
