@@ -17,3 +17,4 @@ pub mod realtime;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod tls;
