@@ -303,26 +303,27 @@ fn register_pools(r: &mut Registry, pools: &Pools) {
 
 /// The names every Prometheus client library uses, so stock dashboards work.
 fn register_process(r: &mut Registry, stats: &process::ProcessStats) {
-    if let Some(bytes) = stats.resident_bytes {
-        r.register(
+    let gauges = [
+        (
             "process_resident_memory_bytes",
             "Resident memory size in bytes.",
-            ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX)),
-        );
-    }
-    if let Some(fds) = stats.open_fds {
-        r.register(
-            "process_open_fds",
-            "Open file descriptors.",
-            ConstGauge::new(i64::try_from(fds).unwrap_or(i64::MAX)),
-        );
-    }
-    if let Some(fds) = stats.max_fds {
-        r.register(
+            stats.resident_bytes,
+        ),
+        ("process_open_fds", "Open file descriptors.", stats.open_fds),
+        (
             "process_max_fds",
             "Most file descriptors the process may open.",
-            ConstGauge::new(i64::try_from(fds).unwrap_or(i64::MAX)),
-        );
+            stats.max_fds,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(value) = value {
+            r.register(
+                name,
+                help,
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)),
+            );
+        }
     }
     if let Some(seconds) = stats.cpu_seconds {
         r.register(

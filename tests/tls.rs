@@ -338,6 +338,21 @@ fn as_postgres(args: &[&str], as_me: bool) {
     );
 }
 
+/// Whether a session opened as livefeed opens them to `url` is encrypted.
+async fn encrypted(url: &str) -> bool {
+    let (config, tls) = livefeed::store::connection(url).unwrap();
+    let (client, connection) = config.connect(tls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn postgres_urls_with_sslmode_require_or_verify_full_use_verified_tls() {
     let certs = certs();
@@ -350,35 +365,15 @@ async fn postgres_urls_with_sslmode_require_or_verify_full_use_verified_tls() {
         livefeed::store::migrate(&url)
             .await
             .unwrap_or_else(|e| panic!("migrating over TLS ({mode}): {e:#}"));
-        let (config, tls) = livefeed::store::connection(&url).unwrap();
-        let (client, connection) = config.connect(tls).await.unwrap();
-        tokio::spawn(connection);
-        let row = client
-            .query_one(
-                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap();
         assert!(
-            row.get::<_, bool>(0),
+            encrypted(&url).await,
             "{mode}: the session is not encrypted"
         );
     }
 
     // Plain when asked: the same server, no sslmode.
     let plain = format!("postgres://postgres@localhost:{}/postgres", postgres.port);
-    let (config, tls) = livefeed::store::connection(&plain).unwrap();
-    let (client, connection) = config.connect(tls).await.unwrap();
-    tokio::spawn(connection);
-    let row = client
-        .query_one(
-            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(!row.get::<_, bool>(0));
+    assert!(!encrypted(&plain).await);
 
     // The binary: without the CA file the certificate is not trusted (the
     // system store does not hold the test CA); with it, it is.
