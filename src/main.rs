@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,7 +106,12 @@ fn init_logging(filter: Option<String>, format: LogFormat) -> Result<(), String>
     };
     let filter = EnvFilter::try_new(&filter)
         .map_err(|e| format!("invalid log filter {filter:?} (from {source}): {e}"))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: escape codes in a log file or a
+    // collector's input are noise, and writing them cost measurable CPU
+    // per access line.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Text => logs.init(),
         // Fields at the top level, and the request span (its request id)
