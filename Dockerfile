@@ -26,8 +26,13 @@ RUN find . -name Cargo.toml -execdir sh -c \
  && cargo build --release --locked --bin livefeed \
  && rm -rf src
 
-# 2. The real crate: sources and the migrations that refinery's
-#    embed_migrations! compiles in. Other members keep their dummy sources.
+# 2. The real crate: sources, the migrations that refinery's
+#    embed_migrations! compiles in, and build.rs, which names the commit in
+#    the build-info metric (no .git in the context: pass
+#    --build-arg LIVEFEED_GIT_COMMIT=$(git rev-parse --short=12 HEAD)).
+#    Other members keep their dummy sources.
+ARG LIVEFEED_GIT_COMMIT=unknown
+COPY build.rs ./
 COPY src ./src
 COPY db ./db
 RUN cargo clean --release --locked -p livefeed \

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser};
@@ -316,7 +315,9 @@ fn default_instance_id() -> String {
 fn parse_redis_url(raw: &str) -> Result<String, String> {
     redis::Client::open(raw)
         .map(|_| raw.to_owned())
-        .map_err(|_| "not a Redis URL; expected redis://host:port[/db]".to_owned())
+        .map_err(|_| {
+            "not a Redis URL; expected redis://host:port[/db] (rediss:// for TLS)".to_owned()
+        })
 }
 
 fn parse_amqp_url(raw: &str) -> Result<String, String> {
@@ -353,7 +354,7 @@ fn parse_secret(raw: &str) -> Result<Secret, String> {
 }
 
 fn parse_database_url(raw: &str) -> Result<String, String> {
-    let config = tokio_postgres::Config::from_str(raw).map_err(|e| {
+    let config = crate::store::parse_url(raw).map_err(|e| {
         format!("not a PostgreSQL URL ({e}); expected postgres://user@host:port/database")
     })?;
     if config.get_dbname().is_none() {
@@ -390,6 +391,10 @@ mod tests {
         assert!(Config::from_args(["--db-pool-size", "0"]).is_err());
         let amqp = Config::from_args(["--amqp-url", "http://rabbit"]).unwrap_err();
         assert!(amqp.to_string().contains("starts with amqp://"), "{amqp}");
+        assert!(Config::from_args(["--amqp-url", "amqps://u:p@rabbit.example/v"]).is_ok());
+        assert!(Config::from_args(["--redis-url", "rediss://cache.example:6380"]).is_ok());
+        let pg = "postgres://u@db.example/app?sslmode=verify-full";
+        assert!(Config::from_args(["--database-url", pg]).is_ok());
         assert!(Config::from_args(["--routing", "bucket:0"]).is_err());
         assert!(Config::from_args(["--max-sockets-per-user", "0"]).is_err());
         assert!(Config::from_args(["--amqp-queue-expiry-secs", "0"]).is_err());

@@ -23,6 +23,8 @@
 //! - [`metrics`]: the `/metrics` counters; [`memory`]: returning freed
 //!   socket memory to the OS.
 //! - [`seed`]: `livefeed seed`, the deterministic load-test data set.
+//! - [`tls`]: trust for TLS to the stores (`sslmode=require`, `rediss://`,
+//!   `amqps://`).
 //!
 //! `server::run` serves an [`app::App`] on a listener until a shutdown future
 //! completes; `main.rs` wires it to flags, signals and migrations.
@@ -42,3 +44,4 @@ pub mod realtime;
 pub mod seed;
 pub mod server;
 pub mod store;
+pub mod tls;

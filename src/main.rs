@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,12 +25,30 @@ const STARTUP_DATABASE_WAIT: Duration = Duration::from_secs(60);
     about = "livefeed: a social-network backend whose feed updates live"
 )]
 struct Cli {
-    /// Log filter, in tracing's EnvFilter syntax (e.g. `info,livefeed=debug`).
-    #[arg(long, env = "LIVEFEED_LOG", default_value = "info", global = true)]
-    log: String,
+    /// Log filter, in tracing's EnvFilter syntax (e.g.
+    /// `info,livefeed::access=off`); `RUST_LOG` when this is unset, else `info`.
+    #[arg(long, env = "LIVEFEED_LOG", global = true)]
+    log: Option<String>,
+
+    /// `text` for people, `json` (one object a line) for log collectors.
+    #[arg(long, env = "LIVEFEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    /// PEM file of the CA(s) that sign the stores' TLS certificates
+    /// (`sslmode=require` PostgreSQL, `rediss://`, `amqps://`), trusted
+    /// instead of the system's CA store: a provider's private CA or a
+    /// self-signed one.
+    #[arg(long, env = "LIVEFEED_TLS_CA_FILE", global = true)]
+    tls_ca_file: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -48,14 +67,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!("error: invalid LIVEFEED_LOG filter {:?}: {e}", cli.log);
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if let Err(e) = init_logging(cli.log, cli.log_format) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = livefeed::tls::set_ca_file(cli.tls_ca_file.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -75,6 +94,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging(filter: Option<String>, format: LogFormat) -> Result<(), String> {
+    let (filter, source) = match filter {
+        Some(filter) => (filter, "LIVEFEED_LOG"),
+        None => match std::env::var("RUST_LOG") {
+            Ok(filter) => (filter, "RUST_LOG"),
+            Err(_) => ("info".to_owned(), "the default"),
+        },
+    };
+    let filter = EnvFilter::try_new(&filter)
+        .map_err(|e| format!("invalid log filter {filter:?} (from {source}): {e}"))?;
+    // Colours only for a terminal: escape codes in a log file or a
+    // collector's input are noise, and writing them cost measurable CPU
+    // per access line.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    match format {
+        LogFormat::Text => logs.init(),
+        // Fields at the top level, and the request span (its request id)
+        // beside them, so a collector can index both without unnesting.
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+    Ok(())
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -1,13 +1,39 @@
-//! Counters for `GET /metrics`, in the Prometheus text format. Plain
-//! atomics: recording is a relaxed add on the delivery path.
+//! Counters for `GET /metrics`, encoded by prometheus-client in the
+//! OpenMetrics text format. Recording stays a relaxed atomic add on the
+//! delivery and request paths: the counters are plain `AtomicU64` fields,
+//! read into the crate's types only when scraped.
 
-use std::fmt::Write;
+mod histogram;
+mod process;
+
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+pub use histogram::Histogram;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the publish-to-send latency buckets.
 const LATENCY_BOUNDS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
+
+/// Upper bounds (seconds) of the request duration buckets.
+const REQUEST_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The commit the binary was built from (build.rs), or `unknown`.
+const GIT_COMMIT: &str = env!("LIVEFEED_GIT_COMMIT");
 
 #[derive(Default)]
 pub struct Metrics {
@@ -26,7 +52,8 @@ pub struct Metrics {
     /// of a bound bucket.
     pub broker_posts: AtomicU64,
     pub unwanted_posts: AtomicU64,
-    latency: Histogram,
+    latency: Latency,
+    http: HttpMetrics,
 }
 
 /// Values read elsewhere at scrape time.
@@ -36,147 +63,298 @@ pub struct Gauges {
     pub outbox_depth: Option<i64>,
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// The connections to the stores, at scrape time.
+pub struct Pools {
+    pub database: PoolUsage,
+    /// Redis errors (unreachable, timing out) that sent feed reads to
+    /// PostgreSQL: Redis is one multiplexed connection, not a pool.
+    pub redis_outages: u64,
+}
+
+/// A connection pool's state (deadpool's status).
+pub struct PoolUsage {
+    pub max: usize,
+    /// Connections open, idle or lent out.
+    pub open: usize,
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+struct Latency(Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new(&LATENCY_BOUNDS))
+    }
+}
+
+/// The labels of one request count. Routes are templates
+/// (`/post/get/{id}`) and methods a fixed set, so the series stay few.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+type Durations = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    durations: Durations,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(&REQUEST_BOUNDS)),
+        }
+    }
 }
 
 impl Metrics {
     /// Records the time from a post's creation to its frame being written.
     pub fn observe_latency_micros(&self, micros: u64) {
-        let seconds = micros as f64 / 1e6;
-        if let Some(bucket) = LATENCY_BOUNDS.iter().position(|bound| seconds <= *bound) {
-            self.latency.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency.count.fetch_add(1, Ordering::Relaxed);
-        self.latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.latency.0.observe_micros(micros);
     }
 
-    pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(2048);
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        metric(
-            &mut out,
+    /// Records one answered request.
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let labels = RequestLabels {
+            route,
+            method,
+            status,
+        };
+        self.http.requests.get_or_create(&labels).inc();
+        self.http
+            .durations
+            .get_or_create(&RouteLabel { route })
+            .observe_micros(elapsed.as_micros() as u64);
+    }
+
+    pub fn render(&self, gauges: &Gauges, pools: &Pools) -> String {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        gauge(
+            r,
             "livefeed_open_sockets",
-            "gauge",
             "Open websocket connections.",
-            load(&self.open_sockets),
+            &self.open_sockets,
         );
-        metric(
-            &mut out,
-            "livefeed_deliveries_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_deliveries",
             "Post frames queued to sockets.",
-            load(&self.deliveries),
+            &self.deliveries,
         );
-        metric(
-            &mut out,
-            "livefeed_slow_consumer_closes_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_slow_consumer_closes",
             "Sockets closed for falling behind.",
-            load(&self.slow_consumer_closes),
+            &self.slow_consumer_closes,
         );
-        metric(
-            &mut out,
-            "livefeed_socket_write_timeouts_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_socket_write_timeouts",
             "Sockets closed because a write did not complete in time.",
-            load(&self.socket_write_timeouts),
+            &self.socket_write_timeouts,
         );
-        metric(
-            &mut out,
-            "livefeed_outbox_published_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_outbox_published",
             "Outbox events confirmed by the broker.",
-            load(&self.published),
+            &self.published,
         );
-        metric(
-            &mut out,
-            "livefeed_gap_recoveries_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_gap_recoveries",
             "Broker gaps (lost, expired or new instance queue) recovered from PostgreSQL.",
-            load(&self.gap_recoveries),
+            &self.gap_recoveries,
         );
-        metric(
-            &mut out,
-            "livefeed_recovered_posts_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_recovered_posts",
             "Posts queued to sockets by gap recoveries.",
-            load(&self.recovered_posts),
+            &self.recovered_posts,
         );
-        metric(
-            &mut out,
-            "livefeed_feed_dead_letters_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_feed_dead_letters",
             "Feed events that could never be applied, moved to the dead-letter queue.",
-            load(&self.feed_dead_letters),
+            &self.feed_dead_letters,
         );
-        metric(
-            &mut out,
-            "livefeed_broker_posts_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_broker_posts",
             "Post events received from the broker.",
-            load(&self.broker_posts),
+            &self.broker_posts,
         );
-        metric(
-            &mut out,
-            "livefeed_unwanted_posts_total",
-            "counter",
+        counter(
+            r,
+            "livefeed_unwanted_posts",
             "Posts that reached no socket of this instance (another author of a bound bucket).",
-            load(&self.unwanted_posts),
+            &self.unwanted_posts,
         );
-        metric(
-            &mut out,
-            "livefeed_broker_reconnects_total",
-            "counter",
+        r.register(
+            "livefeed_broker_reconnects",
             "Broker connections re-established.",
-            gauges.broker_reconnects,
+            ConstCounter::new(gauges.broker_reconnects),
         );
         if let Some(depth) = gauges.outbox_depth {
-            metric(
-                &mut out,
+            r.register(
                 "livefeed_outbox_depth",
-                "gauge",
                 "Events written but not yet published.",
-                depth,
+                ConstGauge::new(depth),
             );
         }
-
-        let name = "livefeed_publish_to_send_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from a post's creation to its frame being written to a socket."
+        r.register(
+            "livefeed_publish_to_send_seconds",
+            "Time from a post's creation to its frame being written to a socket.",
+            self.latency.0.snapshot(),
         );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&self.latency.buckets) {
-            cumulative += load(bucket);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = load(&self.latency.count);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            load(&self.latency.sum_micros) as f64 / 1e6
+        self.register_http(r);
+        register_pools(r, pools);
+        register_process(r, &process::read());
+        r.register(
+            "livefeed_build",
+            "The running build.",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", GIT_COMMIT),
+            ]),
         );
-        let _ = writeln!(out, "{name}_count {count}");
+        let mut out = String::with_capacity(8192);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
         out
+    }
+
+    fn register_http(&self, r: &mut Registry) {
+        r.register(
+            "livefeed_http_requests",
+            "Requests answered, by route template, method and status.",
+            self.http.requests.clone(),
+        );
+        r.register(
+            "livefeed_http_request_duration_seconds",
+            "Time to answer a request (a websocket: to accept it), by route template.",
+            self.http.durations.clone(),
+        );
     }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+/// Registers the value `atomic` holds now as a counter; `name` without the
+/// `_total` the encoder appends.
+fn counter(r: &mut Registry, name: &str, help: &str, atomic: &AtomicU64) {
+    r.register(
+        name,
+        help,
+        ConstCounter::new(atomic.load(Ordering::Relaxed)),
     );
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str, atomic: &AtomicU64) {
+    let value = i64::try_from(atomic.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    r.register(name, help, ConstGauge::new(value));
+}
+
+fn register_pools(r: &mut Registry, pools: &Pools) {
+    let db = &pools.database;
+    let count = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+    r.register(
+        "livefeed_db_pool_max_connections",
+        "Most PostgreSQL connections the pool opens.",
+        count(db.max),
+    );
+    r.register(
+        "livefeed_db_pool_open_connections",
+        "PostgreSQL connections open (idle or in use).",
+        count(db.open),
+    );
+    r.register(
+        "livefeed_db_pool_idle_connections",
+        "PostgreSQL connections open and idle.",
+        count(db.idle),
+    );
+    r.register(
+        "livefeed_db_pool_waiting",
+        "Requests waiting for a PostgreSQL connection.",
+        count(db.waiting),
+    );
+    r.register(
+        "livefeed_redis_outages",
+        "Redis errors (unreachable, timing out) that sent feed reads to PostgreSQL.",
+        ConstCounter::new(pools.redis_outages),
+    );
+}
+
+/// The names every Prometheus client library uses, so stock dashboards work.
+fn register_process(r: &mut Registry, stats: &process::ProcessStats) {
+    let gauges = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            stats.resident_bytes,
+        ),
+        ("process_open_fds", "Open file descriptors.", stats.open_fds),
+        (
+            "process_max_fds",
+            "Most file descriptors the process may open.",
+            stats.max_fds,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(value) = value {
+            r.register(
+                name,
+                help,
+                ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX)),
+            );
+        }
+    }
+    if let Some(seconds) = stats.cpu_seconds {
+        r.register(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds.",
+            ConstCounter::new(seconds),
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(metrics: &Metrics) -> String {
+        metrics.render(
+            &Gauges {
+                broker_reconnects: 3,
+                outbox_depth: Some(7),
+            },
+            &Pools {
+                database: PoolUsage {
+                    max: 16,
+                    open: 4,
+                    idle: 3,
+                    waiting: 0,
+                },
+                redis_outages: 2,
+            },
+        )
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
@@ -184,19 +362,51 @@ mod tests {
         metrics.observe_latency_micros(500);
         metrics.observe_latency_micros(1_500);
         metrics.observe_latency_micros(60_000_000);
-        let text = metrics.render(&Gauges {
-            broker_reconnects: 3,
-            outbox_depth: Some(7),
-        });
+        let text = render(&metrics);
         assert!(
             text.contains("livefeed_publish_to_send_seconds_bucket{le=\"0.001\"} 1\n"),
             "{text}"
         );
         assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"0.002\"} 2\n"));
-        assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"5\"} 2\n"));
+        assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"5.0\"} 2\n"));
         assert!(text.contains("livefeed_publish_to_send_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("livefeed_publish_to_send_seconds_count 3\n"));
+        assert!(text.contains("livefeed_publish_to_send_seconds_sum 60.002\n"));
         assert!(text.contains("livefeed_broker_reconnects_total 3\n"));
         assert!(text.contains("livefeed_outbox_depth 7\n"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn counts_requests_per_route_template() {
+        let metrics = Metrics::default();
+        metrics.deliveries.fetch_add(5, Ordering::Relaxed);
+        metrics.open_sockets.fetch_add(2, Ordering::Relaxed);
+        let fast = Duration::from_micros(800);
+        metrics.observe_request("/post/get/{id}", "GET", 200, fast);
+        metrics.observe_request("/post/get/{id}", "GET", 200, Duration::from_secs(3));
+        metrics.observe_request("/post/get/{id}", "GET", 404, fast);
+        let text = render(&metrics);
+        for line in [
+            "livefeed_deliveries_total 5\n",
+            "livefeed_open_sockets 2\n",
+            "livefeed_http_requests_total{route=\"/post/get/{id}\",method=\"GET\",status=\"200\"} 2\n",
+            "livefeed_http_requests_total{route=\"/post/get/{id}\",method=\"GET\",status=\"404\"} 1\n",
+            "livefeed_http_request_duration_seconds_bucket{le=\"0.001\",route=\"/post/get/{id}\"} 2\n",
+            "livefeed_http_request_duration_seconds_bucket{le=\"5.0\",route=\"/post/get/{id}\"} 3\n",
+            "livefeed_http_request_duration_seconds_count{route=\"/post/get/{id}\"} 3\n",
+            "livefeed_db_pool_open_connections 4\n",
+            "livefeed_db_pool_idle_connections 3\n",
+            "livefeed_redis_outages_total 2\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let build = format!(
+            "livefeed_build_info{{version=\"{}\",commit=\"{GIT_COMMIT}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_cpu_seconds_total "), "{text}");
     }
 }

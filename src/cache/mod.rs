@@ -60,6 +60,12 @@ impl Feeds {
         }))
     }
 
+    /// How many Redis errors (unreachable, timing out) made reads fall back
+    /// to PostgreSQL so far.
+    pub fn redis_outages(&self) -> u64 {
+        self.cache.outages()
+    }
+
     /// A page of `reader`'s feed as the JSON array the API answers. From the
     /// cache when it can answer; from PostgreSQL otherwise (and a missing
     /// feed is rebuilt in the background). The feed is its newest `depth`

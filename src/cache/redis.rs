@@ -81,6 +81,8 @@ pub struct RedisFeeds {
     redis: ConnectionManager,
     prefix: String,
     back_off_until: AtomicU64,
+    /// Errors that made the cache back off (Redis unreachable or timing out).
+    outages: AtomicU64,
     started: Instant,
     read: Script,
     add: Script,
@@ -95,11 +97,12 @@ impl RedisFeeds {
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1);
-        let redis = ConnectionManager::new_lazy_with_config(Client::open(url)?, config)?;
+        let redis = ConnectionManager::new_lazy_with_config(client(url)?, config)?;
         Ok(Self {
             redis,
             prefix: prefix.to_owned(),
             back_off_until: AtomicU64::new(0),
+            outages: AtomicU64::new(0),
             started: Instant::now(),
             read: Script::new(READ),
             add: Script::new(ADD),
@@ -328,6 +331,11 @@ impl RedisFeeds {
             .map_err(|e| self.failed(e))
     }
 
+    /// How many Redis errors made the cache back off so far.
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
     fn check_back_off(&self) -> Result<(), CacheError> {
         let now = self.started.elapsed().as_millis() as u64;
         if now < self.back_off_until.load(Ordering::Relaxed) {
@@ -338,12 +346,29 @@ impl RedisFeeds {
 
     fn failed(&self, error: redis::RedisError) -> CacheError {
         if is_outage(&error) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
             let until = self.started.elapsed() + BACK_OFF;
             self.back_off_until
                 .store(until.as_millis() as u64, Ordering::Relaxed);
         }
         CacheError::Redis(error)
     }
+}
+
+/// A client for `url`; `rediss://` is TLS (rustls), trusting the CA file of
+/// [`crate::tls`] when one is set, else the system's CA store.
+fn client(url: &str) -> Result<Client, CacheError> {
+    crate::tls::install_provider();
+    Ok(match crate::tls::ca_pem() {
+        Some(pem) if url.starts_with("rediss://") => Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        )?,
+        _ => Client::open(url)?,
+    })
 }
 
 fn parse_uuid(raw: &[u8]) -> Result<uuid::Uuid, CacheError> {

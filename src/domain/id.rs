@@ -27,7 +27,7 @@ impl IdKind for PostKind {
 
 /// A UUID typed by what it identifies. New ids are UUIDv7, so they sort by
 /// creation time and keep B-tree inserts at the right edge of the index.
-#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id<K> {
     uuid: Uuid,
     kind: PhantomData<K>,
@@ -92,6 +92,14 @@ impl<K> fmt::Display for Id<K> {
     }
 }
 
+/// The plain UUID, as in the API: logs that print an event or a gap with
+/// `?` then show ids an operator can paste into a query, not `Id { uuid: .. }`.
+impl<K> fmt::Debug for Id<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl<K> Serialize for Id<K> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&self.uuid.hyphenated())
@@ -113,6 +121,7 @@ mod tests {
     fn parses_and_prints_hyphenated() {
         let id: UserId = "E4D2E6B0-CDE2-42C5-AAC3-0B8316F21E58".parse().unwrap();
         assert_eq!(id.to_string(), "e4d2e6b0-cde2-42c5-aac3-0b8316f21e58");
+        assert_eq!(format!("{id:?}"), "e4d2e6b0-cde2-42c5-aac3-0b8316f21e58");
     }
 
     #[test]

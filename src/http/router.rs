@@ -31,6 +31,35 @@ pub enum Route<'a> {
     Page(Asset),
 }
 
+impl Route<'_> {
+    /// The path with its parameters named, as the OpenAPI spec writes it:
+    /// what logs and metrics show, so one endpoint is one series.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Login => "/login",
+            Route::Register => "/user/register",
+            Route::GetUser(_) => "/user/get/{id}",
+            Route::SearchUsers => "/user/search",
+            Route::SetFriend(_) => "/friend/set/{user_id}",
+            Route::DeleteFriend(_) => "/friend/delete/{user_id}",
+            Route::CreatePost => "/post/create",
+            Route::UpdatePost => "/post/update",
+            Route::DeletePost(_) => "/post/delete/{id}",
+            Route::GetPost(_) => "/post/get/{id}",
+            Route::Feed => "/post/feed",
+            Route::FeedSocket => "/post/feed/posted",
+            Route::SendMessage(_) => "/dialog/{user_id}/send",
+            Route::ListDialog(_) => "/dialog/{user_id}/list",
+            Route::Health => "/healthz",
+            Route::Ready => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::Page(Asset::Html) => "/",
+            Route::Page(Asset::Script) => "/page.js",
+            Route::Page(Asset::Style) => "/page.css",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
     NotFound,
@@ -102,6 +131,22 @@ mod tests {
             resolve(&Method::POST, "/"),
             Err(RouteError::MethodNotAllowed(Method::GET))
         );
+    }
+
+    #[test]
+    fn templates_are_the_spec_paths() {
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("../../spec/openapi.json")).unwrap();
+        let paths = spec["paths"].as_object().unwrap();
+        assert!(paths.len() > 10);
+        for (template, operations) in paths {
+            for method in operations.as_object().unwrap().keys() {
+                let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let path = template.replace("{id}", "x").replace("{user_id}", "x");
+                let route = resolve(&method, &path).unwrap();
+                assert_eq!(route.template(), template, "{method} {path}");
+            }
+        }
     }
 
     #[test]

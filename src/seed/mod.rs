@@ -25,7 +25,6 @@ mod schema;
 
 use std::fmt;
 use std::pin::pin;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -34,9 +33,9 @@ use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::PasswordHash;
 use chrono::{NaiveDate, Utc};
 use clap::Args;
+use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Transaction};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
@@ -190,7 +189,7 @@ impl fmt::Display for Summary {
 pub async fn run(args: &SeedArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let url = &args.database.database_url;
-    let pg = tokio_postgres::Config::from_str(url).context("parsing the database URL")?;
+    let (pg, tls) = crate::store::connection(url).context("parsing the database URL")?;
     let database = pg.get_dbname().unwrap_or_default().to_owned();
     let windows = Windows::before(args.until);
     if args.until > Utc::now().date_naive() {
@@ -217,7 +216,7 @@ pub async fn run(args: &SeedArgs) -> anyhow::Result<Summary> {
     let mut pg = pg;
     pg.application_name("livefeed seed");
     let (mut client, connection) = pg
-        .connect(NoTls)
+        .connect(tls)
         .await
         .with_context(|| format!("connecting to database {database}"))?;
     tokio::spawn(async move {

@@ -1,7 +1,7 @@
-use std::str::FromStr;
-
 use anyhow::Context;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
+
+use super::{Tls, connection};
 
 mod embedded {
     refinery::embed_migrations!("db/migrations");
@@ -14,8 +14,8 @@ const MIGRATION_LOCK: i64 = 0x6c69_7665_6665_6564; // "livefeed"
 /// Creates the database if needed and applies every pending migration.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     create_database_if_missing(database_url).await?;
-    let config = Config::from_str(database_url).context("parsing the database URL")?;
-    let mut client = connect(&config).await?;
+    let (config, tls) = connection(database_url).context("parsing the database URL")?;
+    let mut client = connect(&config, tls).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -37,14 +37,14 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
 /// Creates the database named in `database_url` when it does not exist yet,
 /// connecting to the server's `postgres` database to do so.
 pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()> {
-    let config = Config::from_str(database_url).context("parsing the database URL")?;
+    let (config, tls) = connection(database_url).context("parsing the database URL")?;
     let name = config
         .get_dbname()
         .context("the database URL names no database")?
         .to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let client = connect(&admin).await?;
+    let client = connect(&admin, tls).await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await
@@ -65,8 +65,8 @@ pub async fn create_database_if_missing(database_url: &str) -> anyhow::Result<()
     Ok(())
 }
 
-async fn connect(config: &Config) -> anyhow::Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.with_context(|| {
+async fn connect(config: &Config, tls: Tls) -> anyhow::Result<Client> {
+    let (client, connection) = config.connect(tls).await.with_context(|| {
         format!(
             "connecting to PostgreSQL at {:?} database {:?}",
             config.get_hosts(),

@@ -2,6 +2,7 @@
 //! domain types; SQL stays here.
 
 mod backlog;
+mod connect;
 mod dialogs;
 mod error;
 mod friends;
@@ -11,17 +12,17 @@ mod outbox;
 mod posts;
 mod users;
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 use crate::domain::UserId;
 use crate::outbox::OutboxMessage;
 
 pub use backlog::BackloggedEvent;
+pub use connect::{Tls, connection, parse_url};
 pub use error::StoreError;
 pub use idempotency::{Endpoint, Once, Outcome, StoredResponse};
 pub use migrate::{create_database_if_missing, migrate};
@@ -49,12 +50,12 @@ pub struct Store {
     pool: Pool,
     /// For connections that cannot be pooled (the outbox relay's LISTEN).
     config: tokio_postgres::Config,
+    tls: Tls,
 }
 
 impl Store {
     pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
-        let mut pg = tokio_postgres::Config::from_str(&settings.database_url)
-            .map_err(|e| StoreError::Config(e.into()))?;
+        let (mut pg, tls) = connection(&settings.database_url)?;
         pg.connect_timeout(settings.acquire_timeout);
         pg.options(format!(
             "-c statement_timeout={}",
@@ -62,7 +63,7 @@ impl Store {
         ));
         let manager = Manager::from_config(
             pg.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -75,7 +76,22 @@ impl Store {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(e.to_string().into()))?;
-        Ok(Self { pool, config: pg })
+        Ok(Self {
+            pool,
+            config: pg,
+            tls,
+        })
+    }
+
+    /// The pool's connections now, for `/metrics`.
+    pub fn pool_usage(&self) -> crate::metrics::PoolUsage {
+        let status = self.pool.status();
+        crate::metrics::PoolUsage {
+            max: status.max_size,
+            open: status.size,
+            idle: status.available,
+            waiting: status.waiting,
+        }
     }
 
     /// One round trip to the database: what `/readyz` reports.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use deadpool_postgres::Transaction;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
@@ -73,7 +73,7 @@ impl Store {
         retry: Duration,
         stop: &CancellationToken,
     ) -> Result<Option<OutboxLeader>, StoreError> {
-        let (client, mut connection) = self.config.connect(NoTls).await?;
+        let (client, mut connection) = self.config.connect(self.tls.clone()).await?;
         let written = Arc::new(Notify::new());
         let lost = CancellationToken::new();
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -365,17 +365,20 @@ async fn metrics_count_sockets_and_deliveries() {
 
     let response = app.get("/metrics", None).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
     let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
     for line in [
         "livefeed_open_sockets 1\n",
         "livefeed_deliveries_total 1\n",
         "livefeed_publish_to_send_seconds_count 1\n",
+        // json_ok checked both registrations were 200s.
+        "livefeed_http_requests_total{route=\"/user/register\",method=\"POST\",status=\"200\"} 2\n",
+        "livefeed_http_request_duration_seconds_count{route=\"/user/register\"} 2\n",
+        "livefeed_http_requests_total{route=\"/post/feed/posted\",method=\"GET\",status=\"101\"} 1\n",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

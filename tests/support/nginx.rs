@@ -61,7 +61,7 @@ impl Nginx {
             .arg("-g")
             .arg(globals)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(File::create(dir.join("access.log")).unwrap())
             .stderr(log)
             .spawn()
             .expect("starting nginx");
@@ -91,6 +91,12 @@ impl Nginx {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// What nginx logged of the requests it served (deploy/nginx.conf sends
+    /// its access log to stdout).
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
     }
 
     pub fn error_log(&self) -> String {

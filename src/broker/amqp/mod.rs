@@ -100,7 +100,7 @@ impl AmqpSettings {
     /// so that a mistake is reported at start-up. The error never echoes a
     /// URL: it holds a password.
     pub fn validate_url(url: &str) -> Result<(), String> {
-        url::connection_list(url).map(|_| ())
+        url::check_list(url)
     }
 }
 

@@ -1,24 +1,38 @@
 //! Reads `AMQP_URL` (one URL, or several separated by commas) into amqprs
-//! connection arguments. Owns nothing else; must never echo a URL in an
+//! connection arguments, `amqps://` ones with TLS (rustls, trusting what
+//! [`crate::tls`] trusts). Owns nothing else; must never echo a URL in an
 //! error (it holds a password).
 
 use amqprs::connection::OpenConnectionArguments;
+use amqprs::tls::TlsAdaptor;
+use tokio_rustls::TlsConnector;
 
 /// amqprs declares the server dead after two missed heartbeats; RabbitMQ's
 /// default of 60 s would leave a silently dropped connection unnoticed for
 /// two minutes.
 pub(super) const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 const DEFAULT_PORT: u16 = 5672;
+const DEFAULT_TLS_PORT: u16 = 5671;
 
 /// Parses a comma-separated list of URLs, each as [`connection_arguments`]
 /// does; an error names the URL by its position only.
 pub(super) fn connection_list(urls: &str) -> Result<Vec<OpenConnectionArguments>, String> {
+    each_url(urls, connection_arguments)
+}
+
+/// Checks the URLs as [`connection_list`] would, without building TLS:
+/// flags are checked before the CA file they name is loaded.
+pub(super) fn check_list(urls: &str) -> Result<(), String> {
+    each_url(urls, |url| parse(url).map(drop)).map(drop)
+}
+
+fn each_url<T>(urls: &str, read: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
     let count = urls.len();
     urls.into_iter()
         .enumerate()
         .map(|(index, url)| {
-            connection_arguments(url).map_err(|error| match count {
+            read(url).map_err(|error| match count {
                 1 => error,
                 _ => format!("AMQP URL {} of {count}: {error}", index + 1),
             })
@@ -33,12 +47,30 @@ pub(super) fn describe(arguments: &OpenConnectionArguments) -> String {
 
 /// Parses `amqp://user:password@host:port/vhost?heartbeat=N` the way the
 /// RabbitMQ URI spec reads it: user, password and vhost are percent-decoded
-/// (`%2f` is the default vhost `/`), an absent vhost is `/`. Errors never
-/// echo the URL, which holds a password.
+/// (`%2f` is the default vhost `/`), an absent vhost is `/`. `amqps://` is
+/// the same over TLS (port 5671 by default), the certificate checked
+/// against the host's name. Errors never echo the URL, which holds a password.
 pub(super) fn connection_arguments(url: &str) -> Result<OpenConnectionArguments, String> {
-    let rest = url
-        .strip_prefix("amqp://")
-        .ok_or("an AMQP URL starts with amqp:// (TLS is not supported)")?;
+    let (mut arguments, secure) = parse(url)?;
+    if secure {
+        let config = crate::tls::client_config().map_err(|e| e.to_string())?;
+        let domain = arguments
+            .get_host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        arguments.tls_adaptor(TlsAdaptor::new(TlsConnector::from(config), domain));
+    }
+    Ok(arguments)
+}
+
+/// The arguments of `url` without TLS, and whether it asks for TLS.
+fn parse(url: &str) -> Result<(OpenConnectionArguments, bool), String> {
+    let (rest, secure) = match (url.strip_prefix("amqp://"), url.strip_prefix("amqps://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err("an AMQP URL starts with amqp:// or amqps://".into()),
+    };
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
     if vhost.contains('/') {
@@ -51,7 +83,12 @@ pub(super) fn connection_arguments(url: &str) -> Result<OpenConnectionArguments,
         }
         None => ("guest".to_owned(), "guest".to_owned(), authority),
     };
-    let (host, port) = host_and_port(host_port)?;
+    let default_port = if secure {
+        DEFAULT_TLS_PORT
+    } else {
+        DEFAULT_PORT
+    };
+    let (host, port) = host_and_port(host_port, default_port)?;
     let mut arguments = OpenConnectionArguments::new(&host, port, &user, &password);
     let vhost = match percent_decode(vhost)? {
         vhost if vhost.is_empty() => "/".to_owned(),
@@ -59,11 +96,11 @@ pub(super) fn connection_arguments(url: &str) -> Result<OpenConnectionArguments,
     };
     arguments.virtual_host(&vhost);
     arguments.heartbeat(heartbeat(query)?);
-    Ok(arguments)
+    Ok((arguments, secure))
 }
 
 /// Keeps the brackets of an IPv6 host: amqprs connects to `host:port`.
-fn host_and_port(host_port: &str) -> Result<(String, u16), String> {
+fn host_and_port(host_port: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = match host_port.rfind(':') {
         Some(colon) if !host_port[colon..].contains(']') => {
             (&host_port[..colon], &host_port[colon + 1..])
@@ -74,7 +111,7 @@ fn host_and_port(host_port: &str) -> Result<(String, u16), String> {
         return Err("the AMQP URL has no host".into());
     }
     let port = match port {
-        "" => DEFAULT_PORT,
+        "" => default_port,
         port => port
             .parse()
             .map_err(|_| "the port in the AMQP URL is not a number from 0 to 65535")?,
@@ -159,7 +196,7 @@ mod tests {
     fn rejects_bad_urls_without_echoing_them() {
         for url in [
             "http://u:secret@rabbit/",
-            "amqps://u:secret@rabbit/",
+            "amqpx://u:secret@rabbit/",
             "amqp://u:secret@/",
             "amqp://u:secret@rabbit:99999/",
             "amqp://u:secret@rabbit/a/b",
@@ -173,6 +210,26 @@ mod tests {
                 .unwrap_or_else(|| panic!("{url}"));
             assert!(!error.contains("secret"), "{error}");
         }
+    }
+
+    #[test]
+    fn amqps_is_tls_on_port_5671() {
+        let (arguments, secure) = parse("amqps://u:p@rabbit.example/v").unwrap();
+        assert!(secure);
+        assert_eq!(arguments.get_port(), DEFAULT_TLS_PORT);
+        let (arguments, secure) = parse("amqps://u:p@rabbit.example:6671").unwrap();
+        assert!(secure);
+        assert_eq!(arguments.get_port(), 6671);
+        assert!(!parse("amqp://rabbit").unwrap().1);
+        assert!(check_list("amqp://one,amqps://two").is_ok());
+        let tls = connection_arguments("amqps://u:p@[::1]/v").unwrap();
+        assert!(tls.get_tls_adaptor().is_some());
+        assert!(
+            connection_arguments("amqp://u:p@[::1]/v")
+                .unwrap()
+                .get_tls_adaptor()
+                .is_none()
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::http::response::ok;
 use crate::http::{ApiError, Body};
+use crate::metrics::{self, Pools};
 
 /// The process is up and serving.
 pub fn live() -> Response<Body> {
@@ -17,13 +18,18 @@ pub async fn ready(app: &App) -> Result<Response<Body>, ApiError> {
     Ok(ok(&json!({ "status": "ready" })))
 }
 
-/// Prometheus text exposition.
+/// Prometheus's OpenMetrics text exposition.
 pub async fn metrics(app: &App) -> Response<Body> {
     let gauges = app.realtime.gauges().await;
-    let mut response = Response::new(Body::from(app.realtime.metrics().render(&gauges)));
+    let pools = Pools {
+        database: app.store.pool_usage(),
+        redis_outages: app.feeds.redis_outages(),
+    };
+    let text = app.realtime.metrics().render(&gauges, &pools);
+    let mut response = Response::new(Body::from(text));
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
     );
     response
 }
