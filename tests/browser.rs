@@ -9,6 +9,7 @@
 #[path = "api/support/mod.rs"]
 mod support;
 
+#[allow(dead_code, reason = "the access log is read by tests/nginx.rs only")]
 #[path = "support/nginx.rs"]
 mod nginx;
 
