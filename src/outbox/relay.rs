@@ -26,8 +26,10 @@ use crate::metrics::Metrics;
 use crate::store::{OutboxLeader, Store, StoreError};
 
 const BATCH: i64 = 256;
-/// Commits wake the relay; this catches a wake-up missed while the relay's
-/// connection was being replaced.
+/// How long a claim protects rows from other relays; longer than any batch
+/// takes to publish.
+const LEASE: Duration = Duration::from_secs(30);
+/// Commits wake the relay; this catches rows whose claim lapsed.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// How often a standby instance tries to become the relay.
@@ -75,6 +77,14 @@ impl Relay {
             let pause = match self.store.lead_outbox(STANDBY_RETRY, &stop).await {
                 Ok(Some(leader)) => {
                     tracing::info!("this instance now relays the outbox");
+                    // Rows the last relay claimed and never settled (it was
+                    // killed, or lost its link) would wait out their lease:
+                    // up to 30 s of posts held back. Should it still be
+                    // publishing them, they go out twice, and the hub and the
+                    // feed worker take a repeat as a no-op.
+                    if let Err(e) = self.store.release_all_outbox_claims().await {
+                        tracing::warn!(error = %e, "cannot free the last relay's claims");
+                    }
                     match self.lead(&leader, &stop).await {
                         Tenure::Ended => continue,
                         // Dropping the leader closes its connection, which
@@ -133,32 +143,39 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch; returns how many rows it took.
+    /// Publishes one batch; returns how many rows it claimed.
     async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let batch = self.store.take_outbox(BATCH).await?;
-        let taken = batch.messages().len();
+        let claimed = self.store.claim_outbox(BATCH, LEASE).await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
         // Publishes are issued in order on one channel; confirms are awaited together.
-        let results = join_all(batch.messages().iter().map(|row| {
+        let results = join_all(claimed.iter().map(|row| {
             let message = &row.message;
             self.broker
                 .publish(message.topic, &message.routing_key, message.body.clone())
         }))
         .await;
-        let failed: Vec<i64> = batch
-            .messages()
+        let (published, failed): (Vec<_>, Vec<_>) = claimed
             .iter()
             .zip(&results)
-            .filter(|(_, result)| result.is_err())
-            .map(|(row, _)| row.id)
-            .collect();
-        // Failed rows come back at once, to go out as soon as the broker is.
-        batch.settle(&failed).await?;
-        self.metrics
-            .published
-            .fetch_add((taken - failed.len()) as u64, Ordering::Relaxed);
+            .partition(|(_, result)| result.is_ok());
+        let published: Vec<i64> = published.into_iter().map(|(row, _)| row.id).collect();
+        let failed: Vec<i64> = failed.into_iter().map(|(row, _)| row.id).collect();
+        if !published.is_empty() {
+            self.store.delete_outbox(&published).await?;
+            self.metrics
+                .published
+                .fetch_add(published.len() as u64, Ordering::Relaxed);
+        }
+        if !failed.is_empty() {
+            // Give the rows back at once rather than when the lease lapses,
+            // so they go out as soon as the broker is back.
+            self.store.release_outbox(&failed).await?;
+        }
         match results.into_iter().find_map(Result::err) {
             Some(e) => Err(e.into()),
-            None => Ok(taken),
+            None => Ok(claimed.len()),
         }
     }
 }
@@ -176,7 +193,7 @@ enum Tenure {
 struct FailingSince(Option<Instant>);
 
 impl FailingSince {
-    /// Nothing is held up: every row taken was published, or none was
+    /// Nothing is held up: every claimed row was published, or none was
     /// waiting.
     fn reset(&mut self) {
         self.0 = None;

@@ -25,7 +25,7 @@ pub use backlog::BackloggedEvent;
 pub use error::StoreError;
 pub use idempotency::{Endpoint, Once, Outcome, StoredResponse};
 pub use migrate::{create_database_if_missing, migrate};
-pub use outbox::{ClaimedMessage, OutboxBatch, OutboxLeader};
+pub use outbox::{ClaimedMessage, OutboxLeader};
 pub use posts::{Audience, FeedSource, PostAudience};
 
 /// How the service talks to PostgreSQL.

@@ -10,65 +10,11 @@ use tokio_util::sync::CancellationToken;
 use super::{Store, StoreError};
 use crate::outbox::OutboxMessage;
 
-/// A message taken for publishing.
+/// A message claimed for publishing; delete it by `id` once published.
 #[derive(Debug, Clone)]
 pub struct ClaimedMessage {
     pub id: i64,
     pub message: OutboxMessage,
-}
-
-/// Messages taken from the outbox by a transaction still open: commit it
-/// once the broker confirmed them all. Dropped unsettled (an error, a
-/// cancelled relay), its connection is closed rather than pooled, which
-/// rolls the transaction back.
-pub struct OutboxBatch {
-    client: Option<deadpool_postgres::Client>,
-    messages: Vec<ClaimedMessage>,
-}
-
-impl OutboxBatch {
-    pub fn messages(&self) -> &[ClaimedMessage] {
-        &self.messages
-    }
-
-    fn client(&self) -> &deadpool_postgres::Client {
-        self.client
-            .as_ref()
-            .expect("a batch holds its connection until it is settled or dropped")
-    }
-
-    /// Ends the batch: deleted for good when every message was published
-    /// (`failed` empty); otherwise all come back, and then the published
-    /// ones are deleted, so only the failed ones are published again.
-    pub async fn settle(mut self, failed: &[i64]) -> Result<(), StoreError> {
-        let client = self.client();
-        if failed.is_empty() {
-            client.batch_execute("COMMIT").await?;
-        } else {
-            client.batch_execute("ROLLBACK").await?;
-            let published: Vec<i64> = self
-                .messages
-                .iter()
-                .map(|m| m.id)
-                .filter(|id| !failed.contains(id))
-                .collect();
-            let delete = client
-                .prepare_cached("DELETE FROM outbox WHERE id = ANY($1)")
-                .await?;
-            client.execute(&delete, &[&published]).await?;
-        }
-        // Settled: back to the pool with no transaction open.
-        self.client = None;
-        Ok(())
-    }
-}
-
-impl Drop for OutboxBatch {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            drop(deadpool_postgres::Object::take(client));
-        }
-    }
 }
 
 /// Any constant shared by every instance: whoever holds this advisory lock
@@ -146,49 +92,67 @@ impl Store {
         }))
     }
 
-    /// Takes up to `limit` of the oldest messages: deletes them in a
-    /// transaction left open until [`OutboxBatch::settle`], so they come
-    /// back if the broker does not confirm them or this relay dies (its
-    /// connection closes, and the transaction with it). One write per
-    /// message, where a claim, then a delete, took two. Rows another
-    /// relay's open batch holds are skipped.
-    pub async fn take_outbox(&self, limit: i64) -> Result<OutboxBatch, StoreError> {
-        let mut batch = OutboxBatch {
-            client: Some(self.client().await?),
-            messages: Vec::new(),
-        };
-        let client = batch.client();
-        // Losing the deletes to a crash of PostgreSQL only publishes the
-        // batch again: the commit need not wait for the disk.
-        client
-            .batch_execute("BEGIN; SET LOCAL synchronous_commit TO off")
-            .await?;
-        let take = client
-            .prepare_cached(
-                "DELETE FROM outbox WHERE id IN ( \
-                     SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED \
+    /// Claims up to `limit` of the oldest unclaimed messages for `lease`. A
+    /// relay that lost its lock mid-batch cannot publish rows the new relay
+    /// claimed, and rows it claimed are retried once the lease lapses.
+    pub async fn claim_outbox(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
+        let rows = self
+            .fetch_all(
+                "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
+                 WHERE id IN ( \
+                     SELECT id FROM outbox \
+                     WHERE claimed_until IS NULL OR claimed_until < now() \
+                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED \
                  ) RETURNING id, topic, routing_key, body",
+                &[&limit, &lease.as_secs_f64()],
+                |row| {
+                    let message = OutboxMessage::from_stored(
+                        row.get(1),
+                        row.get(2),
+                        Bytes::from(row.get::<_, Vec<u8>>(3)),
+                    )?;
+                    Some(ClaimedMessage {
+                        id: row.get(0),
+                        message,
+                    })
+                },
             )
             .await?;
-        let rows = client.query(&take, &[&limit]).await?;
-        let mut messages: Vec<ClaimedMessage> = rows
-            .iter()
-            .filter_map(|row| {
-                let message = OutboxMessage::from_stored(
-                    row.get(1),
-                    row.get(2),
-                    Bytes::from(row.get::<_, Vec<u8>>(3)),
-                )?;
-                Some(ClaimedMessage {
-                    id: row.get(0),
-                    message,
-                })
-            })
-            .collect();
+        let mut claimed: Vec<ClaimedMessage> = rows.into_iter().flatten().collect();
         // RETURNING does not keep the subquery's order; publish oldest first.
-        messages.sort_unstable_by_key(|m| m.id);
-        batch.messages = messages;
-        Ok(batch)
+        claimed.sort_unstable_by_key(|m| m.id);
+        Ok(claimed)
+    }
+
+    pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+            .await?;
+        Ok(())
+    }
+
+    /// Lets other relays (and this one) claim `ids` again right away.
+    pub async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE outbox SET claimed_until = NULL WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Frees every claim: for a relay that has just taken the lock, whose
+    /// predecessor died or stepped down holding claims it will never settle.
+    pub async fn release_all_outbox_claims(&self) -> Result<(), StoreError> {
+        self.execute(
+            "UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+            &[],
+        )
+        .await?;
+        Ok(())
     }
 
     /// Messages written but not yet published, read from the two ends of
