@@ -14,7 +14,7 @@ mod users;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -123,7 +123,7 @@ impl Store {
     }
 
     /// Runs the write `sql` and, when it changed any row, stores `events` in
-    /// the outbox in the same statement: the change and its announcement
+    /// the outbox in the same transaction: the change and its announcement
     /// commit together or not at all. Returns how many rows changed.
     async fn write_announced(
         &self,
@@ -131,8 +131,11 @@ impl Store {
         params: &[&(dyn ToSql + Sync)],
         events: &[OutboxMessage],
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        apply(&client, sql, params, events).await
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let changed = apply(&tx, sql, params, events).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// [`Self::write_announced`], at most once per idempotency key when
@@ -145,13 +148,11 @@ impl Store {
         events: &[OutboxMessage],
         once: Option<&Once<'_>>,
     ) -> Result<Outcome, StoreError> {
-        let Some(once) = once else {
-            self.write_announced(sql, params, events).await?;
-            return Ok(Outcome::Written);
-        };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if let Some(earlier) = idempotency::claim(&tx, once).await? {
+        if let Some(once) = once
+            && let Some(earlier) = idempotency::claim(&tx, once).await?
+        {
             return Ok(Outcome::Replayed(earlier));
         }
         apply(&tx, sql, params, events).await?;
@@ -167,34 +168,20 @@ impl Store {
     }
 }
 
-/// Runs the write `sql` (an INSERT, UPDATE or DELETE without RETURNING)
-/// and, when it changed any row, stores `events` in the outbox, in one
-/// statement: one round trip, and atomic without a transaction of its own.
-/// Returns how many rows changed.
+/// Runs the write `sql` in `tx` and, when it changed any row, stores
+/// `events` in the outbox. Returns how many rows changed.
 async fn apply(
-    client: &impl GenericClient,
+    tx: &deadpool_postgres::Transaction<'_>,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     events: &[OutboxMessage],
 ) -> Result<u64, StoreError> {
-    let first = params.len() + 1;
-    let announced = format!(
-        "WITH changed AS ({sql} RETURNING 1), announced AS ( \
-             INSERT INTO outbox (topic, routing_key, body) \
-             SELECT * FROM unnest(${first}::int2[], ${}::text[], ${}::bytea[]) \
-             WHERE EXISTS (SELECT 1 FROM changed)) \
-         SELECT count(*) FROM changed",
-        first + 1,
-        first + 2
-    );
-    let topics: Vec<i16> = events.iter().map(OutboxMessage::topic_code).collect();
-    let keys: Vec<&str> = events.iter().map(OutboxMessage::routing_key).collect();
-    let bodies: Vec<&[u8]> = events.iter().map(|e| e.body().as_ref()).collect();
-    let mut all: Vec<&(dyn ToSql + Sync)> = params.to_vec();
-    all.extend::<[&(dyn ToSql + Sync); 3]>([&topics, &keys, &bodies]);
-    let statement = client.prepare_cached(&announced).await?;
-    let changed: i64 = client.query_one(&statement, &all).await?.get(0);
-    Ok(changed as u64)
+    let statement = tx.prepare_cached(sql).await?;
+    let changed = tx.execute(&statement, params).await?;
+    if changed > 0 {
+        outbox::enqueue(tx, events).await?;
+    }
+    Ok(changed)
 }
 
 /// A foreign-key violation means the user the row points to does not exist.

@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use deadpool_postgres::Transaction;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -15,6 +16,28 @@ use crate::outbox::OutboxMessage;
 pub struct ClaimedMessage {
     pub id: i64,
     pub message: OutboxMessage,
+}
+
+/// Writes `messages`, in order, inside the caller's transaction.
+pub(super) async fn enqueue(
+    tx: &Transaction<'_>,
+    messages: &[OutboxMessage],
+) -> Result<(), StoreError> {
+    let insert = tx
+        .prepare_cached("INSERT INTO outbox (topic, routing_key, body) VALUES ($1, $2, $3)")
+        .await?;
+    for message in messages {
+        tx.execute(
+            &insert,
+            &[
+                &message.topic_code(),
+                &message.routing_key(),
+                &message.body().as_ref(),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Any constant shared by every instance: whoever holds this advisory lock
