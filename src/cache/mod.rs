@@ -26,7 +26,7 @@ use self::redis::{CachedPage, RedisFeeds};
 pub use self::warm::{WarmOptions, WarmReport, warm};
 pub use self::worker::run as run_worker;
 use crate::domain::{FeedPage, PostId, UserId};
-use crate::store::{Store, StoreError};
+use crate::store::{Audience, PostAudience, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -196,16 +196,20 @@ impl Feeds {
     async fn apply(&self, event: FeedEvent) -> Result<(), WorkError> {
         match event {
             FeedEvent::PostCreated { post } => {
-                let Some(post) = self.store.find_post(post).await? else {
+                let Some(PostAudience { post, audience }) = self.store.post_audience(post).await?
+                else {
                     return Ok(());
                 };
                 self.cache.put_posts(std::slice::from_ref(&post)).await?;
-                let author = post.author_user_id;
-                if self.store.is_celebrity(author).await? {
-                    self.cache.add_to_author(author, post.id).await?;
-                } else {
-                    let followers = self.store.followers(author).await?;
-                    self.cache.add_to_feeds(&followers, post.id).await?;
+                match audience {
+                    Audience::Celebrity => {
+                        self.cache
+                            .add_to_author(post.author_user_id, post.id)
+                            .await?;
+                    }
+                    Audience::Followers(followers) => {
+                        self.cache.add_to_feeds(&followers, post.id).await?;
+                    }
                 }
             }
             FeedEvent::PostUpdated { post: id } => match self.store.find_post(id).await? {

@@ -62,17 +62,6 @@ impl Store {
         .await
     }
 
-    pub async fn is_celebrity(&self, author: UserId) -> Result<bool, StoreError> {
-        let celebrity = self
-            .fetch_opt(
-                "SELECT celebrity FROM users WHERE id = $1",
-                &[author.as_uuid()],
-                |row| row.get(0),
-            )
-            .await?;
-        Ok(celebrity.unwrap_or(false))
-    }
-
     /// `author`'s celebrity flag and follower count.
     pub async fn celebrity_status(&self, author: UserId) -> Result<(bool, i64), StoreError> {
         let status = self

@@ -77,6 +77,30 @@ impl Store {
         .await
     }
 
+    /// A new post and whose cached feeds it goes into, in one statement
+    /// (the feed worker applies one per post written): `None` when the post
+    /// is gone.
+    pub async fn post_audience(&self, id: PostId) -> Result<Option<PostAudience>, StoreError> {
+        self.fetch_opt(
+            "SELECT p.id, p.text, p.author_id, u.celebrity, \
+                    CASE WHEN u.celebrity THEN '{}'::uuid[] \
+                         ELSE ARRAY(SELECT user_id FROM friends WHERE friend_id = p.author_id) END \
+             FROM posts p JOIN users u ON u.id = p.author_id WHERE p.id = $1",
+            &[id.as_uuid()],
+            |row| {
+                let post = post_from_row(row);
+                let audience = if row.get(3) {
+                    Audience::Celebrity
+                } else {
+                    let followers: Vec<uuid::Uuid> = row.get(4);
+                    Audience::Followers(followers.into_iter().map(UserId::from_uuid).collect())
+                };
+                PostAudience { post, audience }
+            },
+        )
+        .await
+    }
+
     /// What a cached feed is built from: the newest `limit` posts of the
     /// non-celebrity authors `reader` follows, newest first, and the
     /// celebrities they follow (merged in at read time instead).
@@ -260,6 +284,20 @@ impl Store {
             Err(e) => e,
         }
     }
+}
+
+/// See [`Store::post_audience`].
+pub struct PostAudience {
+    pub post: Post,
+    pub audience: Audience,
+}
+
+/// Where a new post is cached.
+pub enum Audience {
+    /// Merged into feeds at read time: only its author's timeline.
+    Celebrity,
+    /// Pushed into each follower's feed.
+    Followers(Vec<UserId>),
 }
 
 /// See [`Store::feed_source`].
