@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::codec::post_payload;
+use super::hub::catch_up_after_binding;
 use super::socket::Socket;
 use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
@@ -179,16 +180,25 @@ where
     relay_live(realtime, ws, socket, recent).await
 }
 
-/// Subscribes to everyone the user follows and waits until the broker
-/// routes their posts here, so a catch-up read after this misses nothing.
+/// Subscribes to everyone the user follows, without waiting for the
+/// broker: the socket has every post written from now on, live where this
+/// instance's bindings are in place, and through the hub's catch-up after
+/// each binding still on its way.
 async fn subscribe(realtime: &Realtime, socket: &Arc<Socket>) -> Result<(), End> {
+    let since_ms = unix_micros() / 1000;
     let authors = realtime
         .store
         .followed_authors(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let pending = realtime.registry.subscribe(socket, &authors);
-    futures_util::future::join_all(pending).await;
+    for binding in realtime.registry.subscribe(socket, &authors, since_ms) {
+        catch_up_after_binding(
+            binding,
+            &realtime.registry,
+            &realtime.store,
+            &realtime.metrics,
+        );
+    }
     Ok(())
 }
 
