@@ -1,7 +1,7 @@
 //! Routes this instance's broker deliveries to its sockets.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -97,7 +97,7 @@ fn apply_follow_change(
         if let Some(binding) =
             registry.change(&socket, change.author, change.follows, change.at_unix_ms)
         {
-            catch_up_after_binding(binding, registry, store, metrics);
+            catch_up_after_binding(binding, registry, store, metrics, None);
         }
     }
 }
@@ -107,18 +107,28 @@ fn apply_follow_change(
 /// the earliest of those subscriptions are read back and queued, so no
 /// socket waits for the broker to be subscribed. A post that also arrived
 /// live is skipped by the session.
+///
+/// With `covered`, the caller reads those posts itself, in order, once the
+/// flag is set: a binding in place before that needs no catch-up.
 pub(super) fn catch_up_after_binding(
     binding: Binding,
     registry: &Arc<Registry>,
     store: &Store,
     metrics: &Arc<Metrics>,
+    covered: Option<Arc<AtomicBool>>,
 ) -> JoinHandle<()> {
     let (registry, store, metrics) = (registry.clone(), store.clone(), metrics.clone());
     tokio::spawn(async move {
         let Some(pending) = registry.bound(binding).await else {
             return;
         };
-        let since = PostId::first_at(pending.since_ms.saturating_sub(CLOCK_SKEW_MS));
+        let Some(since_ms) = pending.since_ms else {
+            return;
+        };
+        if covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
+            return;
+        }
+        let since = PostId::first_at(since_ms.saturating_sub(CLOCK_SKEW_MS));
         let mut delay = RETRY_MIN;
         for attempt in 1..=CATCH_UP_ATTEMPTS {
             match store

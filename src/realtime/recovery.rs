@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures_util::future::join_all;
@@ -145,10 +145,22 @@ async fn recover_once(
         follows.entry(follower).or_default().insert(author);
     }
     let window_start_ms = window_start_ms(gap);
+    // The read below sends the posts of the new bindings' authors in order
+    // with the rest; a binding still pending when it starts gets its own
+    // catch-up.
+    let read_started = Arc::new(AtomicBool::new(false));
     let catch_ups: Vec<_> = follows
         .iter()
         .flat_map(|(user, authors)| registry.follow_exactly(*user, authors, window_start_ms))
-        .map(|binding| catch_up_after_binding(binding, registry, store, metrics))
+        .map(|binding| {
+            catch_up_after_binding(
+                binding,
+                registry,
+                store,
+                metrics,
+                Some(read_started.clone()),
+            )
+        })
         .collect();
     if tokio::time::timeout(BINDING_WAIT, join_all(catch_ups))
         .await
@@ -157,6 +169,7 @@ async fn recover_once(
         tracing::warn!("broker bindings still pending after a gap; reading posts anyway");
     }
 
+    read_started.store(true, Ordering::Release);
     let since = PostId::first_at(window_start_ms);
     let mut posts = Vec::new();
     for authors in registry.authors().chunks(AUTHORS_PER_QUERY) {

@@ -101,13 +101,14 @@ impl Registry {
     /// snapshot, and one older than it is in the snapshot anyway. So a
     /// snapshot and the changes around it give the same subscriptions in
     /// whichever order they arrive. The socket must have every post written
-    /// from `since_ms` (Unix ms) on. Returns the new broker bindings, each for
-    /// the hub's catch-up.
+    /// from `since_ms` (Unix ms) on; `None` when its session reads what it
+    /// missed itself once its bindings are in place. Returns the new broker
+    /// bindings, each for the hub's catch-up.
     pub fn subscribe(
         &self,
         socket: &Arc<Socket>,
         snapshot: &[UserId],
-        since_ms: u64,
+        since_ms: Option<u64>,
     ) -> Vec<Binding> {
         let mut follows = socket.follows.lock().expect("follows lock");
         let changed = follows.changed_while_subscribing.take().unwrap_or_default();
@@ -133,7 +134,7 @@ impl Registry {
             changed.insert(author, follows);
         }
         if follows {
-            self.add(&mut state.authors, socket, author, since_ms)
+            self.add(&mut state.authors, socket, author, Some(since_ms))
         } else {
             if state.authors.remove(&author) {
                 self.remove_subscriber(socket, author);
@@ -148,7 +149,7 @@ impl Registry {
         authors: &mut HashSet<UserId>,
         socket: &Arc<Socket>,
         author: UserId,
-        since_ms: u64,
+        since_ms: Option<u64>,
     ) -> Option<Binding> {
         if !authors.insert(author) {
             return None;
@@ -279,9 +280,10 @@ pub struct Binding {
 }
 
 /// The authors subscribed while a binding was pending, and the earliest
-/// moment (Unix ms) from which one of their subscribers must have every post.
+/// moment (Unix ms) from which one of their subscribers must have every post
+/// (`None`: each reads what it missed itself).
 pub struct Pending {
-    pub since_ms: u64,
+    pub since_ms: Option<u64>,
     pub authors: Vec<UserId>,
 }
 
@@ -305,7 +307,7 @@ struct Interest {
 }
 
 impl Interest {
-    fn acquire(&self, author: UserId, since_ms: u64) -> Option<Binding> {
+    fn acquire(&self, author: UserId, since_ms: Option<u64>) -> Option<Binding> {
         let key = self.routing.key(author);
         let mut route = self.routes.entry(key.clone()).or_insert(Route {
             authors: 0,
@@ -315,7 +317,10 @@ impl Interest {
         route.authors += 1;
         if route.authors > 1 {
             if let Some(pending) = &mut route.pending {
-                pending.since_ms = pending.since_ms.min(since_ms);
+                pending.since_ms = match (pending.since_ms, since_ms) {
+                    (Some(earliest), Some(since_ms)) => Some(earliest.min(since_ms)),
+                    (earliest, since_ms) => earliest.or(since_ms),
+                };
                 pending.authors.push(author);
             }
             return None;
