@@ -51,7 +51,7 @@ fn hub_fan_out(c: &mut Criterion) {
         .map(|_| Arc::new(Socket::new(UserId::new_v7(), 1024)))
         .collect();
     for socket in &sockets {
-        drop(registry.subscribe(socket, &[author]));
+        drop(registry.subscribe(socket, &[author], None));
     }
     let frame = Arc::new(decode_post(encode_post(&post(author), 0)).unwrap());
     let mut group = c.benchmark_group("hub");
@@ -87,11 +87,11 @@ fn registry_churn(c: &mut Criterion) {
                     let (registry, authors) = (registry.clone(), authors.clone());
                     std::thread::spawn(move || {
                         let socket = Arc::new(Socket::new(UserId::new_v7(), 16));
-                        drop(registry.subscribe(&socket, &[]));
+                        drop(registry.subscribe(&socket, &[], None));
                         for i in 0..iterations as usize {
                             let author = authors[i % authors.len()];
-                            drop(registry.change(&socket, author, true));
-                            drop(registry.change(&socket, author, false));
+                            drop(registry.change(&socket, author, true, 0));
+                            drop(registry.change(&socket, author, false, 0));
                         }
                     })
                 })

@@ -45,6 +45,9 @@ pub struct Metrics {
     /// Broker gaps this instance recovered from, and the posts it recovered.
     pub gap_recoveries: AtomicU64,
     pub recovered_posts: AtomicU64,
+    /// Posts read back after a new broker binding, written by the authors
+    /// subscribed while it was pending.
+    pub binding_catch_up_posts: AtomicU64,
     /// Feed events given up on (dead-lettered) by this instance's worker.
     pub feed_dead_letters: AtomicU64,
     /// Post events taken from the broker, and posts (from the broker or a
@@ -189,6 +192,12 @@ impl Metrics {
             "livefeed_recovered_posts",
             "Posts queued to sockets by gap recoveries.",
             &self.recovered_posts,
+        );
+        counter(
+            r,
+            "livefeed_binding_catch_up_posts",
+            "Posts read back after a new broker binding (written while it was pending).",
+            &self.binding_catch_up_posts,
         );
         counter(
             r,

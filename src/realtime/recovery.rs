@@ -15,14 +15,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::stored_post_frame;
-use super::hub::fan_out;
+use super::hub::{catch_up_after_binding, fan_out};
 use super::registry::Registry;
 use crate::broker::Gap;
 use crate::domain::{PostId, UserId};
@@ -45,9 +45,9 @@ const MAX_REMEMBERED: usize = 1_000_000;
 /// `?since=`.
 const MAX_RECOVERED: i64 = 10_000;
 const AUTHORS_PER_QUERY: usize = 1_000;
-/// New bindings (follows made during the gap) are awaited this long before
-/// the posts are read; a binding still pending after it is re-applied by
-/// the broker anyway.
+/// New bindings (follows made during the gap) and their catch-ups are
+/// awaited this long before the posts are read; a binding still pending
+/// after it is re-applied by the broker anyway, and its catch-up still runs.
 const BINDING_WAIT: Duration = Duration::from_secs(10);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -98,9 +98,9 @@ impl Delivered {
 /// same author.
 pub(super) async fn recover(
     gap: Gap,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     store: &Store,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     delivered: &mut Delivered,
     stop: &CancellationToken,
 ) {
@@ -130,9 +130,9 @@ pub(super) async fn recover(
 /// Returns how many posts were fanned out.
 async fn recover_once(
     gap: Gap,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     store: &Store,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     delivered: &mut Delivered,
 ) -> Result<u64, StoreError> {
     let users = registry.users();
@@ -144,18 +144,33 @@ async fn recover_once(
     for (follower, author) in store.follows_of(&users).await? {
         follows.entry(follower).or_default().insert(author);
     }
-    let bindings: Vec<_> = follows
+    let window_start_ms = window_start_ms(gap);
+    // The read below sends the posts of the new bindings' authors in order
+    // with the rest; a binding still pending when it starts gets its own
+    // catch-up.
+    let read_started = Arc::new(AtomicBool::new(false));
+    let catch_ups: Vec<_> = follows
         .iter()
-        .flat_map(|(user, authors)| registry.follow_exactly(*user, authors))
+        .flat_map(|(user, authors)| registry.follow_exactly(*user, authors, window_start_ms))
+        .map(|binding| {
+            catch_up_after_binding(
+                binding,
+                registry,
+                store,
+                metrics,
+                Some(read_started.clone()),
+            )
+        })
         .collect();
-    if tokio::time::timeout(BINDING_WAIT, join_all(bindings))
+    if tokio::time::timeout(BINDING_WAIT, join_all(catch_ups))
         .await
         .is_err()
     {
         tracing::warn!("broker bindings still pending after a gap; reading posts anyway");
     }
 
-    let since = PostId::first_at(window_start_ms(gap));
+    read_started.store(true, Ordering::Release);
+    let since = PostId::first_at(window_start_ms);
     let mut posts = Vec::new();
     for authors in registry.authors().chunks(AUTHORS_PER_QUERY) {
         posts.extend(

@@ -12,8 +12,15 @@
 //! changes the hub applies as they arrive. [`Registry::subscribe`] and
 //! [`Registry::change`] commute: a change that reached the socket before its
 //! snapshot was applied is never undone by that snapshot.
+//!
+//! Nobody waits for the broker: a subscription takes effect locally at
+//! once, and a routing key whose binding is still on its way records the
+//! authors subscribed meanwhile. Whoever received the [`Binding`] hands it
+//! to the hub's catch-up, which reads their posts of that window back from
+//! PostgreSQL once the binding is in place.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
@@ -73,6 +80,7 @@ impl Registry {
             by_user: DashMap::new(),
             interest: Interest {
                 routes: DashMap::new(),
+                generations: AtomicU64::new(0),
                 broker,
                 routing,
             },
@@ -92,27 +100,41 @@ impl Registry {
     /// about since it was attached: such a change may be newer than the
     /// snapshot, and one older than it is in the snapshot anyway. So a
     /// snapshot and the changes around it give the same subscriptions in
-    /// whichever order they arrive. Returns the new broker bindings to await.
-    pub fn subscribe(&self, socket: &Arc<Socket>, snapshot: &[UserId]) -> Vec<Applied> {
+    /// whichever order they arrive. The socket must have every post written
+    /// from `since_ms` (Unix ms) on; `None` when its session reads what it
+    /// missed itself once its bindings are in place. Returns the new broker
+    /// bindings, each for the hub's catch-up.
+    pub fn subscribe(
+        &self,
+        socket: &Arc<Socket>,
+        snapshot: &[UserId],
+        since_ms: Option<u64>,
+    ) -> Vec<Binding> {
         let mut follows = socket.follows.lock().expect("follows lock");
         let changed = follows.changed_while_subscribing.take().unwrap_or_default();
         snapshot
             .iter()
             .filter(|author| !changed.contains_key(author))
-            .filter_map(|author| self.add(&mut follows.authors, socket, *author))
+            .filter_map(|author| self.add(&mut follows.authors, socket, *author, since_ms))
             .collect()
     }
 
-    /// A follow (`follows`) or unfollow of `author` by the socket's user.
-    /// Returns what to await for the broker binding to be in place when
-    /// this made the instance newly interested.
-    pub fn change(&self, socket: &Arc<Socket>, author: UserId, follows: bool) -> Option<Applied> {
+    /// A follow (`follows`) or unfollow of `author` by the socket's user,
+    /// made at `since_ms` (Unix ms). Returns the new broker binding, for the
+    /// hub's catch-up, when this made the instance newly interested.
+    pub fn change(
+        &self,
+        socket: &Arc<Socket>,
+        author: UserId,
+        follows: bool,
+        since_ms: u64,
+    ) -> Option<Binding> {
         let mut state = socket.follows.lock().expect("follows lock");
         if let Some(changed) = &mut state.changed_while_subscribing {
             changed.insert(author, follows);
         }
         if follows {
-            self.add(&mut state.authors, socket, author)
+            self.add(&mut state.authors, socket, author, Some(since_ms))
         } else {
             if state.authors.remove(&author) {
                 self.remove_subscriber(socket, author);
@@ -127,21 +149,41 @@ impl Registry {
         authors: &mut HashSet<UserId>,
         socket: &Arc<Socket>,
         author: UserId,
-    ) -> Option<Applied> {
+        since_ms: Option<u64>,
+    ) -> Option<Binding> {
         if !authors.insert(author) {
             return None;
         }
         match self.by_author.entry(author) {
+            // A binding still pending for this author lists it already, with
+            // an earlier `since_ms`.
             Entry::Occupied(entry) => {
                 entry.get().insert(socket);
                 None
             }
             Entry::Vacant(entry) => {
-                let applied = self.interest.acquire(author);
+                let binding = self.interest.acquire(author, since_ms);
                 entry.insert(Arc::default()).insert(socket);
-                Some(applied)
+                binding
             }
         }
+    }
+
+    /// Waits until `binding` is in place, then returns who subscribed while
+    /// it was pending: from then on the broker routes their posts here.
+    /// `None` when the key was released meanwhile.
+    pub async fn bound(&self, binding: Binding) -> Option<Pending> {
+        let Binding {
+            key,
+            generation,
+            applied,
+        } = binding;
+        applied.await;
+        let mut route = self.interest.routes.get_mut(&key)?;
+        if route.generation != generation {
+            return None;
+        }
+        route.pending.take()
     }
 
     /// Unsubscribes `socket` from everything and forgets it.
@@ -183,11 +225,16 @@ impl Registry {
     }
 
     /// Makes every socket of `user` follow exactly `authors`, as after the
-    /// follow changes it may have missed. Each difference is applied as a
-    /// follow change, so a socket still subscribing keeps it over its older
-    /// snapshot, and the live changes that follow override it in turn.
-    /// Returns the new broker bindings to await.
-    pub fn follow_exactly(&self, user: UserId, authors: &HashSet<UserId>) -> Vec<Applied> {
+    /// follow changes it may have missed since `since_ms`. Each difference is
+    /// applied as a follow change, so a socket still subscribing keeps it
+    /// over its older snapshot, and the live changes that follow override it
+    /// in turn. Returns the new broker bindings, for the hub's catch-up.
+    pub fn follow_exactly(
+        &self,
+        user: UserId,
+        authors: &HashSet<UserId>,
+        since_ms: u64,
+    ) -> Vec<Binding> {
         let mut bindings = Vec::new();
         for socket in self.sockets_of(user) {
             let stale: Vec<UserId> = socket
@@ -199,12 +246,12 @@ impl Registry {
                 .copied()
                 .collect();
             for author in stale {
-                self.change(&socket, author, false);
+                self.change(&socket, author, false, since_ms);
             }
             bindings.extend(
                 authors
                     .iter()
-                    .filter_map(|author| self.change(&socket, *author, true)),
+                    .filter_map(|author| self.change(&socket, *author, true, since_ms)),
             );
         }
         bindings
@@ -220,33 +267,86 @@ impl Registry {
     }
 }
 
+/// A broker binding a subscription asked for. Until it is in place, the
+/// posts of the authors subscribed meanwhile are routed elsewhere: whoever
+/// receives one passes it to the hub's catch-up, which reads them back.
+#[must_use = "a binding's catch-up must run, or posts written while it was pending are lost"]
+pub struct Binding {
+    key: String,
+    /// Tells this binding from a later one of the same key, after the key
+    /// was released and acquired again.
+    generation: u64,
+    applied: Applied,
+}
+
+/// The authors subscribed while a binding was pending, and the earliest
+/// moment (Unix ms) from which one of their subscribers must have every post
+/// (`None`: each reads what it missed itself).
+pub struct Pending {
+    pub since_ms: Option<u64>,
+    pub authors: Vec<UserId>,
+}
+
+/// One routing key: how many of the subscribed authors it carries, and
+/// while its binding is on its way, who subscribed meanwhile.
+struct Route {
+    authors: usize,
+    generation: u64,
+    pending: Option<Pending>,
+}
+
 /// Reference counts of routing keys, binding a key on its first interested
 /// author and unbinding it after the last. The broker call is made while the
 /// key's shard is locked, so binds and unbinds reach the broker in the order
 /// the counts changed.
 struct Interest {
-    routes: DashMap<String, usize>,
+    routes: DashMap<String, Route>,
+    generations: AtomicU64,
     broker: Broker,
     routing: Routing,
 }
 
 impl Interest {
-    fn acquire(&self, author: UserId) -> Applied {
+    fn acquire(&self, author: UserId, since_ms: Option<u64>) -> Option<Binding> {
         let key = self.routing.key(author);
-        let mut count = self.routes.entry(key.clone()).or_insert(0);
-        *count += 1;
-        if *count == 1 {
-            self.broker.bind(&key)
-        } else {
-            Applied::done()
+        let mut route = self.routes.entry(key.clone()).or_insert(Route {
+            authors: 0,
+            generation: 0,
+            pending: None,
+        });
+        route.authors += 1;
+        if route.authors > 1 {
+            if let Some(pending) = &mut route.pending {
+                pending.since_ms = match (pending.since_ms, since_ms) {
+                    (Some(earliest), Some(since_ms)) => Some(earliest.min(since_ms)),
+                    (earliest, since_ms) => earliest.or(since_ms),
+                };
+                pending.authors.push(author);
+            }
+            return None;
         }
+        let applied = self.broker.bind(&key);
+        // The in-process broker binds at once: nothing can be missed.
+        if applied.is_done() {
+            return None;
+        }
+        route.generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        route.pending = Some(Pending {
+            since_ms,
+            authors: vec![author],
+        });
+        Some(Binding {
+            key,
+            generation: route.generation,
+            applied,
+        })
     }
 
     fn release(&self, author: UserId) {
         let key = self.routing.key(author);
         if let Entry::Occupied(mut entry) = self.routes.entry(key) {
-            *entry.get_mut() -= 1;
-            if *entry.get() == 0 {
+            entry.get_mut().authors -= 1;
+            if entry.get().authors == 0 {
                 // Dropping the `Applied`: nothing waits for an unbind.
                 drop(self.broker.unbind(entry.key()));
                 entry.remove();

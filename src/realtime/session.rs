@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::codec::post_payload;
+use super::hub::catch_up_after_binding;
 use super::socket::Socket;
 use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
@@ -167,29 +168,55 @@ where
     // Subscribing and catching up hold database futures of kilobytes; boxed,
     // they are freed once done instead of sizing the task of every idle
     // socket for as long as it is open.
-    if let Err(end) = Box::pin(subscribe(realtime, socket)).await {
-        return end;
-    }
+    let catch_ups = match Box::pin(subscribe(realtime, socket, since.is_some())).await {
+        Ok(catch_ups) => catch_ups,
+        Err(end) => return end,
+    };
     let mut recent = RecentPosts::default();
-    if let Some(since) = since
-        && let Err(end) = Box::pin(catch_up(realtime, ws, socket.user, since, &mut recent)).await
-    {
-        return end;
+    if let Some(since) = since {
+        // A reconnecting client gets what it missed in order: its read
+        // comes after the bindings it asked for are in place, and replaces
+        // their catch-ups, which could send posts from before `since`.
+        futures_util::future::join_all(catch_ups).await;
+        if let Err(end) = Box::pin(catch_up(realtime, ws, socket.user, since, &mut recent)).await {
+            return end;
+        }
     }
     relay_live(realtime, ws, socket, recent).await
 }
 
-/// Subscribes to everyone the user follows and waits until the broker
-/// routes their posts here, so a catch-up read after this misses nothing.
-async fn subscribe(realtime: &Realtime, socket: &Arc<Socket>) -> Result<(), End> {
+/// Subscribes to everyone the user follows, without waiting for the
+/// broker: the socket has every post written from now on, live where this
+/// instance's bindings are in place, and through the hub's catch-up after
+/// each binding still on its way (returned, for a caller that must wait).
+/// A post written while its binding was pending may thus come after a
+/// newer one of the same author that came live. `reads_itself`: the caller
+/// reads what it missed once the bindings are in place.
+async fn subscribe(
+    realtime: &Realtime,
+    socket: &Arc<Socket>,
+    reads_itself: bool,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, End> {
+    let since_ms = (!reads_itself).then(|| unix_micros() / 1000);
     let authors = realtime
         .store
         .followed_authors(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let pending = realtime.registry.subscribe(socket, &authors);
-    futures_util::future::join_all(pending).await;
-    Ok(())
+    Ok(realtime
+        .registry
+        .subscribe(socket, &authors, since_ms)
+        .into_iter()
+        .map(|binding| {
+            catch_up_after_binding(
+                binding,
+                &realtime.registry,
+                &realtime.store,
+                &realtime.metrics,
+                None,
+            )
+        })
+        .collect())
 }
 
 /// Sends what the client may have missed since `since` (see the module

@@ -9,8 +9,8 @@ use livefeed::domain::UserId;
 use livefeed::realtime::Routing;
 
 use crate::support::{
-    Brokers, FeedClient, Rabbitmqctl, TestApp, TestUser, Vhost, fresh_database, outbox_settles,
-    proxied_rabbit, rabbit_broker,
+    Brokers, FeedClient, Rabbitmqctl, TestApp, TestUser, Vhost, fresh_database,
+    instances_connected, outbox_settles, proxied_rabbit, rabbit_broker,
 };
 
 /// Runs a scenario once on the in-process broker and once on RabbitMQ.
@@ -418,6 +418,44 @@ async fn posts_created_while_rabbitmq_is_down_arrive_when_it_returns() {
         !metrics.contains("livefeed_broker_reconnects_total 0\n"),
         "{metrics}"
     );
+}
+
+/// A socket is subscribed without waiting for its instance's broker
+/// binding: a post its author writes while that binding is still on its
+/// way is read back from PostgreSQL once the binding is in place, and
+/// reaches the socket exactly once.
+#[tokio::test]
+async fn a_post_written_while_the_binding_is_pending_arrives_once() {
+    let vhost = std::sync::Arc::new(Vhost::create().await);
+    let (proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let database = fresh_database().await;
+    // `a` starts first, on RabbitMQ directly: it is the outbox relay, and
+    // publishes while `b`'s link is frozen.
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    a.keep(vhost.clone());
+    let author = a.register("Автор", "Торопливый").await;
+    let reader = a.register("Читатель", "Ранний").await;
+    a.follow(&reader, &author).await;
+    // Two events each for the follow and the post: the live one and the
+    // feed cache's.
+    outbox_settles(&a, &[&a], 2).await;
+    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    instances_connected(&vhost, 2).await;
+
+    // `b`'s bind request for the author's key waits in the frozen proxy.
+    proxy.freeze();
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    let during = a.create_post(&author, "пока привязка в пути").await;
+    outbox_settles(&a, &[&a], 4).await;
+    proxy.thaw();
+
+    assert_eq!(socket.next_post().await["postId"], during.as_str());
+    let after = a.create_post(&author, "после привязки").await;
+    // Had `during` come twice, its copy would be next.
+    assert_eq!(socket.next_post().await["postId"], after.as_str());
+    assert_eq!(b.metric("livefeed_binding_catch_up_posts_total").await, 1);
+    assert_eq!(b.metric("livefeed_recovered_posts_total").await, 0);
+    assert_eq!(b.metric("livefeed_broker_reconnects_total").await, 0);
 }
 
 /// Bucket routing on RabbitMQ: the follower's instance binds the bucket of

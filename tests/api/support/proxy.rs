@@ -65,6 +65,12 @@ impl TcpProxy {
         self.frozen.send_replace(true);
     }
 
+    /// Forwards again what a [`TcpProxy::freeze`] held, as a network that
+    /// came back before either end gave up.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+
     fn listen(&mut self, listener: TcpListener) {
         self.forwarding = Some(tokio::spawn(forward(
             listener,
@@ -113,8 +119,8 @@ async fn forward(
     }
 }
 
-/// Copies `from` to `to` until either ends; once frozen, stops reading
-/// (keeping both open) for good.
+/// Copies `from` to `to` until either ends; while frozen, stops reading
+/// (keeping both open).
 async fn pump(
     mut from: impl AsyncReadExt + Unpin,
     mut to: impl AsyncWriteExt + Unpin,
@@ -125,7 +131,10 @@ async fn pump(
         let read = tokio::select! {
             read = from.read(&mut buffer) => read,
             () = async { drop(frozen.wait_for(|frozen| *frozen).await) } => {
-                std::future::pending().await
+                if frozen.wait_for(|frozen| !*frozen).await.is_err() {
+                    return;
+                }
+                continue;
             }
         };
         match read {
