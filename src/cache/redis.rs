@@ -32,6 +32,8 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a Redis error, readers go straight to PostgreSQL for this long
 /// instead of each waiting on a dead connection.
 const BACK_OFF: Duration = Duration::from_secs(1);
+/// Post ids written per round trip when finishing many feeds at once.
+const FINISH_IDS_PER_ROUND_TRIP: usize = 20_000;
 /// Followers updated per pipelined round trip.
 const FAN_OUT_CHUNK: usize = 1000;
 
@@ -82,7 +84,6 @@ pub struct RedisFeeds {
     prefix: String,
     back_off_until: AtomicU64,
     started: Instant,
-    read: Script,
     add: Script,
     begin_build: Script,
     finish_build: Script,
@@ -101,7 +102,6 @@ impl RedisFeeds {
             prefix: prefix.to_owned(),
             back_off_until: AtomicU64::new(0),
             started: Instant::now(),
-            read: Script::new(READ),
             add: Script::new(ADD),
             begin_build: Script::new(BEGIN_BUILD),
             finish_build: Script::new(FINISH_BUILD),
@@ -112,45 +112,88 @@ impl RedisFeeds {
         format!("{}{kind}:{id}", self.prefix)
     }
 
-    /// The posts `offset..offset + limit` of `user`'s feed, celebrities merged in.
+    /// The posts `offset..offset + limit` of `user`'s feed, celebrities
+    /// merged in, in at most three round trips of plain commands: the feed
+    /// and its celebrities, then the celebrities' timelines, then the bodies.
+    /// Each round trip is a MULTI, so a set and its sentinel are read from
+    /// one state; a change between round trips is a change between reads
+    /// (a deleted post's body is gone, and the page falls back to SQL).
     pub async fn page(
         &self,
         user: UserId,
         offset: usize,
         limit: usize,
     ) -> Result<CachedPage, CacheError> {
-        let reply: Vec<Bytes> = self
-            .call(
-                self.read
-                    .key(self.key("feed", user))
-                    .key(self.key("celebs", user))
-                    .arg(offset)
-                    .arg(limit)
-                    .arg(&self.prefix),
-            )
-            .await?;
-        let mut reply = reply.into_iter();
-        let status = reply.next().unwrap_or_default();
-        match &status[..] {
-            b"ok" => {
-                let mut posts = Vec::with_capacity(reply.len() / 2);
-                while let (Some(id), Some(body)) = (reply.next(), reply.next()) {
-                    posts.push((PostId::from_uuid(parse_uuid(&id)?), body));
-                }
-                Ok(CachedPage::Hit(posts))
-            }
-            b"missing" | b"building" => Ok(CachedPage::MissingFeed),
-            b"missing_author" => {
-                let author = reply.next().unwrap_or_default();
-                Ok(CachedPage::MissingAuthor(UserId::from_uuid(parse_uuid(
-                    &author,
-                )?)))
-            }
-            b"partial" | b"bodies" => Ok(CachedPage::Incomplete),
-            other => Err(CacheError::Reply(
-                String::from_utf8_lossy(other).into_owned(),
-            )),
+        let wanted = offset + limit;
+        let feed = self.key("feed", user);
+        let celebs = self.key("celebs", user);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        newest_commands(&mut pipe, &feed, wanted);
+        pipe.smembers(&celebs);
+        let (sentinel, ids, celebrities): (Vec<Bytes>, Vec<Bytes>, Vec<Bytes>) =
+            self.query(&pipe).await?;
+        let ids = match newest(sentinel, ids, wanted) {
+            Ok(ids) => ids,
+            Err(status) => return Ok(status),
+        };
+        // The pair is built together; an eviction can take one alone.
+        // Without the celebrities the feed cannot be read, and a rebuild
+        // would find it present: drop it so the next read rebuilds both.
+        if celebrities.is_empty() {
+            self.run(redis::pipe().del(&feed).ignore()).await?;
+            return Ok(CachedPage::MissingFeed);
         }
+        let celebrities: Vec<Bytes> = celebrities.into_iter().filter(|c| &c[..] != b"!").collect();
+        let mut sources = vec![ids];
+        if !celebrities.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for celebrity in &celebrities {
+                let key = format!(
+                    "{}author:{}",
+                    self.prefix,
+                    String::from_utf8_lossy(celebrity)
+                );
+                newest_commands(&mut pipe, &key, wanted);
+            }
+            let replies: Vec<Vec<Bytes>> = self.query(&pipe).await?;
+            let mut replies = replies.into_iter();
+            for celebrity in &celebrities {
+                let (Some(sentinel), Some(ids)) = (replies.next(), replies.next()) else {
+                    return Err(CacheError::Reply("short reply".into()));
+                };
+                match newest(sentinel, ids, wanted) {
+                    Ok(ids) => sources.push(ids),
+                    Err(CachedPage::Incomplete) => return Ok(CachedPage::Incomplete),
+                    Err(_) => {
+                        return Ok(CachedPage::MissingAuthor(UserId::from_uuid(parse_uuid(
+                            celebrity,
+                        )?)));
+                    }
+                }
+            }
+        }
+        let page = merge_newest(sources, wanted);
+        let page = page.get(offset..).unwrap_or_default();
+        if page.is_empty() {
+            return Ok(CachedPage::Hit(Vec::new()));
+        }
+        let keys: Vec<String> = page
+            .iter()
+            .map(|id| format!("{}post:{}", self.prefix, String::from_utf8_lossy(id)))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.mget(keys);
+        let (bodies,): (Vec<Option<Bytes>>,) = self.query(&pipe).await?;
+        let mut posts = Vec::with_capacity(page.len());
+        for (id, body) in page.iter().zip(bodies) {
+            let Some(body) = body else {
+                return Ok(CachedPage::Incomplete);
+            };
+            posts.push((PostId::from_uuid(parse_uuid(id)?), body));
+        }
+        Ok(CachedPage::Hit(posts))
     }
 
     /// Claims the building of a feed; false if it exists or is being built.
@@ -205,17 +248,58 @@ impl RedisFeeds {
         complete: bool,
         celebrities: &[UserId],
     ) -> Result<(), CacheError> {
-        finish
-            .arg(if complete { "!c" } else { "!p" })
-            .arg(FEED_CAPACITY)
-            .arg(posts.len());
-        for post in posts {
-            finish.arg(post.id.to_string());
-        }
-        for celebrity in celebrities {
-            finish.arg(celebrity.to_string());
-        }
+        finish_args(
+            &mut finish,
+            posts.iter().map(|p| p.id),
+            complete,
+            celebrities,
+        );
         let _: i64 = self.call(&finish).await?;
+        Ok(())
+    }
+
+    /// Forgets the cached feeds of `users` and claims their building, in
+    /// one round trip; true for each claimed (not being built elsewhere).
+    pub async fn restart_feeds(&self, users: &[UserId]) -> Result<Vec<bool>, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.begin_build).ignore();
+        for user in users {
+            let feed = self.key("feed", user);
+            pipe.del(&[feed.clone(), self.key("celebs", user)]).ignore();
+            pipe.invoke_script(
+                self.begin_build
+                    .key(feed)
+                    .arg(BUILD_TIMEOUT.as_millis() as u64),
+            );
+        }
+        self.query(&pipe).await
+    }
+
+    /// [`Self::finish_feed`] for many feeds in one round trip: each is
+    /// `(user, post ids newest first, complete, celebrities)`.
+    pub async fn finish_feeds(
+        &self,
+        feeds: &[(UserId, &[PostId], bool, &[UserId])],
+    ) -> Result<(), CacheError> {
+        let mut feeds = feeds.iter().peekable();
+        while feeds.peek().is_some() {
+            // Round trips of bounded size: the feeds of the readers who
+            // follow the most hold a thousand ids each, and one pipeline of
+            // hundreds of them would outlast the response timeout.
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.finish_build).ignore();
+            let mut ids = 0;
+            while ids < FINISH_IDS_PER_ROUND_TRIP
+                && let Some(&(user, posts, complete, celebrities)) = feeds.next()
+            {
+                let mut finish = self.finish_build.key(self.key("feed", user));
+                finish.key(self.key("celebs", user));
+                finish_args(&mut finish, posts.iter().copied(), complete, celebrities);
+                pipe.invoke_script(&finish).ignore();
+                ids += posts.len() + celebrities.len() + 1;
+            }
+            self.run(&pipe).await?;
+        }
         Ok(())
     }
 
@@ -328,6 +412,17 @@ impl RedisFeeds {
             .map_err(|e| self.failed(e))
     }
 
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        self.check_back_off()?;
+        let mut redis = self.redis.clone();
+        pipe.query_async(&mut redis)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
     fn check_back_off(&self) -> Result<(), CacheError> {
         let now = self.started.elapsed().as_millis() as u64;
         if now < self.back_off_until.load(Ordering::Relaxed) {
@@ -351,79 +446,81 @@ fn parse_uuid(raw: &[u8]) -> Result<uuid::Uuid, CacheError> {
         .map_err(|_| CacheError::Reply(format!("not an id: {}", String::from_utf8_lossy(raw))))
 }
 
-/// KEYS: feed, celebs. ARGV: offset, limit, prefix.
-/// Replies `ok` then id, body pairs; or a status (and an author id).
-const READ: &str = r#"
-local offset, limit, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local wanted = offset + limit
-local function newest(key)
-    local sentinel = redis.call('ZRANGE', key, 0, 0)[1]
-    if not sentinel then return nil, 'missing' end
-    if sentinel == '!b' then return nil, 'building' end
-    local ids = redis.call('ZREVRANGE', key, 0, wanted)
-    if ids[#ids] == sentinel then table.remove(ids) end
-    if #ids > wanted then table.remove(ids) end
-    if #ids < wanted and sentinel ~= '!c' then return nil, 'partial' end
-    return ids
-end
-local ids, status = newest(KEYS[1])
-if not ids then return {status} end
--- The pair is built together; an eviction can take one alone. Without the
--- celebrities the feed cannot be read, and a rebuild would find it present:
--- drop it so the next read rebuilds both.
-if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('DEL', KEYS[1])
-    return {'missing'}
-end
--- Each source is newest first; a k-way merge of their heads yields the
--- page without sorting (a Lua comparator sort costs far more than the
--- Redis commands). A post in two sources (around a celebrity change) is
--- skipped the second time: equal ids meet as consecutive picks.
-local sources = {ids}
-for _, celebrity in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if celebrity ~= '!' then
-        local theirs, why = newest(prefix .. 'author:' .. celebrity)
-        if not theirs then
-            if why == 'partial' then return {why} end
-            return {'missing_author', celebrity}
-        end
-        sources[#sources + 1] = theirs
-    end
-end
-local page = ids
-if #sources > 1 then
-    page = {}
-    local next_of = {}
-    for i = 1, #sources do next_of[i] = 1 end
-    local last
-    while #page < wanted do
-        local best, from
-        for i = 1, #sources do
-            local id = sources[i][next_of[i]]
-            if id and (not best or id > best) then best, from = id, i end
-        end
-        if not best then break end
-        next_of[from] = next_of[from] + 1
-        if best ~= last then
-            page[#page + 1] = best
-            last = best
-        end
-    end
-end
-local reply = {'ok'}
-local keys = {}
-for i = offset + 1, math.min(wanted, #page) do
-    keys[#keys + 1] = prefix .. 'post:' .. page[i]
-end
-if #keys == 0 then return reply end
-local bodies = redis.call('MGET', unpack(keys))
-for i, body in ipairs(bodies) do
-    if not body then return {'bodies'} end
-    reply[#reply + 1] = page[offset + i]
-    reply[#reply + 1] = body
-end
-return reply
-"#;
+/// FINISH_BUILD's arguments after its keys.
+fn finish_args(
+    finish: &mut redis::ScriptInvocation<'_>,
+    posts: impl ExactSizeIterator<Item = PostId>,
+    complete: bool,
+    celebrities: &[UserId],
+) {
+    finish
+        .arg(if complete { "!c" } else { "!p" })
+        .arg(FEED_CAPACITY)
+        .arg(posts.len());
+    for post in posts {
+        finish.arg(post.to_string());
+    }
+    for celebrity in celebrities {
+        finish.arg(celebrity.to_string());
+    }
+}
+
+/// Queues the reads [`newest`] needs of a sorted set: its sentinel (the
+/// lowest member) and its newest `wanted + 1` members.
+fn newest_commands(pipe: &mut redis::Pipeline, key: &str, wanted: usize) {
+    pipe.zrange(key, 0, 0).zrevrange(key, 0, wanted as isize);
+}
+
+/// The newest `wanted` ids of a sorted set (fewer if it holds every post
+/// there is), or why the cache cannot answer from it.
+fn newest(
+    sentinel: Vec<Bytes>,
+    mut ids: Vec<Bytes>,
+    wanted: usize,
+) -> Result<Vec<Bytes>, CachedPage> {
+    let Some(sentinel) = sentinel.into_iter().next() else {
+        return Err(CachedPage::MissingFeed);
+    };
+    if &sentinel[..] == b"!b" {
+        return Err(CachedPage::MissingFeed);
+    }
+    if ids.last() == Some(&sentinel) {
+        ids.pop();
+    }
+    ids.truncate(wanted);
+    if ids.len() < wanted && &sentinel[..] != b"!c" {
+        return Err(CachedPage::Incomplete);
+    }
+    Ok(ids)
+}
+
+/// The newest `wanted` ids of sources each sorted newest first. Ids sort
+/// by time as bytes; a k-way merge of the heads yields the page without
+/// sorting. A post in two sources (around a celebrity change) is taken
+/// once: equal ids meet as consecutive picks.
+fn merge_newest(mut sources: Vec<Vec<Bytes>>, wanted: usize) -> Vec<Bytes> {
+    if sources.len() == 1 {
+        return sources.pop().unwrap_or_default();
+    }
+    let mut next = vec![0; sources.len()];
+    let mut page: Vec<Bytes> = Vec::with_capacity(wanted);
+    while page.len() < wanted {
+        let mut best: Option<(usize, &Bytes)> = None;
+        for (i, source) in sources.iter().enumerate() {
+            if let Some(id) = source.get(next[i])
+                && best.is_none_or(|(_, b)| id > b)
+            {
+                best = Some((i, id));
+            }
+        }
+        let Some((from, id)) = best else { break };
+        next[from] += 1;
+        if page.last() != Some(id) {
+            page.push(id.clone());
+        }
+    }
+    page
+}
 
 /// KEYS: a feed or author set. ARGV: post id, capacity.
 const ADD: &str = r#"

@@ -13,12 +13,14 @@ use crate::store::Store;
 
 /// Post bodies written per round trip.
 const POST_CHUNK: i64 = 5000;
+/// Feeds claimed, read and finished together.
+const FEED_CHUNK: usize = 500;
 
 pub struct WarmOptions {
     /// Only the users who follow the most others (their feeds cost the most
     /// to build from PostgreSQL); all users when `None`.
     pub users: Option<i64>,
-    /// Feeds built at once.
+    /// Chunks of feeds built at once.
     pub concurrency: usize,
 }
 
@@ -48,7 +50,10 @@ pub async fn warm(
     }
     let users = store.users_by_follows(options.users).await?;
     let total = users.len();
-    eprintln!("warming {total} feeds, {} at a time", options.concurrency);
+    eprintln!(
+        "warming {total} feeds, {} chunks of {FEED_CHUNK} at a time",
+        options.concurrency
+    );
     let built = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let progress = async {
@@ -63,14 +68,15 @@ pub async fn warm(
             );
         }
     };
-    let work = futures_util::stream::iter(users).for_each_concurrent(options.concurrency, |user| {
+    let chunks = users.chunks(FEED_CHUNK);
+    let work = futures_util::stream::iter(chunks).for_each_concurrent(options.concurrency, |chunk| {
         let (built, failed) = (&built, &failed);
         async move {
-            match feeds.warm_feed(user).await {
-                Ok(()) => built.fetch_add(1, Ordering::Relaxed),
+            match feeds.warm_feeds(chunk).await {
+                Ok(()) => built.fetch_add(chunk.len() as u64, Ordering::Relaxed),
                 Err(e) => {
-                    tracing::warn!(%user, error = %e, "cannot warm feed");
-                    failed.fetch_add(1, Ordering::Relaxed)
+                    tracing::warn!(users = chunk.len(), error = %e, "cannot warm a chunk of feeds");
+                    failed.fetch_add(chunk.len() as u64, Ordering::Relaxed)
                 }
             };
         }

@@ -26,7 +26,7 @@ pub use error::StoreError;
 pub use idempotency::{Endpoint, Once, Outcome, StoredResponse};
 pub use migrate::{create_database_if_missing, migrate};
 pub use outbox::{ClaimedMessage, OutboxLeader};
-pub use posts::FeedSource;
+pub use posts::{FeedIds, FeedSource};
 
 /// How the service talks to PostgreSQL.
 #[derive(Debug, Clone)]
