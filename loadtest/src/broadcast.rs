@@ -143,7 +143,7 @@ async fn both(
     let text_bytes = args.text_bytes as usize;
     let stage = Stage {
         targets,
-        servers: Servers::new(&args.common.server_pids, targets)?,
+        servers: Servers::new(&args.common.server_pids, &args.common.stores, targets)?,
         poster: fanout::rest_poster(&args.common, targets, population, plan, text_bytes)?,
     };
     let livefeed = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await?;
@@ -163,7 +163,7 @@ async fn both(
     let stage = Stage {
         targets: &floor_targets,
         // The floor has no /metrics: its CPU and memory only.
-        servers: Servers::new(&[floor.pid], &[])?,
+        servers: Servers::new(&[floor.pid], &[], &[])?,
         poster: Poster::Floor(Box::new(floor)),
     };
     let measured = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await;

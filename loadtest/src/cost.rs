@@ -1,22 +1,55 @@
 //! What a run costs: the instances' memory and CPU (from /proc, given their
-//! pids), their own counters (GET /metrics), and the load generator's CPU
-//! (this process and its workers) over the same phase, so that a client
-//! more expensive than the server it measures shows up in the report.
+//! pids), the CPU of the stores they use (PostgreSQL, Redis, RabbitMQ: whole
+//! process trees, given their names or root pids) and the sum of both, the
+//! all-in cost; the instances' own counters (GET /metrics); and the load
+//! generator's CPU (this process and its workers) over the same phase, so
+//! that a client more expensive than the server it measures shows up.
 
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::opts::Target;
+use anyhow::bail;
+
+use crate::opts::{StoreSpec, Target};
 use crate::procfs::{self, Usage};
 
 const METRICS_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Servers {
     pids: Vec<u32>,
+    stores: Vec<Store>,
     bases: Vec<String>,
     http: reqwest::Client,
+}
+
+/// A store's process trees, found once: their descendants are read afresh
+/// at every mark, so backends that come and go are counted.
+struct Store {
+    label: String,
+    roots: Vec<u32>,
+}
+
+impl Store {
+    fn find(spec: &StoreSpec) -> anyhow::Result<Self> {
+        let roots = match spec.pid {
+            Some(pid) => vec![pid],
+            None => procfs::roots_named(&spec.label),
+        };
+        if roots.is_empty() {
+            bail!("--store {}: no process has that name", spec.label);
+        }
+        if let Some(pid) = spec.pid
+            && procfs::usage(Some(pid)).is_err()
+        {
+            bail!("--store {}={pid}: no such process", spec.label);
+        }
+        Ok(Self {
+            label: spec.label.clone(),
+            roots,
+        })
+    }
 }
 
 /// The instances at one moment.
@@ -37,9 +70,11 @@ pub struct Counters {
 }
 
 impl Servers {
-    pub fn new(pids: &[u32], targets: &[Target]) -> anyhow::Result<Self> {
+    /// `stores`: what else the instances make work, for the all-in cost.
+    pub fn new(pids: &[u32], stores: &[StoreSpec], targets: &[Target]) -> anyhow::Result<Self> {
         Ok(Self {
             pids: pids.to_vec(),
+            stores: stores.iter().map(Store::find).collect::<Result<_, _>>()?,
             bases: targets.iter().map(|t| t.base.clone()).collect(),
             http: reqwest::Client::builder()
                 .no_proxy()
@@ -74,6 +109,13 @@ impl Servers {
     fn cpu_micros(&self) -> u64 {
         let pids: Vec<Option<u32>> = self.pids.iter().map(|pid| Some(*pid)).collect();
         procfs::cpu_micros_of(&pids)
+    }
+
+    fn store_micros(&self) -> Vec<u64> {
+        self.stores
+            .iter()
+            .map(|store| procfs::tree_cpu_micros(&store.roots))
+            .collect()
     }
 
     /// Memory of each instance before and after `ready_per_target` sockets
@@ -191,6 +233,8 @@ pub struct ServerMemory {
 pub struct CpuMark {
     at: Instant,
     server_micros: u64,
+    /// Per store, in `--store` order.
+    store_micros: Vec<u64>,
     client_micros: u64,
 }
 
@@ -202,6 +246,7 @@ impl CpuMark {
         Self {
             at: Instant::now(),
             server_micros: servers.cpu_micros(),
+            store_micros: servers.store_micros(),
             client_micros: procfs::cpu_micros_of(&clients),
         }
     }
@@ -214,12 +259,37 @@ impl CpuMark {
         let per_op = |micros: u64| (operations > 0).then(|| micros as f64 / operations as f64);
         let cores = |micros: u64| (seconds > 0.0).then(|| micros as f64 / 1e6 / seconds);
         let has_servers = servers.has_pids();
+        let stores: Vec<StoreCpu> = servers
+            .stores
+            .iter()
+            .zip(self.store_micros.iter().zip(&start.store_micros))
+            .map(|(store, (end, start))| {
+                let micros = end.saturating_sub(*start);
+                StoreCpu {
+                    label: store.label.clone(),
+                    roots: store.roots.clone(),
+                    cpu_seconds: micros as f64 / 1e6,
+                    cores: cores(micros),
+                    us_per_op: per_op(micros),
+                }
+            })
+            .collect();
+        let store_total: u64 = self
+            .store_micros
+            .iter()
+            .zip(&start.store_micros)
+            .map(|(end, start)| end.saturating_sub(*start))
+            .sum();
+        let all_in = (has_servers && !stores.is_empty()).then_some(server + store_total);
         CpuReport {
             seconds,
             operations,
             server_cpu_seconds: has_servers.then(|| server as f64 / 1e6),
             server_cores: cores(server).filter(|_| has_servers),
             server_us_per_op: per_op(server).filter(|_| has_servers),
+            stores,
+            all_in_cores: all_in.and_then(cores),
+            all_in_us_per_op: all_in.and_then(per_op),
             client_cpu_seconds: client as f64 / 1e6,
             client_cores: cores(client),
             client_us_per_op: per_op(client),
@@ -238,12 +308,27 @@ pub struct CpuReport {
     pub server_cpu_seconds: Option<f64>,
     pub server_cores: Option<f64>,
     pub server_us_per_op: Option<f64>,
+    /// Per `--store`.
+    pub stores: Vec<StoreCpu>,
+    /// The instances plus every store: needs `--server-pid` and `--store`.
+    pub all_in_cores: Option<f64>,
+    pub all_in_us_per_op: Option<f64>,
     pub client_cpu_seconds: f64,
     pub client_cores: Option<f64>,
     pub client_us_per_op: Option<f64>,
     /// The machine's 1-minute load average at the end of the phase: CPU
     /// time the instances wanted but other processes got shows here.
     pub load_average: Option<f64>,
+}
+
+/// One store's CPU over a phase.
+#[derive(Serialize)]
+pub struct StoreCpu {
+    pub label: String,
+    pub roots: Vec<u32>,
+    pub cpu_seconds: f64,
+    pub cores: Option<f64>,
+    pub us_per_op: Option<f64>,
 }
 
 impl CpuReport {
@@ -264,6 +349,24 @@ impl CpuReport {
             self.seconds,
             self.operations
         );
+        for store in &self.stores {
+            let _ = writeln!(
+                out,
+                "  {:<24} {} per {op} ({} cores)",
+                format!("{label}: {}", store.label),
+                per(store.us_per_op),
+                cores(store.cores)
+            );
+        }
+        if self.all_in_us_per_op.is_some() {
+            let _ = writeln!(
+                out,
+                "  {:<24} {} per {op} ({} cores): instances + stores",
+                format!("{label}: all-in"),
+                per(self.all_in_us_per_op),
+                cores(self.all_in_cores)
+            );
+        }
     }
 
     /// The machine's load average: how much other work competed.

@@ -33,6 +33,15 @@ pub struct Common {
     #[arg(long = "server-pid", value_delimiter = ',')]
     pub server_pids: Vec<u32>,
 
+    /// A store whose CPU time is reported beside the instances' and added
+    /// into the all-in figure: `NAME` counts every tree of processes named
+    /// NAME (`postgres`, `redis-server`, `beam.smp`); `LABEL=PID` the tree
+    /// rooted at PID (the postmaster, one RabbitMQ node's beam.smp).
+    /// Repeatable or comma-separated. A tree is its root's CPU, the CPU of
+    /// the children it reaped, and its live descendants'.
+    #[arg(long = "store", value_delimiter = ',', value_parser = parse_store)]
+    pub stores: Vec<StoreSpec>,
+
     /// Print the report as JSON on stdout (progress stays on stderr).
     #[arg(long)]
     pub json: bool,
@@ -44,6 +53,34 @@ pub struct Common {
     /// Seed of every random choice (follow graph, authors, request mix).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// A store named on the command line, before its processes are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    pub label: String,
+    /// `None`: every process tree whose root is named `label`.
+    pub pid: Option<u32>,
+}
+
+fn parse_store(raw: &str) -> Result<StoreSpec, String> {
+    let (label, pid) = match raw.split_once('=') {
+        Some((label, pid)) => {
+            let pid = pid
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad pid {pid:?} in {raw:?} (LABEL=PID)"))?;
+            (label.trim(), Some(pid))
+        }
+        None => (raw.trim(), None),
+    };
+    if label.is_empty() {
+        return Err(format!("{raw:?} names no store"));
+    }
+    Ok(StoreSpec {
+        label: label.to_owned(),
+        pid,
+    })
 }
 
 /// How websocket clients are spread over worker processes.
@@ -178,4 +215,30 @@ pub fn unix_micros() -> u64 {
 
 pub fn secs(seconds: u64) -> Duration {
     Duration::from_secs(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_parse_by_name_or_pid() {
+        assert_eq!(
+            parse_store("postgres"),
+            Ok(StoreSpec {
+                label: "postgres".into(),
+                pid: None
+            })
+        );
+        assert_eq!(
+            parse_store("rabbitmq=2972"),
+            Ok(StoreSpec {
+                label: "rabbitmq".into(),
+                pid: Some(2972)
+            })
+        );
+        for bad in ["", "=12", "pg=x", "pg="] {
+            assert!(parse_store(bad).is_err(), "{bad}");
+        }
+    }
 }

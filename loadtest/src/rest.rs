@@ -120,6 +120,22 @@ impl FromStr for Mix {
 }
 
 impl Mix {
+    /// The one operation with a weight, if only one has: then the CPU per
+    /// request is that operation's.
+    fn only(&self) -> Option<Op> {
+        let mut weighted = OPS
+            .iter()
+            .zip(self.0)
+            .scan(0, |before, (op, total)| {
+                let weight = total - *before;
+                *before = total;
+                Some((*op, weight))
+            })
+            .filter(|(_, weight)| *weight > 0);
+        let (op, _) = weighted.next()?;
+        weighted.next().is_none().then_some(op)
+    }
+
     fn pick(&self, rng: &mut Rng) -> Op {
         let draw = rng.below(u64::from(self.0[3])) as u32;
         OPS[self
@@ -153,8 +169,10 @@ struct RestReport {
     /// corrected); closed loop: service time.
     latency: Summary,
     operations: Vec<OperationReport>,
-    /// Operations are requests.
+    /// Operations are requests: of one kind when `--mix` names one.
     cpu: CpuReport,
+    /// The operation every request was, if the mix had one only.
+    cpu_per: &'static str,
 }
 
 #[derive(Serialize)]
@@ -189,7 +207,7 @@ impl Report for RestReport {
             latency_line(out, op.name, &op.latency);
             tally_line(out, &format!("{} errors", op.name), &op.errors);
         }
-        self.cpu.human(out, "cpu", "request", "requests");
+        self.cpu.human(out, "cpu", self.cpu_per, "requests");
         self.cpu.load_human(out);
     }
 
@@ -252,7 +270,7 @@ async fn traffic(
     line: &mut ProgressLine,
 ) -> anyhow::Result<RestReport> {
     let minter = Minter::new(&args.common.jwt_secret)?;
-    let servers = Servers::new(&args.common.server_pids, targets)?;
+    let servers = Servers::new(&args.common.server_pids, &args.common.stores, targets)?;
     let context = Arc::new(Caller {
         http: reqwest::Client::builder()
             .no_proxy()
@@ -344,6 +362,7 @@ async fn traffic(
         latency: all.summary(),
         operations,
         cpu: end.since(&start, &servers, requests),
+        cpu_per: args.mix.only().map_or("request", Op::name),
     })
 }
 
@@ -462,6 +481,12 @@ mod tests {
         }
         assert_eq!((counts[1], counts[3]), (0, 0));
         assert!((2800..3200).contains(&counts[0]), "{counts:?}");
+        assert_eq!(mix.only(), None);
+        assert_eq!("create=1".parse::<Mix>().unwrap().only(), Some(Op::Create));
+        assert_eq!(
+            "get=0,search=5".parse::<Mix>().unwrap().only(),
+            Some(Op::Search)
+        );
         for bad in ["feed", "feed=x", "nap=1", "feed=0", ""] {
             assert!(bad.parse::<Mix>().is_err(), "{bad}");
         }

@@ -89,7 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<Verdict> {
     let outcome = opts::interruptible(async {
         let stage = Stage {
             targets: &targets,
-            servers: Servers::new(&args.common.server_pids, &targets)?,
+            servers: Servers::new(&args.common.server_pids, &args.common.stores, &targets)?,
             poster: fanout::rest_poster(&args.common, &targets, &population, &plan, 0)?,
         };
         fanout::run(

@@ -122,7 +122,7 @@ async fn storm(
     population: &Population,
     line: &mut ProgressLine,
 ) -> anyhow::Result<StormReport> {
-    let servers = Servers::new(&args.common.server_pids, targets)?;
+    let servers = Servers::new(&args.common.server_pids, &args.common.stores, targets)?;
     let clients: Vec<ClientSpec> = population
         .users
         .iter()
