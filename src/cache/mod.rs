@@ -321,6 +321,10 @@ impl WorkError {
     fn is_database_unavailable(&self) -> bool {
         matches!(self, Self::Store(StoreError::Unavailable(_)))
     }
+
+    fn is_unavailable(&self) -> bool {
+        self.is_redis_unavailable() || self.is_database_unavailable()
+    }
 }
 
 /// Joins JSON documents into a JSON array without parsing them.
