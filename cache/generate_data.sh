@@ -16,7 +16,7 @@
 # --redis-prefix         LIVEFEED_REDIS_PREFIX           lf:  (must match the service's)
 # --celebrity-threshold  LIVEFEED_CELEBRITY_THRESHOLD    10000 (must match the service's)
 # --users                LIVEFEED_WARM_USERS             all
-# --concurrency          LIVEFEED_WARM_CONCURRENCY       8 feeds built at once
+# --concurrency          LIVEFEED_WARM_CONCURRENCY       4 chunks of 500 feeds built at once
 #
 # Progress (feeds, rate, time left) goes to stderr; the exit status is non-zero if any feed failed.
 set -euo pipefail

@@ -71,8 +71,9 @@ pub struct WarmCacheArgs {
     #[arg(long, env = "LIVEFEED_WARM_USERS", value_parser = clap::value_parser!(i64).range(1..))]
     pub users: Option<i64>,
 
-    /// Feeds built at once.
-    #[arg(long, env = "LIVEFEED_WARM_CONCURRENCY", default_value_t = 8,
+    /// Chunks of 500 feeds built at once (each holds a database connection
+    /// for its two statements).
+    #[arg(long, env = "LIVEFEED_WARM_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 }

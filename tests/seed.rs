@@ -393,6 +393,7 @@ async fn api_serves_the_seeded_users(database_url: &str, db: &tokio_postgres::Cl
         .await
         .unwrap();
     assert_eq!(cached, 10_000, "one cached feed per user");
+    warmed_feeds_are_the_truth(db, &mut redis, &prefix).await;
 
     let app = TestApp::spawn_with(database_url, &["--celebrity-threshold", &threshold]).await;
     let base = app.address.clone();
@@ -536,6 +537,79 @@ async fn api_serves_the_seeded_users(database_url: &str, db: &tokio_postgres::Cl
     }
 
     app.stop().await.expect("the server ran cleanly");
+}
+
+/// The warmed feeds of the readers who follow the most others and the most
+/// celebrities hold what a one-reader build would: the newest posts of the
+/// non-celebrities they follow, the right sentinel, and their celebrities.
+async fn warmed_feeds_are_the_truth(
+    db: &tokio_postgres::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) {
+    let readers: Vec<String> = db
+        .query(
+            "(SELECT user_id::text FROM friends GROUP BY user_id ORDER BY count(*) DESC, 1 LIMIT 10) \
+             UNION \
+             (SELECT f.user_id::text FROM friends f JOIN users u ON u.id = f.friend_id \
+              WHERE u.celebrity GROUP BY f.user_id ORDER BY count(*) DESC, 1 LIMIT 10)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(readers.len() >= 10, "{readers:?}");
+    let mut with_celebrities = 0;
+    for reader in &readers {
+        let posts: Vec<String> = db
+            .query(
+                "SELECT p.id::text FROM posts p JOIN friends f ON f.friend_id = p.author_id \
+                 JOIN users u ON u.id = p.author_id AND NOT u.celebrity \
+                 WHERE f.user_id = $1::text::uuid ORDER BY p.id DESC LIMIT 1001",
+                &[reader],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let sentinel = if posts.len() > 1000 { "!p" } else { "!c" };
+        let mut expected: Vec<String> = posts.into_iter().take(1000).collect();
+        expected.push(sentinel.to_owned());
+        let cached: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(format!("{prefix}feed:{reader}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(redis)
+            .await
+            .unwrap();
+        assert_eq!(cached, expected, "the warmed feed of {reader}");
+
+        let mut celebrities: Vec<String> = db
+            .query(
+                "SELECT f.friend_id::text FROM friends f JOIN users u ON u.id = f.friend_id \
+                 WHERE f.user_id = $1::text::uuid AND u.celebrity",
+                &[reader],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        with_celebrities += usize::from(!celebrities.is_empty());
+        celebrities.push("!".to_owned());
+        celebrities.sort();
+        let mut cached: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{prefix}celebs:{reader}"))
+            .query_async(redis)
+            .await
+            .unwrap();
+        cached.sort();
+        assert_eq!(cached, celebrities, "the warmed celebrities of {reader}");
+    }
+    assert!(with_celebrities > 0, "no reader followed a celebrity");
 }
 
 fn search_url(base: &str, first_name: &str, last_name: &str) -> url::Url {

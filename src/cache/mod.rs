@@ -26,7 +26,7 @@ use self::redis::{CachedPage, RedisFeeds};
 pub use self::warm::{WarmOptions, WarmReport, warm};
 pub use self::worker::run as run_worker;
 use crate::domain::{FeedPage, PostId, UserId};
-use crate::store::{Audience, PostAudience, Store, StoreError};
+use crate::store::{Audience, FeedIds, PostAudience, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -138,11 +138,33 @@ impl Feeds {
         Ok(())
     }
 
-    /// Builds `user`'s feed afresh from PostgreSQL, replacing a cached one;
-    /// every post body must be cached already ([`Self::warm_posts`]).
-    pub async fn warm_feed(&self, user: UserId) -> Result<(), WorkError> {
-        self.cache.invalidate_feeds(&[user]).await?;
-        self.try_rebuild_feed(user, Bodies::AlreadyCached).await
+    /// Builds the feeds of `users` afresh from PostgreSQL, replacing cached
+    /// ones, by the same claim-read-finish protocol as a read, a chunk at a
+    /// time: one round trip to claim them all, two statements to read
+    /// them, one round trip to finish them. Every post body must be cached
+    /// already ([`Self::warm_posts`]).
+    pub async fn warm_feeds(&self, users: &[UserId]) -> Result<(), WorkError> {
+        let claimed = self.cache.restart_feeds(users).await?;
+        let users: Vec<UserId> = users
+            .iter()
+            .zip(claimed)
+            .filter_map(|(user, claimed)| claimed.then_some(*user))
+            .collect();
+        let sources = self
+            .store
+            .feed_sources(&users, FEED_CAPACITY as i64)
+            .await?;
+        let none = FeedIds::default();
+        let feeds: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let source = sources.get(user).unwrap_or(&none);
+                let complete = source.posts.len() < FEED_CAPACITY;
+                (*user, &source.posts[..], complete, &source.celebrities[..])
+            })
+            .collect();
+        self.cache.finish_feeds(&feeds).await?;
+        Ok(())
     }
 
     /// Builds a celebrity's timeline afresh, replacing a cached one;
@@ -308,6 +330,10 @@ impl WorkError {
 
     fn is_database_unavailable(&self) -> bool {
         matches!(self, Self::Store(StoreError::Unavailable(_)))
+    }
+
+    fn is_unavailable(&self) -> bool {
+        self.is_redis_unavailable() || self.is_database_unavailable()
     }
 }
 

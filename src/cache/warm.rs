@@ -14,12 +14,19 @@ use crate::store::Store;
 
 /// Post bodies written per round trip.
 const POST_CHUNK: i64 = 5000;
+/// Feeds claimed, read and finished together.
+const FEED_CHUNK: usize = 500;
+/// Tries of a chunk while Redis or PostgreSQL times out or is away, and the
+/// pause between them: on a loaded machine one slow round trip must not
+/// fail the chunk, nor (through the cache's back-off) every chunk after it.
+const CHUNK_TRIES: u32 = 5;
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 pub struct WarmOptions {
     /// Only the users who follow the most others (their feeds cost the most
     /// to build from PostgreSQL); all users when `None`.
     pub users: Option<i64>,
-    /// Feeds built at once.
+    /// Chunks of feeds built at once.
     pub concurrency: usize,
 }
 
@@ -49,7 +56,10 @@ pub async fn warm(
     }
     let users = store.users_by_follows(options.users).await?;
     let total = users.len();
-    eprintln!("warming {total} feeds, {} at a time", options.concurrency);
+    eprintln!(
+        "warming {total} feeds, {} chunks of {FEED_CHUNK} at a time",
+        options.concurrency
+    );
     let built = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
     let feeds_started = Instant::now();
@@ -69,14 +79,15 @@ pub async fn warm(
             );
         }
     };
-    let work = futures_util::stream::iter(users).for_each_concurrent(options.concurrency, |user| {
+    let chunks = users.chunks(FEED_CHUNK);
+    let work = futures_util::stream::iter(chunks).for_each_concurrent(options.concurrency, |chunk| {
         let (built, failed) = (&built, &failed);
         async move {
-            match feeds.warm_feed(user).await {
-                Ok(()) => built.fetch_add(1, Ordering::Relaxed),
+            match warm_chunk(feeds, chunk).await {
+                Ok(()) => built.fetch_add(chunk.len() as u64, Ordering::Relaxed),
                 Err(e) => {
-                    tracing::warn!(%user, error = %e, "cannot warm feed");
-                    failed.fetch_add(1, Ordering::Relaxed)
+                    tracing::warn!(users = chunk.len(), error = %e, "cannot warm a chunk of feeds");
+                    failed.fetch_add(chunk.len() as u64, Ordering::Relaxed)
                 }
             };
         }
@@ -91,4 +102,23 @@ pub async fn warm(
         failed: failed.into_inner(),
         elapsed: started.elapsed(),
     })
+}
+
+/// [`Feeds::warm_feeds`], tried again after a pause while a store is
+/// unavailable (a rebuild of the same chunk is harmless: it claims afresh).
+async fn warm_chunk(
+    feeds: &Feeds,
+    chunk: &[crate::domain::UserId],
+) -> Result<(), super::WorkError> {
+    let mut tries = 1;
+    loop {
+        match feeds.warm_feeds(chunk).await {
+            Err(e) if tries < CHUNK_TRIES && e.is_unavailable() => {
+                tracing::debug!(error = %e, tries, "warming a chunk again");
+                tries += 1;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            outcome => return outcome,
+        }
+    }
 }

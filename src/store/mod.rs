@@ -27,7 +27,7 @@ pub use error::StoreError;
 pub use idempotency::{Endpoint, Once, Outcome, StoredResponse};
 pub use migrate::{create_database_if_missing, migrate};
 pub use outbox::{ClaimedMessage, OutboxLeader};
-pub use posts::{Audience, FeedSource, PostAudience};
+pub use posts::{Audience, FeedIds, FeedSource, PostAudience};
 
 /// How the service talks to PostgreSQL.
 #[derive(Debug, Clone)]

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use tokio_postgres::Row;
 
 use super::{Once, Outcome, Store, StoreError, missing_user, user_id_from_row};
@@ -131,6 +133,58 @@ impl Store {
             )
             .await?;
         Ok(FeedSource { posts, celebrities })
+    }
+
+    /// [`Self::feed_source`] for many readers at once, ids only (warming
+    /// caches every body first): two statements for a whole chunk of
+    /// readers instead of two per reader. Each reader's posts come newest
+    /// first, at most `limit` of them; readers who follow no one are absent.
+    pub async fn feed_sources(
+        &self,
+        readers: &[UserId],
+        limit: i64,
+    ) -> Result<HashMap<UserId, FeedIds>, StoreError> {
+        let readers: Vec<uuid::Uuid> = readers.iter().map(|r| *r.as_uuid()).collect();
+        let edges = self
+            .fetch_all(
+                "SELECT f.user_id, p.id \
+                 FROM friends f \
+                 JOIN users u ON u.id = f.friend_id AND NOT u.celebrity \
+                 CROSS JOIN LATERAL ( \
+                     SELECT id FROM posts \
+                     WHERE author_id = f.friend_id \
+                     ORDER BY id DESC LIMIT $2 \
+                 ) p \
+                 WHERE f.user_id = ANY($1)",
+                &[&readers, &limit],
+                |row| (UserId::from_uuid(row.get(0)), PostId::from_uuid(row.get(1))),
+            )
+            .await?;
+        let mut sources: HashMap<UserId, FeedIds> = HashMap::new();
+        for (reader, post) in edges {
+            sources.entry(reader).or_default().posts.push(post);
+        }
+        for source in sources.values_mut() {
+            source.posts.sort_unstable_by(|a, b| b.cmp(a));
+            source.posts.truncate(limit as usize);
+        }
+        let celebrities = self
+            .fetch_all(
+                "SELECT f.user_id, f.friend_id FROM friends f \
+                 JOIN users u ON u.id = f.friend_id AND u.celebrity \
+                 WHERE f.user_id = ANY($1)",
+                &[&readers],
+                |row| (UserId::from_uuid(row.get(0)), UserId::from_uuid(row.get(1))),
+            )
+            .await?;
+        for (reader, celebrity) in celebrities {
+            sources
+                .entry(reader)
+                .or_default()
+                .celebrities
+                .push(celebrity);
+        }
+        Ok(sources)
     }
 
     /// Up to `limit` posts with ids after `after` (from the first when
@@ -298,6 +352,14 @@ pub enum Audience {
     Celebrity,
     /// Pushed into each follower's feed.
     Followers(Vec<UserId>),
+}
+
+/// See [`Store::feed_sources`].
+#[derive(Debug, Default)]
+pub struct FeedIds {
+    /// Newest first.
+    pub posts: Vec<PostId>,
+    pub celebrities: Vec<UserId>,
 }
 
 /// See [`Store::feed_source`].
