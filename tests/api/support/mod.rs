@@ -179,8 +179,27 @@ pub async fn json_ok(response: Response) -> Value {
 }
 
 /// Asserts an error response of `status` in the spec's shape
-/// `{message, request_id, code}` and returns its message.
+/// `{message, request_id, code}`, with the code src/http/error.rs gives the
+/// usual error of that status, and returns its message.
 pub async fn expect_error(response: Response, status: StatusCode) -> String {
+    let code = match status.as_u16() {
+        400 => 1000,
+        401 => 1100,
+        403 => 1103,
+        404 => 1104,
+        405 => 1106,
+        413 => 1001,
+        422 => 1122,
+        429 => 1129,
+        503 => 2001,
+        other => panic!("no usual error code for status {other}: use expect_error_code"),
+    };
+    expect_error_code(response, status, code).await
+}
+
+/// Asserts an error response of `status` in the spec's shape with exactly
+/// `code`, and returns its message.
+pub async fn expect_error_code(response: Response, status: StatusCode, code: u64) -> String {
     assert_eq!(response.status(), status, "unexpected status");
     let request_id = response
         .headers()
@@ -195,7 +214,7 @@ pub async fn expect_error(response: Response, status: StatusCode) -> String {
     );
     let body: Value = response.json().await.expect("error body is JSON");
     assert_eq!(body["request_id"], request_id.as_str(), "{body}");
-    assert!(body["code"].is_u64(), "{body}");
+    assert_eq!(body["code"], code, "{body}");
     let message = body["message"].as_str().expect("message is a string");
     assert!(!message.is_empty());
     message.to_owned()
