@@ -40,8 +40,9 @@ use vhost::{Rabbitmqctl, Vhost, amqp_url};
 
 /// For anything that should happen promptly.
 const WAIT: Duration = Duration::from_secs(10);
-/// Well under the 5 s a publish may wait for its confirm.
-const PROMPTLY: Duration = Duration::from_secs(1);
+/// Under the 5 s a publish may wait for its confirm, with room for a
+/// loaded machine.
+const PROMPTLY: Duration = Duration::from_secs(3);
 /// For conditions with no event to await: how often to look.
 const POLL: Duration = Duration::from_millis(20);
 const WORK_QUEUE: &str = "feed.materialize";
@@ -843,9 +844,12 @@ async fn shutdown_with_binding_changes_on_their_way_completes_them() {
     let raw = raw_connection().await;
     let b = Instance::connected(&amqp_url()).await;
     let keys = keys(&unique("author"), MANY_KEYS);
-    let applied: Vec<_> = keys.iter().map(|key| b.broker.bind(key)).collect();
-    // Let the lanes get going: shut down with requests in hand and queued.
-    sleep(Duration::from_millis(50)).await;
+    let mut applied: Vec<_> = keys.iter().map(|key| b.broker.bind(key)).collect();
+    // Once the first change is applied the lanes are going: shut down with
+    // requests in hand and queued.
+    timeout(WAIT, applied.remove(0))
+        .await
+        .expect("the first change is applied");
 
     timeout(WAIT, b.broker.shutdown())
         .await

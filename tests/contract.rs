@@ -73,23 +73,38 @@ fn every_channel_of_the_async_spec_has_a_websocket_route() {
     }
 }
 
-/// The specs are vendored so the repository builds on its own; when the
-/// shared originals are beside the checkout, the copies must match them.
+/// The specs are vendored so the repository builds on its own; where the
+/// shared originals are at hand (`shared/spec/` beside the checkout or beside
+/// a folder above it, as for a worktree) the copies must match them. A clean
+/// clone elsewhere (CI) has no originals: the check says it was skipped
+/// rather than passing as if it had compared anything.
 #[test]
 fn vendored_specs_match_the_shared_originals() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(shared) = manifest
+        .ancestors()
+        .skip(1)
+        .map(|dir| dir.join("shared/spec"))
+        .find(|dir| dir.join("openapi.json").is_file())
+    else {
+        eprintln!(
+            "SKIPPED: no shared/spec/openapi.json beside {} or a folder above it; \
+             the vendored specs were not compared",
+            manifest.display()
+        );
+        return;
+    };
     for name in ["openapi.json", "asyncapi.json"] {
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/spec")
-            .join(name);
-        if let Ok(original) = std::fs::read_to_string(&shared) {
-            let original: Value = serde_json::from_str(&original).unwrap();
-            assert_eq!(
-                original,
-                load(name),
-                "spec/{name} differs from {}",
-                shared.display()
-            );
-        }
+        let path = shared.join(name);
+        let original = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let original: Value = serde_json::from_str(&original).unwrap();
+        assert_eq!(
+            original,
+            load(name),
+            "spec/{name} differs from {}",
+            path.display()
+        );
     }
 }
 

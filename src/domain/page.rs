@@ -111,3 +111,43 @@ mod tests {
         assert_eq!(page(100_000, 1000).within(2000), None);
     }
 }
+
+/// Paging bounds over the whole range of the inputs.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_page_is_valid_exactly_within_its_bounds(offset in any::<u32>(), limit in any::<u32>()) {
+            let valid = offset <= FeedPage::MAX_OFFSET && (1..=FeedPage::MAX_LIMIT).contains(&limit);
+            match FeedPage::new(offset, limit) {
+                Ok(page) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!((page.offset(), page.limit()), (offset, limit));
+                }
+                Err(_) => prop_assert!(!valid),
+            }
+        }
+
+        #[test]
+        fn a_page_within_a_depth_ends_at_it_at_most(
+            offset in 0..=FeedPage::MAX_OFFSET,
+            limit in 1..=FeedPage::MAX_LIMIT,
+            depth in 0u32..200_000,
+        ) {
+            let page = FeedPage::new(offset, limit).unwrap();
+            match page.within(depth) {
+                Some(cut) => {
+                    prop_assert!(offset < depth);
+                    prop_assert_eq!(cut.offset(), offset);
+                    prop_assert_eq!(cut.limit(), limit.min(depth - offset));
+                    prop_assert!(cut.limit() >= 1);
+                }
+                None => prop_assert!(offset >= depth),
+            }
+        }
+    }
+}

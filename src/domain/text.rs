@@ -130,3 +130,66 @@ mod tests {
         assert!(err.to_string().contains("short must be at most 3"), "{err}");
     }
 }
+
+/// The text rules over arbitrary strings.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    struct Short;
+    impl TextRule for Short {
+        const FIELD: &'static str = "short";
+        const MIN: usize = 3;
+        const MAX: usize = 8;
+    }
+
+    struct Optional;
+    impl TextRule for Optional {
+        const FIELD: &'static str = "optional";
+        const MIN: usize = 0;
+        const MAX: usize = 4;
+    }
+
+    fn accepts<R: TextRule>(value: &str) -> bool {
+        let chars = value.chars().count();
+        (R::MIN..=R::MAX).contains(&chars)
+            && !(R::MIN > 0 && value.trim().is_empty())
+            && !value.contains('\0')
+    }
+
+    /// Short strings drawn from letters, spaces, NUL and multi-byte
+    /// characters: the edges of every rule.
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just('a'),
+                Just(' '),
+                Just('\n'),
+                Just('\0'),
+                Just('я'),
+                Just('🙂')
+            ],
+            0..12,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn text_is_accepted_exactly_by_its_rule(value in text()) {
+            match Text::<Short>::parse(value.clone()) {
+                Ok(parsed) => {
+                    prop_assert!(accepts::<Short>(&value));
+                    prop_assert_eq!(parsed.as_str(), value.as_str());
+                }
+                Err(error) => {
+                    prop_assert!(!accepts::<Short>(&value));
+                    prop_assert!(error.0.starts_with("short "), "{}", error.0);
+                }
+            }
+            prop_assert_eq!(Text::<Optional>::parse(value.clone()).is_ok(), accepts::<Optional>(&value));
+        }
+    }
+}

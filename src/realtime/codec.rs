@@ -199,3 +199,106 @@ mod tests {
         assert_eq!(decode_follow(&encode_follow(change)).unwrap(), change);
     }
 }
+
+/// Round trips and malformed events over arbitrary input.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn user() -> impl Strategy<Value = UserId> {
+        any::<u128>().prop_map(|n| UserId::from_uuid(Uuid::from_u128(n)))
+    }
+
+    fn post_id() -> impl Strategy<Value = PostId> {
+        any::<u128>().prop_map(|n| PostId::from_uuid(Uuid::from_u128(n)))
+    }
+
+    proptest! {
+        #[test]
+        fn posts_round_trip(
+            author in user(),
+            post in post_id(),
+            text in ".{0,64}",
+            at in any::<u64>(),
+        ) {
+            let original = Post { id: post, text: text.clone(), author_user_id: author };
+            let frame = decode_post(encode_post(&original, at)).unwrap();
+            prop_assert_eq!(frame.author, author);
+            prop_assert_eq!(frame.post, post);
+            prop_assert_eq!(frame.published_at_micros, at);
+            let payload: serde_json::Value = serde_json::from_str(frame.text.as_str()).unwrap();
+            prop_assert_eq!(
+                payload,
+                serde_json::json!({
+                    "postId": post.to_string(),
+                    "postText": text,
+                    "author_user_id": author.to_string(),
+                })
+            );
+        }
+
+        #[test]
+        fn follow_changes_round_trip(
+            follower in user(),
+            author in user(),
+            follows in any::<bool>(),
+            at_unix_ms in any::<u64>(),
+        ) {
+            let change = FollowChange { follower, author, follows, at_unix_ms };
+            let encoded = encode_follow(change);
+            prop_assert_eq!(encoded.len(), FOLLOW_LEN);
+            prop_assert_eq!(decode_follow(&encoded), Ok(change));
+        }
+
+        #[test]
+        fn any_bytes_decode_as_a_post_or_a_precise_error(
+            body in proptest::collection::vec(any::<u8>(), 0..96),
+        ) {
+            match decode_post(Bytes::from(body.clone())) {
+                Ok(frame) => {
+                    prop_assert!(body.len() >= POST_HEADER);
+                    prop_assert_eq!(frame.author.as_uuid().as_bytes(), &body[..16]);
+                    prop_assert_eq!(frame.post.as_uuid().as_bytes(), &body[16..32]);
+                    prop_assert_eq!(frame.published_at_micros.to_be_bytes(), &body[32..40]);
+                    prop_assert_eq!(frame.text.as_bytes(), &body[POST_HEADER..]);
+                }
+                Err(CodecError::TooShort(len)) => {
+                    prop_assert_eq!(len, body.len());
+                    prop_assert!(len < POST_HEADER);
+                }
+                Err(CodecError::NotUtf8) => {
+                    prop_assert!(body.len() >= POST_HEADER);
+                    prop_assert!(std::str::from_utf8(&body[POST_HEADER..]).is_err());
+                }
+                Err(other) => prop_assert!(false, "{other}"),
+            }
+        }
+
+        #[test]
+        fn any_bytes_decode_as_a_follow_change_or_a_precise_error(
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            match decode_follow(&body) {
+                Ok(change) => {
+                    prop_assert!(body.len() >= FOLLOW_LEN);
+                    prop_assert_eq!(u8::from(change.follows), body[0]);
+                    prop_assert_eq!(change.follower.as_uuid().as_bytes(), &body[1..17]);
+                    prop_assert_eq!(change.author.as_uuid().as_bytes(), &body[17..33]);
+                    prop_assert_eq!(change.at_unix_ms.to_be_bytes(), &body[33..41]);
+                }
+                Err(CodecError::TooShort(len)) => {
+                    prop_assert_eq!(len, body.len());
+                    prop_assert!(len < FOLLOW_LEN);
+                }
+                Err(CodecError::UnknownKind(kind)) => {
+                    prop_assert!(body.len() >= FOLLOW_LEN);
+                    prop_assert_eq!(kind, body[0]);
+                    prop_assert!(kind > 1);
+                }
+                Err(other) => prop_assert!(false, "{other}"),
+            }
+        }
+    }
+}

@@ -242,3 +242,56 @@ mod tests {
         assert_eq!(window_start_ms(Gap { since: UNIX_EPOCH }), 0);
     }
 }
+
+/// The hub's duplicate window against a plain model of it.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A delivery of post `n` of a small pool, `secs` after the last step.
+        Deliver { n: u8, secs: u64 },
+        /// Live traffic moving on, `secs` after the last step.
+        ForgetOld { secs: u64 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            3 => (0u8..16, 0u64..40).prop_map(|(n, secs)| Step::Deliver { n, secs }),
+            1 => (0u64..90).prop_map(|secs| Step::ForgetOld { secs }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn a_post_is_refused_exactly_while_remembered(steps in proptest::collection::vec(step(), 1..80)) {
+            let ids: Vec<PostId> = (0..16).map(|n| PostId::from_uuid(uuid::Uuid::from_u128(n))).collect();
+            let start = Instant::now();
+            let mut now = start;
+            let mut delivered = Delivered::default();
+            // (when, which) of every post remembered, as the model sees it.
+            let mut model: Vec<(Instant, usize)> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Deliver { n, secs } => {
+                        now += Duration::from_secs(secs);
+                        let n = usize::from(n);
+                        let fresh = !model.iter().any(|(_, m)| *m == n);
+                        prop_assert_eq!(delivered.first_time(ids[n], now), fresh);
+                        if fresh {
+                            model.push((now, n));
+                        }
+                    }
+                    Step::ForgetOld { secs } => {
+                        now += Duration::from_secs(secs);
+                        delivered.forget_old(now);
+                        model.retain(|(at, _)| now.duration_since(*at) <= RETAIN);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -70,4 +70,22 @@ mod tests {
         assert_eq!(routing.key(author), routing.key(author));
         assert_eq!(Routing::ById.key(author), author.to_string());
     }
+
+    /// Every instance must put an author in the same bucket: the values are
+    /// pinned (computed apart from this code), so a hash seeded per process
+    /// or changed between versions fails here rather than splitting routing.
+    #[test]
+    fn bucket_keys_are_pinned_across_processes_and_versions() {
+        let cases = [
+            ("0192f3a4-5b6c-7d8e-9f01-23456789abcd", 1024, "b.579"),
+            ("0192f3a4-5b6c-7d8e-9f01-23456789abcd", 1000, "b.883"),
+            ("0192f3a4-5b6c-7d8e-9f01-23456789abcd", 8, "b.3"),
+            ("018f0000-0000-7000-8000-000000000400", 1000, "b.248"),
+            ("ffffffff-ffff-ffff-ffff-fffffffffffe", 1024, "b.1"),
+        ];
+        for (id, buckets, key) in cases {
+            let routing = Routing::Buckets(NonZeroU32::new(buckets).unwrap());
+            assert_eq!(routing.key(id.parse().unwrap()), key, "{id} in {buckets}");
+        }
+    }
 }

@@ -361,3 +361,34 @@ mod tests {
         assert!(recent.first_time(first), "forgotten after the window");
     }
 }
+
+/// A socket's duplicate window against a plain model of it.
+#[cfg(test)]
+mod properties {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn a_post_is_skipped_exactly_while_among_the_last_sent(
+            sends in proptest::collection::vec(0u8..100, 1..400),
+        ) {
+            let mut recent = RecentPosts::default();
+            let mut model: VecDeque<u8> = VecDeque::new();
+            for n in sends {
+                let fresh = !model.contains(&n);
+                let id = PostId::from_uuid(uuid::Uuid::from_u128(u128::from(n)));
+                prop_assert_eq!(recent.first_time(id), fresh);
+                if fresh {
+                    model.push_back(n);
+                    if model.len() > RECENT_POSTS {
+                        model.pop_front();
+                    }
+                }
+            }
+        }
+    }
+}

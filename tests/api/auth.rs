@@ -94,8 +94,8 @@ async fn every_protected_endpoint_requires_a_token_before_looking_at_input() {
     for (method, path) in protected {
         let response = app.call(method.clone(), path, None, Some(json!({}))).await;
         assert_eq!(
-            response.status(),
-            StatusCode::UNAUTHORIZED,
+            expect_error(response, StatusCode::UNAUTHORIZED).await,
+            "missing bearer token",
             "{method} {path}"
         );
     }

@@ -1,7 +1,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{PASSWORD, TestApp, expect_error, fresh_database};
+use crate::support::{PASSWORD, TestApp, expect_error, expect_error_code, fresh_database, json_ok};
 
 async fn register_raw(app: &TestApp, body: String) -> reqwest::Response {
     app.client
@@ -99,7 +99,7 @@ async fn bodies_over_the_limit_are_413_whether_declared_or_streamed() {
 async fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     let app = TestApp::spawn().await;
     let unknown = app.get("/nothing/here", None).await;
-    expect_error(unknown, StatusCode::NOT_FOUND).await;
+    expect_error_code(unknown, StatusCode::NOT_FOUND, 1105).await;
 
     let wrong = app.call(Method::DELETE, "/post/create", None, None).await;
     assert_eq!(wrong.headers().get("allow").unwrap(), "POST");
@@ -139,6 +139,21 @@ async fn no_input_makes_the_server_fail_or_hang() {
             );
         }
     }
+    // LIKE's wildcards are matched literally: no name starts with `%` or
+    // `_`, so neither finds the one user there is.
+    for wildcard in ["%25", "_"] {
+        let found = json_ok(
+            app.get(
+                &format!("/user/search?first_name={wildcard}&last_name={wildcard}"),
+                None,
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(found, json!([]), "searching for {wildcard}");
+    }
+    let everyone = json_ok(app.get("/user/search?first_name=&last_name=", None).await).await;
+    assert_eq!(everyone.as_array().unwrap().len(), 1, "the user is there");
     // A raw percent-decoded NUL in a search term is a 400, not a database error.
     let nul = app
         .get("/user/search?first_name=%00&last_name=", None)

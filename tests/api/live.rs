@@ -1,5 +1,7 @@
 //! The live feed over websockets, across two instances, on both brokers.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -140,7 +142,7 @@ async fn since_catches_up_without_gap_or_duplicate(brokers: Brokers) {
         let author = author.clone();
         let a_address = a.address.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = crate::support::ApiClient::new(a_address.clone()).client;
             let mut ids = Vec::new();
             for n in 0..10 {
                 let id: String = client
@@ -162,7 +164,10 @@ async fn since_catches_up_without_gap_or_duplicate(brokers: Brokers) {
         FeedClient::open(&b, Some(&reader.token), &format!("?since={seen}"), None)
             .await
             .unwrap();
-    let during = writer.await.unwrap();
+    let during = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("the writer finishes")
+        .unwrap();
 
     let mut received: Vec<String> = caught_up
         .iter()
@@ -217,6 +222,25 @@ async fn a_slow_consumer_is_closed_and_others_keep_receiving(brokers: Brokers) {
     let (mut slow, _) = FeedClient::open(&b, Some(&slow_reader.token), "", Some(4096))
         .await
         .unwrap();
+    // The server gives a close frame a couple of seconds to go out: the
+    // slow client starts reading as soon as its instance gives up on it.
+    let slow_reads = {
+        let b = b.address.clone();
+        tokio::spawn(async move {
+            crate::support::ApiClient::new(b)
+                .metric_reaches("livefeed_slow_consumer_closes_total", 1)
+                .await;
+            let mut received = 0;
+            loop {
+                match slow.next_event().await {
+                    Some(Message::Text(_)) => received += 1,
+                    Some(Message::Close(frame)) => return (received, frame),
+                    Some(_) => {}
+                    None => return (received, None),
+                }
+            }
+        })
+    };
     let text = "x".repeat(9_000);
     let mut ids = Vec::with_capacity(POSTS);
     for _ in 0..POSTS {
@@ -233,22 +257,15 @@ async fn a_slow_consumer_is_closed_and_others_keep_receiving(brokers: Brokers) {
         metrics.contains("livefeed_slow_consumer_closes_total 1\n"),
         "{metrics}"
     );
-    // Reading at last, the slow client finds its stream cut short: a close
-    // frame saying why if the server could still write it, else the end.
-    let mut received = 0;
-    let close = loop {
-        match slow.next_event().await {
-            Some(Message::Text(_)) => received += 1,
-            Some(Message::Close(frame)) => break frame,
-            Some(_) => {}
-            None => break None,
-        }
-    };
+    // The slow client finds its stream cut short by a close frame saying why.
+    let (received, close) = tokio::time::timeout(Duration::from_secs(30), slow_reads)
+        .await
+        .expect("the slow client's stream ends")
+        .unwrap();
     assert!(received < POSTS, "the slow client was cut off early");
-    if let Some(frame) = close {
-        assert_eq!(frame.code, CloseCode::Policy);
-        assert!(frame.reason.contains("slow consumer"), "{}", frame.reason);
-    }
+    let frame = close.expect("a close frame, not just the end of the stream");
+    assert_eq!(frame.code, CloseCode::Policy);
+    assert!(frame.reason.contains("slow consumer"), "{}", frame.reason);
 }
 
 #[tokio::test]
@@ -326,8 +343,15 @@ async fn client_frames_are_ignored_and_oversized_ones_close_with_1009() {
     let id = app.create_post(&author, "всё ещё на связи").await;
     assert_eq!(socket.next_post().await["postId"], id.as_str());
 
+    // The limit is 16 KiB: a message of exactly that much is taken, one
+    // byte more closes the socket.
     socket
-        .send(Message::Text("x".repeat(64 * 1024).into()))
+        .send(Message::Text("x".repeat(16 * 1024).into()))
+        .await;
+    let id = app.create_post(&author, "лимит не превышен").await;
+    assert_eq!(socket.next_post().await["postId"], id.as_str());
+    socket
+        .send(Message::Text("x".repeat(16 * 1024 + 1).into()))
         .await;
     let frame = socket.closed().await.expect("a close frame");
     assert_eq!(frame.code, CloseCode::Size);

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache_faults;
+mod contract;
 mod dialogs;
 mod errors;
 mod feed;
@@ -15,6 +16,7 @@ mod limits;
 mod live;
 mod outage;
 mod posts;
+mod promises;
 mod relay;
 mod since;
 mod sockets;

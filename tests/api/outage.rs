@@ -26,7 +26,7 @@ async fn a_database_that_is_not_there_gives_503_with_retry_after() {
         listener.local_addr().unwrap().port()
     };
     let url = format!("postgres://postgres@127.0.0.1:{closed}/livefeed");
-    let app = TestApp::spawn_with(&url, &["--db-timeout-ms", "500"]).await;
+    let app = TestApp::spawn_with(&url, &["--db-timeout-ms", "3000"]).await;
 
     expect_unavailable(
         app.get(&format!("/user/get/{}", uuid::Uuid::now_v7()), None)
@@ -51,7 +51,7 @@ async fn the_service_answers_503_while_the_database_is_gone_and_recovers_by_itse
     .unwrap();
     let mut proxy = TcpProxy::start(target).await;
     postgres_url.set_port(Some(proxy.address().port())).unwrap();
-    let app = TestApp::spawn_with(postgres_url.as_str(), &["--db-timeout-ms", "500"]).await;
+    let app = TestApp::spawn_with(postgres_url.as_str(), &["--db-timeout-ms", "3000"]).await;
 
     let user = app.register("Живучий", "Сервисов").await;
     let profile = format!("/user/get/{}", user.id);

@@ -58,6 +58,15 @@ async fn only_the_author_may_update_or_delete() {
         )
         .await;
     expect_error(deleted_by_other, StatusCode::FORBIDDEN).await;
+    let untouched = json_ok(
+        app.get(&format!("/post/get/{id}"), Some(&author.token))
+            .await,
+    )
+    .await;
+    assert_eq!(
+        untouched["text"], "первая редакция",
+        "refused changes left no trace"
+    );
 
     let updated = update(author.token.clone(), "вторая редакция").await;
     assert_eq!(updated.status(), StatusCode::OK);

@@ -166,6 +166,26 @@ impl ApiClient {
         );
     }
 
+    /// Waits (bounded) until the counter or gauge `name` is `value`.
+    pub async fn metric_reaches(&self, name: &str, value: u64) {
+        let mut last = None;
+        let reached = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let now = self.metric(name).await;
+                if now == value {
+                    return;
+                }
+                last = Some(now);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "{name} never became {value}; last {last:?}"
+        );
+    }
+
     /// The value of the counter or gauge `name` in `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self.get("/metrics", None).await.text().await.unwrap();

@@ -1,0 +1,178 @@
+//! Promises of the README and the spec that no other test held to: tokens
+//! on the websocket, the ping timeout, the catch-up cap, and timeouts
+//! answered as 503.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{FeedClient, SECRET, TestApp, expect_error_code, fresh_database, sql};
+
+fn sign(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The HTTP status a refused websocket handshake answered.
+fn refused_with<T>(opened: Result<T, tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match opened {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, but the websocket opened"),
+    }
+}
+
+#[tokio::test]
+async fn the_websocket_refuses_forged_and_expired_tokens_in_the_header_and_the_query() {
+    let app = TestApp::spawn().await;
+    let user = app.register("Сокет", "Недоверчивый").await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let forged = sign(
+        json!({ "sub": user.id, "exp": now + 600 }),
+        "some-other-secret-some-other-secret",
+    );
+    let expired = sign(
+        json!({ "sub": user.id, "iat": now - 120, "exp": now - 60 }),
+        SECRET,
+    );
+    for token in [&forged, &expired] {
+        assert_eq!(
+            refused_with(FeedClient::open(&app, Some(token), "", None).await),
+            401
+        );
+        let query = format!("?token={token}");
+        assert_eq!(
+            refused_with(FeedClient::open(&app, None, &query, None).await),
+            401
+        );
+    }
+    // The same user with a good token gets in either way.
+    FeedClient::open(&app, Some(&user.token), "", None)
+        .await
+        .expect("a header token is accepted");
+    FeedClient::open(&app, None, &format!("?token={}", user.token), None)
+        .await
+        .expect("a query token is accepted");
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_closed_at_the_ping_timeout_and_an_answering_one_is_kept() {
+    let app = TestApp::spawn_with(&fresh_database().await, &["--ping-interval-secs", "1"]).await;
+    let author = app.register("Автор", "Пингующий").await;
+    let reader = app.register("Читатель", "Внимательный").await;
+    app.follow(&reader, &author).await;
+    let mut silent = FeedClient::connect(&app, &reader.token).await;
+    let mut answering = FeedClient::connect(&app, &reader.token).await;
+    app.metric_reaches("livefeed_open_sockets", 2).await;
+
+    // Reading answers the server's pings; the silent client reads nothing.
+    let reads = tokio::spawn(async move {
+        let post = answering.next_post().await;
+        (answering, post)
+    });
+    app.metric_reaches("livefeed_open_sockets", 1).await;
+    let id = app.create_post(&author, "ты ещё здесь?").await;
+    let (_answering, post) = tokio::time::timeout(Duration::from_secs(30), reads)
+        .await
+        .expect("the answering client reads on")
+        .unwrap();
+    assert_eq!(post["postId"], id.as_str());
+    // A peer that does not answer pings gets no close frame, just the end.
+    assert!(silent.closed().await.is_none());
+}
+
+/// Inserts `count` posts of `authors` in turn, texts `c1`, `c2`..., each
+/// in a transaction of its own as the API would (posts of one transaction
+/// are all "in flight" for one another, and a catch-up resends those).
+async fn insert_posts(database_url: &str, authors: [&str; 2], count: usize) {
+    let db = sql(database_url).await;
+    let insert = db
+        .prepare("INSERT INTO posts (id, author_id, text) VALUES (gen_random_uuid(), $1::text::uuid, $2)")
+        .await
+        .unwrap();
+    for n in 1..=count {
+        db.execute(&insert, &[&authors[n % 2], &format!("c{n}")])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_catch_up_sends_the_oldest_thousand_and_the_next_one_goes_on_from_there() {
+    let app = TestApp::spawn().await;
+    let one = app.register("Автор", "Первый").await;
+    let two = app.register("Автор", "Второй").await;
+    let reader = app.register("Читатель", "Отставший").await;
+    app.follow(&reader, &one).await;
+    app.follow(&reader, &two).await;
+    let seen = app.create_post(&one, "видел").await;
+    insert_posts(&app.database_url, [&one.id, &two.id], 1005).await;
+
+    let (_first, caught_up) =
+        FeedClient::open(&app, Some(&reader.token), &format!("?since={seen}"), None)
+            .await
+            .unwrap();
+    let texts: Vec<&str> = caught_up
+        .iter()
+        .map(|p| p["postText"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=1000).map(|n| format!("c{n}")).collect();
+    assert_eq!(texts, expected, "the oldest 1000, in order");
+
+    let last = caught_up[999]["postId"].as_str().unwrap();
+    let (_second, rest) =
+        FeedClient::open(&app, Some(&reader.token), &format!("?since={last}"), None)
+            .await
+            .unwrap();
+    let texts: Vec<&str> = rest
+        .iter()
+        .map(|p| p["postText"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["c1001", "c1002", "c1003", "c1004", "c1005"]);
+}
+
+/// An exclusive lock on `users`, held in a transaction of the test's own:
+/// every read of a profile waits on it.
+async fn lock_users(database_url: &str) -> tokio_postgres::Client {
+    let db = sql(database_url).await;
+    db.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    db
+}
+
+#[tokio::test]
+async fn a_statement_over_its_timeout_is_a_503() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &["--statement-timeout-ms", "1000"]).await;
+    let user = app.register("Запрос", "Долгий").await;
+    let profile = format!("/user/get/{}", user.id);
+
+    let lock = lock_users(&database).await;
+    let response = app.get(&profile, None).await;
+    assert!(response.headers().contains_key("retry-after"));
+    expect_error_code(response, StatusCode::SERVICE_UNAVAILABLE, 2001).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(app.get(&profile, None).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_over_its_timeout_is_a_503() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &["--request-timeout-ms", "1000"]).await;
+    let user = app.register("Запрос", "Бесконечный").await;
+    let profile = format!("/user/get/{}", user.id);
+
+    let lock = lock_users(&database).await;
+    let response = app.get(&profile, None).await;
+    assert!(response.headers().contains_key("retry-after"));
+    expect_error_code(response, StatusCode::SERVICE_UNAVAILABLE, 2002).await;
+    lock.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(app.get(&profile, None).await.status(), StatusCode::OK);
+}
