@@ -451,7 +451,7 @@ mod properties {
                         model[s].attached = true;
                     }
                     Op::Subscribe(s, authors) if model[s].attached => {
-                        registry.subscribe(&sockets[s], &ids(&authors));
+                        registry.subscribe(&sockets[s], &ids(&authors), None);
                         let changed = model[s].changed.take().unwrap_or_default();
                         for author in authors {
                             if !changed.contains_key(&author) {
@@ -461,7 +461,7 @@ mod properties {
                     }
                     Op::Change(user, author, follows) => {
                         for socket in registry.sockets_of(users[user]) {
-                            registry.change(&socket, author_ids[usize::from(author)], follows);
+                            registry.change(&socket, author_ids[usize::from(author)], follows, 0);
                         }
                         for m in model.iter_mut().skip(user * 2).take(2).filter(|m| m.attached) {
                             m.change(author, follows);
@@ -469,7 +469,7 @@ mod properties {
                     }
                     Op::FollowExactly(user, authors) => {
                         let wanted: HashSet<UserId> = ids(&authors).into_iter().collect();
-                        registry.follow_exactly(users[user], &wanted);
+                        registry.follow_exactly(users[user], &wanted, 0);
                         let wanted: HashSet<u8> = authors.into_iter().collect();
                         for m in model.iter_mut().skip(user * 2).take(2).filter(|m| m.attached) {
                             let stale: Vec<u8> = m.authors.difference(&wanted).copied().collect();
