@@ -13,6 +13,8 @@ const LATENCY_BOUNDS: [f64; 12] = [
 pub struct Metrics {
     pub open_sockets: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Deliveries the kernel did not take at once, left to the session.
+    pub queued_deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub socket_write_timeouts: AtomicU64,
     pub published: AtomicU64,
@@ -44,14 +46,17 @@ struct Histogram {
 }
 
 impl Metrics {
-    /// Records the time from a post's creation to its frame being written.
-    pub fn observe_latency_micros(&self, micros: u64) {
+    /// Records the time from a post's creation to its frame being written,
+    /// for `frames` frames written at about the same time.
+    pub fn observe_latency_micros(&self, micros: u64, frames: u64) {
         let seconds = micros as f64 / 1e6;
         if let Some(bucket) = LATENCY_BOUNDS.iter().position(|bound| seconds <= *bound) {
-            self.latency.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            self.latency.buckets[bucket].fetch_add(frames, Ordering::Relaxed);
         }
-        self.latency.count.fetch_add(1, Ordering::Relaxed);
-        self.latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.latency.count.fetch_add(frames, Ordering::Relaxed);
+        self.latency
+            .sum_micros
+            .fetch_add(micros * frames, Ordering::Relaxed);
     }
 
     pub fn render(&self, gauges: &Gauges) -> String {
@@ -68,8 +73,15 @@ impl Metrics {
             &mut out,
             "livefeed_deliveries_total",
             "counter",
-            "Post frames queued to sockets.",
+            "Post frames written or queued to sockets.",
             load(&self.deliveries),
+        );
+        metric(
+            &mut out,
+            "livefeed_queued_deliveries_total",
+            "counter",
+            "Post frames the hub could not write at once, written later by the socket's session.",
+            load(&self.queued_deliveries),
         );
         metric(
             &mut out,
@@ -181,9 +193,9 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let metrics = Metrics::default();
-        metrics.observe_latency_micros(500);
-        metrics.observe_latency_micros(1_500);
-        metrics.observe_latency_micros(60_000_000);
+        metrics.observe_latency_micros(500, 1);
+        metrics.observe_latency_micros(1_500, 1);
+        metrics.observe_latency_micros(60_000_000, 1);
         let text = metrics.render(&Gauges {
             broker_reconnects: 3,
             outbox_depth: Some(7),

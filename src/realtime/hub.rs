@@ -5,12 +5,15 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post, stored_post_frame};
 use super::recovery::{Delivered, recover};
 use super::registry::Registry;
-use super::socket::Push;
+use super::session::SEAM_WINDOW;
+use super::socket::{Push, Socket};
+use super::unix_micros;
 use crate::broker::{Applied, Incoming, Topic};
 use crate::domain::PostId;
 use crate::metrics::Metrics;
@@ -22,6 +25,12 @@ const FOLLOW_CATCH_UP_LIMIT: i64 = 100;
 /// Clocks of the instances may differ a little; a post written up to this
 /// long before a follow may show up after it.
 const CLOCK_SKEW_MS: u64 = 1000;
+/// From this many subscribers on, a post is written by every worker thread
+/// at once: below it, handing out the work costs more than it saves.
+const PARALLEL_FROM: usize = 1024;
+/// Pieces per worker a large subscriber list is cut into, so that a worker
+/// the machine slows down does not hold the post up alone.
+const PIECES_PER_WORKER: usize = 2;
 
 pub(super) async fn run(
     mut incoming: mpsc::Receiver<Incoming>,
@@ -48,7 +57,7 @@ pub(super) async fn run(
                     // A post recovered after a gap, or published twice by a
                     // relay that failed over, goes out once.
                     if delivered.first_time(frame.post, now) {
-                        fan_out(&registry, &metrics, Arc::new(frame));
+                        broadcast(&registry, &metrics, Arc::new(frame)).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable post event"),
@@ -63,22 +72,75 @@ pub(super) async fn run(
     }
 }
 
-/// One decode per delivery; each subscriber gets a refcount of the same frame.
+/// Writes `frame` to every local subscriber of its author. A long list is
+/// cut into pieces written by all worker threads at once; the next post
+/// waits until every piece is done, so each socket gets posts in order.
+pub async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, frame: Arc<PostFrame>) {
+    let Some(subscribers) = registry.subscribers(frame.author) else {
+        metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut sockets = Vec::new();
+    subscribers.for_each(|socket| sockets.push(socket.clone()));
+    drop(subscribers);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    if workers < 2 || sockets.len() < PARALLEL_FROM {
+        deliver(&sockets, &frame, metrics);
+        return;
+    }
+    let sockets: Arc<[Arc<Socket>]> = sockets.into();
+    let piece = sockets.len().div_ceil(workers * PIECES_PER_WORKER);
+    let mut pieces = JoinSet::new();
+    // All pieces are spawned, none run here: tokio keeps the last task a
+    // worker spawns in a slot no other worker can steal from, and the
+    // hub's own worker would write its piece before yielding to it.
+    for start in (0..sockets.len()).step_by(piece) {
+        let (sockets, frame, metrics) = (sockets.clone(), frame.clone(), metrics.clone());
+        pieces.spawn(async move {
+            let end = (start + piece).min(sockets.len());
+            deliver(&sockets[start..end], &frame, &metrics);
+        });
+    }
+    while pieces.join_next().await.is_some() {}
+}
+
+/// Writes `frame` to every local subscriber of its author, on this thread.
 pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
     // With bucket routing, posts of authors nobody here follows arrive too.
     let Some(subscribers) = registry.subscribers(frame.author) else {
         metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let mut queued = 0;
-    subscribers.for_each(|socket| match socket.push(frame.clone()) {
-        Push::Queued => queued += 1,
-        Push::Overflowed => {
-            metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    let mut sockets = Vec::new();
+    subscribers.for_each(|socket| sockets.push(socket.clone()));
+    deliver(&sockets, &frame, metrics);
+}
+
+fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, metrics: &Metrics) {
+    let (mut written, mut queued) = (0, 0);
+    for socket in sockets {
+        match socket.push(frame) {
+            Push::Written => written += 1,
+            Push::Queued => queued += 1,
+            Push::Overflowed => {
+                metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            Push::Dropped => {}
         }
-        Push::Dropped => {}
-    });
-    metrics.deliveries.fetch_add(queued, Ordering::Relaxed);
+    }
+    metrics
+        .deliveries
+        .fetch_add(written + queued, Ordering::Relaxed);
+    if queued > 0 {
+        metrics
+            .queued_deliveries
+            .fetch_add(queued, Ordering::Relaxed);
+    }
+    if written > 0 {
+        // One clock read for the piece: its frames were written within it.
+        let latency = unix_micros().saturating_sub(frame.published_at_micros);
+        metrics.observe_latency_micros(latency, written);
+    }
 }
 
 fn apply_follow_change(
@@ -89,6 +151,10 @@ fn apply_follow_change(
 ) {
     let mut new_binding = None;
     for socket in registry.sockets_of(change.follower) {
+        if change.follows {
+            // The catch-up below and the live stream may both carry a post.
+            socket.open_seam(Instant::now() + SEAM_WINDOW);
+        }
         new_binding = new_binding.or(registry.change(&socket, change.author, change.follows));
     }
     if let Some(bound) = new_binding {
@@ -104,7 +170,8 @@ fn apply_follow_change(
 
 /// Until this instance's new binding is in place, the author's posts are
 /// routed elsewhere; once it is, the ones written since the follow are read
-/// back and queued. A post that also arrived live is skipped by the session.
+/// back and sent to the follower's sockets. A post that also arrived live
+/// is skipped by the socket's seam, opened when the follow was applied.
 async fn catch_up_after_binding(
     bound: Applied,
     registry: Arc<Registry>,
@@ -119,8 +186,12 @@ async fn catch_up_after_binding(
         .await
     {
         Ok(posts) => {
+            let sockets = registry.sockets_of(change.follower);
+            for socket in &sockets {
+                socket.open_seam(Instant::now() + SEAM_WINDOW);
+            }
             for post in posts {
-                fan_out(&registry, &metrics, Arc::new(stored_post_frame(&post)));
+                deliver(&sockets, &Arc::new(stored_post_frame(&post)), &metrics);
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot read posts written during a follow"),
