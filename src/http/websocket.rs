@@ -132,7 +132,7 @@ fn into_websocket(upgraded: hyper::upgrade::Upgraded, send_buffer: usize) -> Upg
     }
     Upgraded {
         stream,
-        early: parts.read_buf,
+        early: parts.read_buf.to_vec(),
     }
 }
 

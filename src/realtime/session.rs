@@ -58,7 +58,9 @@ const READ_CHUNK: usize = 512;
 /// sent after its upgrade request that the server has read already.
 pub struct Upgraded {
     pub stream: TcpStream,
-    pub early: Bytes,
+    /// A copy: a slice would keep hyper's whole read buffer (8 KiB) alive
+    /// for as long as the socket is open.
+    pub early: Vec<u8>,
 }
 
 /// Why a session ended, and what (if anything) to tell the client.
@@ -117,9 +119,6 @@ pub(super) async fn run(
     let Some(Upgraded { stream, early }) = upgrade.await else {
         return;
     };
-    // `early` is a slice of hyper's read buffer (8 KiB): a copy of the few
-    // bytes in it lets that buffer go now, not when the socket closes.
-    let early = early.to_vec();
     let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity, stream));
     realtime.registry.attach(&socket);
     let end = serve(&realtime, &socket, since, early).await;
