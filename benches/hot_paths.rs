@@ -1,7 +1,10 @@
-//! The hot paths of live delivery, measured without network or broker:
-//! `cargo bench`. Figures and what they mean are in BENCHMARKS.md.
+//! The hot paths of live delivery, measured without a broker: `cargo
+//! bench`. Figures and what they mean are in BENCHMARKS.md. The hub writes
+//! into sockets itself, so its fan-out is measured over loopback TCP.
 
 use std::hint::black_box;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -14,7 +17,8 @@ use livefeed::realtime::codec::{decode_post, encode_post};
 use livefeed::realtime::{Registry, Routing, Socket, fan_out};
 use tokio::sync::mpsc;
 
-const SUBSCRIBERS: usize = 10_000;
+/// Two descriptors each: within the default limit of open files.
+const SUBSCRIBERS: usize = 400;
 
 /// The in-process broker hands out work on a task of its own, so it starts
 /// inside a runtime, which lives as long as the benchmarks.
@@ -32,6 +36,26 @@ fn registry() -> Registry {
     Registry::new(broker, Routing::ById)
 }
 
+/// A socket as a session makes it (released: the hub writes to it), and
+/// the client's end of its connection, non-blocking.
+fn socket(listener: &TcpListener) -> (Arc<Socket>, TcpStream) {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.set_nonblocking(true).unwrap();
+    let _inside = RUNTIME.enter();
+    let server = tokio::net::TcpStream::from_std(server).unwrap();
+    let socket = Arc::new(Socket::new(UserId::new_v7(), 1024, server));
+    socket.release();
+    (socket, client)
+}
+
+/// Reads what is there, outside the measurement.
+fn drain(client: &mut TcpStream) {
+    let mut buffer = [0; 4096];
+    while client.read(&mut buffer).is_ok_and(|n| n > 0) {}
+}
+
 fn post(author: UserId) -> Post {
     Post {
         id: PostId::new_v7(),
@@ -41,32 +65,30 @@ fn post(author: UserId) -> Post {
     }
 }
 
-/// One delivery to 10,000 subscribers of one author: the per-subscriber
-/// cost is the time divided by 10,000 (Criterion's "elements").
+/// One delivery to the subscribers of one author, each a write into a
+/// loopback socket: the per-subscriber cost is the time divided by their
+/// number (Criterion's "elements").
 fn hub_fan_out(c: &mut Criterion) {
     let registry = registry();
     let metrics = Metrics::default();
     let author = UserId::new_v7();
-    let sockets: Vec<Arc<Socket>> = (0..SUBSCRIBERS)
-        .map(|_| Arc::new(Socket::new(UserId::new_v7(), 1024)))
-        .collect();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (sockets, mut clients): (Vec<_>, Vec<_>) =
+        (0..SUBSCRIBERS).map(|_| socket(&listener)).unzip();
     for socket in &sockets {
         drop(registry.subscribe(socket, &[author], None));
     }
     let frame = Arc::new(decode_post(encode_post(&post(author), 0)).unwrap());
     let mut group = c.benchmark_group("hub");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
-    group.bench_function("fan_out_10k_subscribers", |b| {
+    group.bench_function("fan_out_400_loopback_subscribers", |b| {
         b.iter_custom(|iterations| {
             let mut measured = Duration::ZERO;
             for _ in 0..iterations {
                 let started = Instant::now();
                 fan_out(&registry, &metrics, frame.clone());
                 measured += started.elapsed();
-                // The writers' side, outside the measurement.
-                for socket in &sockets {
-                    black_box(socket.pop());
-                }
+                clients.iter_mut().for_each(drain);
             }
             measured
         });
@@ -79,14 +101,16 @@ fn hub_fan_out(c: &mut Criterion) {
 fn registry_churn(c: &mut Criterion) {
     let registry = Arc::new(registry());
     let authors: Arc<Vec<UserId>> = Arc::new((0..64).map(|_| UserId::new_v7()).collect());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     c.bench_function("registry/follow_unfollow_2_threads", |b| {
         b.iter_custom(|iterations| {
             let started = Instant::now();
             let workers: Vec<_> = (0..2)
                 .map(|_| {
                     let (registry, authors) = (registry.clone(), authors.clone());
+                    let (socket, client) = socket(&listener);
                     std::thread::spawn(move || {
-                        let socket = Arc::new(Socket::new(UserId::new_v7(), 16));
+                        let _client = client;
                         drop(registry.subscribe(&socket, &[], None));
                         for i in 0..iterations as usize {
                             let author = authors[i % authors.len()];

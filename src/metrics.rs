@@ -39,6 +39,8 @@ const GIT_COMMIT: &str = env!("LIVEFEED_GIT_COMMIT");
 pub struct Metrics {
     pub open_sockets: AtomicU64,
     pub deliveries: AtomicU64,
+    /// Deliveries the kernel did not take at once, left to the session.
+    pub queued_deliveries: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub socket_write_timeouts: AtomicU64,
     pub published: AtomicU64,
@@ -123,9 +125,10 @@ impl Default for HttpMetrics {
 }
 
 impl Metrics {
-    /// Records the time from a post's creation to its frame being written.
-    pub fn observe_latency_micros(&self, micros: u64) {
-        self.latency.0.observe_micros(micros);
+    /// Records the time from a post's creation to its frame being written,
+    /// for `frames` frames written at about the same time.
+    pub fn observe_latency_micros(&self, micros: u64, frames: u64) {
+        self.latency.0.observe_many_micros(micros, frames);
     }
 
     /// Records one answered request.
@@ -160,8 +163,14 @@ impl Metrics {
         counter(
             r,
             "livefeed_deliveries",
-            "Post frames queued to sockets.",
+            "Post frames written or queued to sockets.",
             &self.deliveries,
+        );
+        counter(
+            r,
+            "livefeed_queued_deliveries",
+            "Post frames the hub could not write at once, written later by the socket's session.",
+            &self.queued_deliveries,
         );
         counter(
             r,
@@ -368,9 +377,9 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
         let metrics = Metrics::default();
-        metrics.observe_latency_micros(500);
-        metrics.observe_latency_micros(1_500);
-        metrics.observe_latency_micros(60_000_000);
+        metrics.observe_latency_micros(500, 1);
+        metrics.observe_latency_micros(1_500, 1);
+        metrics.observe_latency_micros(60_000_000, 1);
         let text = render(&metrics);
         assert!(
             text.contains("livefeed_publish_to_send_seconds_bucket{le=\"0.001\"} 1\n"),

@@ -2,8 +2,9 @@
 //! them, M posts at rate R. Every subscriber must get all M, once.
 //!
 //! With `--floor`, the same subscribers, posts, rate and frames go through
-//! the floor ([`crate::floor`]) right after livefeed, and the report gives
-//! both servers' CPU per delivery and their ratio.
+//! the floor ([`crate::floor`]) right after livefeed, and with `--nchan`
+//! through nginx+nchan ([`crate::nchan`]); the report gives each server's
+//! CPU per delivery and livefeed's ratio to it.
 
 use std::fmt::Write;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use crate::cost::Servers;
 use crate::fanout::{self, FanoutReport, Plan, Stage};
 use crate::floor::feed::Floor;
+use crate::nchan::Nchan;
 use crate::opts::{self, Common, FleetOptions, Target};
 use crate::pace::parse_rate;
 use crate::population::{Follow, Population};
@@ -45,36 +47,65 @@ pub struct Args {
     /// livefeed's server CPU per delivery against it.
     #[arg(long)]
     floor: bool,
+    /// After livefeed (and the floor), run nginx+nchan, the peer, with the
+    /// same subscribers, posts, rate and payloads (needs Debian's nginx and
+    /// libnginx-mod-nchan; `$NGINX` names another nginx binary).
+    #[arg(long)]
+    nchan: bool,
 }
 
-/// livefeed's run, and the floor's when asked for.
+/// livefeed's run, and the floor's and nchan's when asked for.
 #[derive(Serialize)]
 struct BroadcastReport {
     #[serde(flatten)]
     livefeed: FanoutReport,
     floor: Option<FanoutReport>,
-    floor_ratio: Option<FloorRatio>,
+    floor_ratio: Option<Ratio>,
+    nchan: Option<FanoutReport>,
+    nchan_ratio: Option<Ratio>,
 }
 
-/// Server CPU per delivery, livefeed against the floor.
+/// Server CPU per delivery and publish→receive p99, livefeed against
+/// another server of the same run.
 #[derive(Serialize)]
-struct FloorRatio {
+struct Ratio {
     livefeed_server_us_per_delivery: Option<f64>,
-    floor_server_us_per_delivery: Option<f64>,
-    /// livefeed / floor; `None` without `--server-pid` or when the floor's
+    other_server_us_per_delivery: Option<f64>,
+    /// livefeed / other; `None` without `--server-pid` or when the other's
     /// CPU was below one clock tick.
     ratio: Option<f64>,
+    livefeed_p99_ms: f64,
+    other_p99_ms: f64,
 }
 
-impl FloorRatio {
-    fn of(livefeed: &FanoutReport, floor: &FanoutReport) -> Self {
-        let livefeed = livefeed.cpu.server_us_per_op;
-        let floor = floor.cpu.server_us_per_op;
+impl Ratio {
+    fn of(livefeed: &FanoutReport, other: &FanoutReport) -> Self {
+        let livefeed_cpu = livefeed.cpu.server_us_per_op;
+        let other_cpu = other.cpu.server_us_per_op;
         Self {
-            livefeed_server_us_per_delivery: livefeed,
-            floor_server_us_per_delivery: floor,
-            ratio: livefeed.zip(floor.filter(|f| *f > 0.0)).map(|(l, f)| l / f),
+            livefeed_server_us_per_delivery: livefeed_cpu,
+            other_server_us_per_delivery: other_cpu,
+            ratio: livefeed_cpu
+                .zip(other_cpu.filter(|o| *o > 0.0))
+                .map(|(l, o)| l / o),
+            livefeed_p99_ms: livefeed.latency_p99_ms(),
+            other_p99_ms: other.latency_p99_ms(),
         }
+    }
+
+    fn human(&self, out: &mut String, other: &str) {
+        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} us"));
+        let _ = writeln!(
+            out,
+            "server cpu per delivery: livefeed {}, {other} {}, livefeed/{other} {}; \
+             p99 livefeed {:.1} ms, {other} {:.1} ms",
+            us(self.livefeed_server_us_per_delivery),
+            us(self.other_server_us_per_delivery),
+            self.ratio
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x")),
+            self.livefeed_p99_ms,
+            self.other_p99_ms,
+        );
     }
 }
 
@@ -85,26 +116,22 @@ impl Report for BroadcastReport {
 
     fn human(&self, out: &mut String) {
         self.livefeed.human(out, "broadcast");
-        let (Some(floor), Some(ratio)) = (&self.floor, &self.floor_ratio) else {
-            return;
-        };
-        floor.human(out, "floor: one write() per delivery, same run");
-        let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2} us"));
-        let _ = writeln!(
-            out,
-            "server cpu per delivery: livefeed {}, floor {}, livefeed/floor {}",
-            us(ratio.livefeed_server_us_per_delivery),
-            us(ratio.floor_server_us_per_delivery),
-            ratio
-                .ratio
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"))
-        );
+        if let (Some(floor), Some(ratio)) = (&self.floor, &self.floor_ratio) {
+            floor.human(out, "floor: one write() per delivery, same run");
+            ratio.human(out, "floor");
+        }
+        if let (Some(nchan), Some(ratio)) = (&self.nchan, &self.nchan_ratio) {
+            nchan.human(out, "nginx+nchan, same run");
+            ratio.human(out, "nchan");
+        }
     }
 
     fn problems(&self) -> Vec<String> {
         let mut problems = self.livefeed.problems();
-        if let Some(floor) = &self.floor {
-            problems.extend(floor.problems().into_iter().map(|p| format!("floor: {p}")));
+        for (name, other) in [("floor", &self.floor), ("nchan", &self.nchan)] {
+            if let Some(other) = other {
+                problems.extend(other.problems().into_iter().map(|p| format!("{name}: {p}")));
+            }
         }
         problems
     }
@@ -147,14 +174,32 @@ async fn both(
         poster: fanout::rest_poster(&args.common, targets, population, plan, text_bytes)?,
     };
     let livefeed = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await?;
-    if !args.floor {
-        return Ok(BroadcastReport {
-            livefeed,
-            floor: None,
-            floor_ratio: None,
-        });
-    }
-    let floor = Floor::start(&population.run, &population.users, text_bytes).await?;
+    let floor = if args.floor {
+        Some(floor(args, population, plan, line).await?)
+    } else {
+        None
+    };
+    let nchan = if args.nchan {
+        Some(nchan(args, population, plan, line).await?)
+    } else {
+        None
+    };
+    Ok(BroadcastReport {
+        floor_ratio: floor.as_ref().map(|floor| Ratio::of(&livefeed, floor)),
+        nchan_ratio: nchan.as_ref().map(|nchan| Ratio::of(&livefeed, nchan)),
+        livefeed,
+        floor,
+        nchan,
+    })
+}
+
+async fn floor(
+    args: &Args,
+    population: &Population,
+    plan: &Plan,
+    line: &mut ProgressLine,
+) -> anyhow::Result<FanoutReport> {
+    let floor = Floor::start(&population.run, &population.users, args.text_bytes as usize).await?;
     line.note(&format!(
         "floor (pid {}) listening on {}",
         floor.pid, floor.target.addr
@@ -170,10 +215,29 @@ async fn both(
     if let Poster::Floor(floor) = stage.poster {
         floor.stop().await;
     }
-    let floor = measured?;
-    Ok(BroadcastReport {
-        floor_ratio: Some(FloorRatio::of(&livefeed, &floor)),
-        livefeed,
-        floor: Some(floor),
-    })
+    measured
+}
+
+async fn nchan(
+    args: &Args,
+    population: &Population,
+    plan: &Plan,
+    line: &mut ProgressLine,
+) -> anyhow::Result<FanoutReport> {
+    let nchan = Nchan::start(&population.run, &population.users, args.text_bytes as usize).await?;
+    line.note(&format!(
+        "nginx+nchan (pids {:?}) listening on {}",
+        nchan.pids, nchan.target.addr
+    ));
+    let targets = [nchan.target.clone()];
+    let stage = Stage {
+        targets: &targets,
+        servers: Servers::new(&nchan.pids, &[], &[])?,
+        poster: Poster::Nchan(Box::new(nchan)),
+    };
+    let measured = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await;
+    if let Poster::Nchan(nchan) = stage.poster {
+        nchan.stop().await;
+    }
+    measured
 }

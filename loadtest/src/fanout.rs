@@ -74,6 +74,13 @@ pub struct FanoutReport {
     pub close: Closing,
 }
 
+impl FanoutReport {
+    /// Publish→receive p99 of the run's deliveries.
+    pub fn latency_p99_ms(&self) -> f64 {
+        self.deliveries.latency.p99_us as f64 / 1000.0
+    }
+}
+
 /// Closing every socket: whether the server answered, and what it cost.
 #[derive(Serialize)]
 pub struct Closing {

@@ -14,6 +14,7 @@ mod fanout;
 mod fleet;
 mod floor;
 mod marker;
+mod nchan;
 mod opts;
 mod pace;
 mod population;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::floor::feed::Floor;
 use crate::marker;
+use crate::nchan::Nchan;
 use crate::opts::{Target, unix_micros};
 use crate::pace::Pacer;
 use crate::protocol::Posted;
@@ -62,10 +63,52 @@ impl Published {
     }
 }
 
-/// Where a fan-out run's posts go: livefeed's REST API, or the floor.
+/// The run's posts one after the other, as a server that is not livefeed
+/// (the floor, nchan) gets them: post `seq`, by user `schedule[seq]`, is
+/// due at `seq / rate` seconds, and its text is the one `POST
+/// /post/create` would have got. `send(author, text)` publishes it; an
+/// `Err` names the failure.
+pub async fn paced<F, Fut>(
+    run: &str,
+    schedule: &[u32],
+    rate: f64,
+    text_bytes: usize,
+    counts: (&AtomicU64, &AtomicU64),
+    mut send: F,
+) -> Published
+where
+    F: FnMut(u32, String) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let (sent, failed) = counts;
+    let started = Instant::now();
+    let pacer = Pacer::new(started, rate);
+    let mut published = Published::new(schedule.len(), unix_micros());
+    for (seq, &author) in schedule.iter().enumerate() {
+        let due = pacer.due(seq as u64);
+        tokio::time::sleep_until(due).await;
+        let seq = seq as u32;
+        let text = marker::post_text(run, seq, author, unix_micros(), text_bytes);
+        sent.fetch_add(1, Ordering::Relaxed);
+        match send(author, text).await {
+            Ok(()) => published.posted.push(Posted { seq, author }),
+            Err(why) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                *published.failures.entry(why).or_default() += 1;
+            }
+        }
+        published.create.record(due.elapsed());
+    }
+    published.seconds = started.elapsed().as_secs_f64();
+    published
+}
+
+/// Where a fan-out run's posts go: livefeed's REST API, the floor, or the
+/// peer (nginx+nchan).
 pub enum Poster {
     Rest(Publisher),
     Floor(Box<Floor>),
+    Nchan(Box<Nchan>),
 }
 
 impl Poster {
@@ -74,6 +117,7 @@ impl Poster {
         match self {
             Self::Rest(publisher) => publisher.run(schedule, rate).await,
             Self::Floor(floor) => floor.publish(schedule, rate).await,
+            Self::Nchan(nchan) => nchan.publish(schedule, rate).await,
         }
     }
 
@@ -82,6 +126,7 @@ impl Poster {
         let (sent, failed) = match self {
             Self::Rest(publisher) => (&publisher.sent, &publisher.failed),
             Self::Floor(floor) => (&floor.sent, &floor.failed),
+            Self::Nchan(nchan) => (&nchan.sent, &nchan.failed),
         };
         (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
     }
@@ -89,7 +134,8 @@ impl Poster {
     /// Before the clients close their sockets.
     pub async fn closing(&self, timeout: Duration) -> anyhow::Result<()> {
         match self {
-            Self::Rest(_) => Ok(()),
+            // nginx answers close frames itself.
+            Self::Rest(_) | Self::Nchan(_) => Ok(()),
             Self::Floor(floor) => floor.closing(timeout).await,
         }
     }

@@ -9,23 +9,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::extract::query_str;
 use super::{ApiError, Body};
 use crate::app::App;
 use crate::domain::PostId;
-use crate::realtime::Refusal;
-
-/// Clients only answer pings and close; anything bigger is refused with 1009.
-const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
-/// tungstenite's read buffer, held by every socket for its whole life:
-/// enough for the control frames clients send (at most 2 + 4 + 125 bytes),
-/// and it grows for a larger frame. 1 KiB cost 0.8 KiB of RSS per idle
-/// socket more (BENCHMARKS.md §12).
-const READ_BUFFER: usize = 128;
+use crate::realtime::{Refusal, Upgraded};
 
 #[derive(Deserialize)]
 struct FeedQuery {
@@ -58,7 +48,7 @@ pub async fn upgrade(
     let send_buffer = app.limits.ws_send_buffer;
     let ws = async move {
         match on_upgrade.await {
-            Ok(upgraded) => Some(into_websocket(upgraded, send_buffer).await),
+            Ok(upgraded) => Some(into_websocket(upgraded, send_buffer)),
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
                 None
@@ -127,20 +117,10 @@ fn is_valid_key(key: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
-/// Takes the TCP stream back from hyper (dropping hyper's per-connection
-/// machinery) and wraps it with buffers sized for tens of thousands of
-/// mostly idle sockets, not tungstenite's 128 KiB defaults (the write buffer
-/// is a threshold: it allocates only what is written).
-async fn into_websocket(
-    upgraded: hyper::upgrade::Upgraded,
-    send_buffer: usize,
-) -> WebSocketStream<TcpStream> {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(1024 * 1024)
-        .max_message_size(Some(MAX_CLIENT_MESSAGE))
-        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
+/// Takes the TCP stream back from hyper, dropping hyper's per-connection
+/// machinery: the session reads and writes the socket itself, holding no
+/// buffer while idle.
+fn into_websocket(upgraded: hyper::upgrade::Upgraded, send_buffer: usize) -> Upgraded {
     let parts = upgraded
         .downcast::<TokioIo<TcpStream>>()
         .expect("the server only serves TCP streams");
@@ -150,13 +130,10 @@ async fn into_websocket(
         // a slow consumer after kilobytes, not megabytes, of backlog.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer);
     }
-    WebSocketStream::from_partially_read(
+    Upgraded {
         stream,
-        parts.read_buf.to_vec(),
-        Role::Server,
-        Some(config),
-    )
-    .await
+        early: parts.read_buf.to_vec(),
+    }
 }
 
 #[cfg(test)]

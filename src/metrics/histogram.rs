@@ -26,14 +26,19 @@ impl Histogram {
     }
 
     pub fn observe_micros(&self, micros: u64) {
+        self.observe_many_micros(micros, 1);
+    }
+
+    /// `count` observations of the same value, as for frames written together.
+    pub fn observe_many_micros(&self, micros: u64, count: u64) {
         let seconds = micros as f64 / 1e6;
         let bucket = self
             .bounds
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(self.bounds.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+        self.buckets[bucket].fetch_add(count, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros * count, Ordering::Relaxed);
     }
 
     /// A copy of the counts now, to hand to a registry that owns its metrics.

@@ -189,7 +189,7 @@ mod tests {
         assert_eq!(live.topic, Topic::Posts);
         assert_eq!(live.routing_key, announcer.routing.key(post.author_user_id));
         let frame = codec::decode_post(live.body.clone()).unwrap();
-        assert_eq!(frame.text, codec::post_payload(&post));
+        assert_eq!(frame.payload(), codec::post_payload(&post).as_bytes());
         assert_eq!((frame.author, frame.post), (post.author_user_id, post.id));
         assert!((before..=after).contains(&frame.published_at_micros));
         assert_eq!(

@@ -2,7 +2,9 @@
 //!
 //! A post event is a fixed binary header the hub reads without parsing any
 //! JSON, followed by the websocket payload itself, so delivering it is a
-//! slice and a refcount, never a re-serialisation:
+//! slice and a refcount, never a re-serialisation; the hub copies the
+//! payload once behind its websocket frame header, and every subscriber is
+//! written that same buffer:
 //!
 //! ```text
 //! [0..16)  author id        [16..32) post id
@@ -12,9 +14,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
+use super::wire;
 use crate::domain::{Post, PostId, UserId};
 
 const POST_HEADER: usize = 40;
@@ -41,15 +43,13 @@ struct PostPayload<'a> {
 }
 
 /// The websocket text of a post, as sent to subscribers.
-pub fn post_payload(post: &Post) -> Utf8Bytes {
+pub fn post_payload(post: &Post) -> String {
     let payload = PostPayload {
         post_id: post.id,
         post_text: &post.text,
         author_user_id: post.author_user_id,
     };
-    serde_json::to_string(&payload)
-        .expect("plain data serialises")
-        .into()
+    serde_json::to_string(&payload).expect("plain data serialises")
 }
 
 pub fn encode_post(post: &Post, published_at_micros: u64) -> Bytes {
@@ -62,13 +62,21 @@ pub fn encode_post(post: &Post, published_at_micros: u64) -> Bytes {
     out.freeze()
 }
 
-/// A decoded post event; `text` shares the delivery's buffer.
+/// A decoded post event, its websocket frame built once for every socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostFrame {
     pub author: UserId,
     pub post: PostId,
     pub published_at_micros: u64,
-    pub text: Utf8Bytes,
+    /// The whole server-to-client text frame: header, then the payload.
+    pub wire: Bytes,
+}
+
+impl PostFrame {
+    /// The websocket payload, without the frame header.
+    pub fn payload(&self) -> &[u8] {
+        &self.wire[wire::header_len(self.wire.len())..]
+    }
 }
 
 /// The frame of a post read from the database rather than the broker.
@@ -77,7 +85,7 @@ pub fn stored_post_frame(post: &Post) -> PostFrame {
         author: post.author_user_id,
         post: post.id,
         published_at_micros: post.id.unix_ms().unwrap_or(0) * 1000,
-        text: post_payload(post),
+        wire: wire::text(post_payload(post).as_bytes()),
     }
 }
 
@@ -88,12 +96,15 @@ pub fn decode_post(body: Bytes) -> Result<PostFrame, CodecError> {
     let author = UserId::from_uuid(uuid_at(&body, 0));
     let post = PostId::from_uuid(uuid_at(&body, 16));
     let published_at_micros = u64::from_be_bytes(body[32..40].try_into().expect("8 bytes"));
-    let text = Utf8Bytes::try_from(body.slice(POST_HEADER..)).map_err(|_| CodecError::NotUtf8)?;
+    let payload = &body[POST_HEADER..];
+    if std::str::from_utf8(payload).is_err() {
+        return Err(CodecError::NotUtf8);
+    }
     Ok(PostFrame {
         author,
         post,
         published_at_micros,
-        text,
+        wire: wire::text(payload),
     })
 }
 
@@ -156,7 +167,7 @@ mod tests {
         assert_eq!(frame.author, post.author_user_id);
         assert_eq!(frame.post, post.id);
         assert_eq!(frame.published_at_micros, 42);
-        let json: serde_json::Value = serde_json::from_str(frame.text.as_str()).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({
@@ -168,11 +179,13 @@ mod tests {
     }
 
     #[test]
-    fn decoding_shares_the_buffer() {
+    fn the_frame_is_the_payload_behind_a_text_frame_header() {
         let body = encode_post(&post(), 1);
         let frame = decode_post(body.clone()).unwrap();
-        let text: &Bytes = frame.text.as_ref();
-        assert_eq!(text.as_ptr(), body[POST_HEADER..].as_ptr());
+        assert_eq!(frame.payload(), &body[POST_HEADER..]);
+        assert_eq!(frame.wire[0], 0x81, "FIN, text");
+        assert_eq!(usize::from(frame.wire[1]), 126, "a 16-bit length follows");
+        assert_eq!(frame.wire.len(), 4 + body.len() - POST_HEADER);
     }
 
     #[test]
@@ -228,7 +241,7 @@ mod properties {
             prop_assert_eq!(frame.author, author);
             prop_assert_eq!(frame.post, post);
             prop_assert_eq!(frame.published_at_micros, at);
-            let payload: serde_json::Value = serde_json::from_str(frame.text.as_str()).unwrap();
+            let payload: serde_json::Value = serde_json::from_slice(frame.payload()).unwrap();
             prop_assert_eq!(
                 payload,
                 serde_json::json!({
@@ -262,7 +275,7 @@ mod properties {
                     prop_assert_eq!(frame.author.as_uuid().as_bytes(), &body[..16]);
                     prop_assert_eq!(frame.post.as_uuid().as_bytes(), &body[16..32]);
                     prop_assert_eq!(frame.published_at_micros.to_be_bytes(), &body[32..40]);
-                    prop_assert_eq!(frame.text.as_bytes(), &body[POST_HEADER..]);
+                    prop_assert_eq!(frame.payload(), &body[POST_HEADER..]);
                 }
                 Err(CodecError::TooShort(len)) => {
                     prop_assert_eq!(len, body.len());

@@ -5,13 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post, stored_post_frame};
 use super::recovery::{Delivered, recover};
 use super::registry::{Binding, Registry};
-use super::socket::Push;
+use super::session::SEAM_WINDOW;
+use super::socket::{Push, Socket};
+use super::unix_micros;
 use crate::broker::{Incoming, Topic};
 use crate::domain::PostId;
 use crate::metrics::Metrics;
@@ -28,6 +30,12 @@ const CLOCK_SKEW_MS: u64 = 1000;
 /// delay doubling from [`RETRY_MIN`]: until it succeeds, posts are missing.
 const CATCH_UP_ATTEMPTS: u32 = 6;
 const RETRY_MIN: Duration = Duration::from_millis(200);
+/// From this many subscribers on, a post is written by every worker thread
+/// at once: below it, handing out the work costs more than it saves.
+const PARALLEL_FROM: usize = 1024;
+/// Pieces per worker a large subscriber list is cut into, so that a worker
+/// the machine slows down does not hold the post up alone.
+const PIECES_PER_WORKER: usize = 2;
 
 pub(super) async fn run(
     mut incoming: mpsc::Receiver<Incoming>,
@@ -54,7 +62,7 @@ pub(super) async fn run(
                     // A post recovered after a gap, or published twice by a
                     // relay that failed over, goes out once.
                     if delivered.first_time(frame.post, now) {
-                        fan_out(&registry, &metrics, Arc::new(frame));
+                        broadcast(&registry, &metrics, Arc::new(frame)).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable post event"),
@@ -69,22 +77,75 @@ pub(super) async fn run(
     }
 }
 
-/// One decode per delivery; each subscriber gets a refcount of the same frame.
+/// Writes `frame` to every local subscriber of its author. A long list is
+/// cut into pieces written by all worker threads at once; the next post
+/// waits until every piece is done, so each socket gets posts in order.
+pub async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, frame: Arc<PostFrame>) {
+    let Some(subscribers) = registry.subscribers(frame.author) else {
+        metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut sockets = Vec::new();
+    subscribers.for_each(|socket| sockets.push(socket.clone()));
+    drop(subscribers);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    if workers < 2 || sockets.len() < PARALLEL_FROM {
+        deliver(&sockets, &frame, metrics);
+        return;
+    }
+    let sockets: Arc<[Arc<Socket>]> = sockets.into();
+    let piece = sockets.len().div_ceil(workers * PIECES_PER_WORKER);
+    let mut pieces = JoinSet::new();
+    // All pieces are spawned, none run here: tokio keeps the last task a
+    // worker spawns in a slot no other worker can steal from, and the
+    // hub's own worker would write its piece before yielding to it.
+    for start in (0..sockets.len()).step_by(piece) {
+        let (sockets, frame, metrics) = (sockets.clone(), frame.clone(), metrics.clone());
+        pieces.spawn(async move {
+            let end = (start + piece).min(sockets.len());
+            deliver(&sockets[start..end], &frame, &metrics);
+        });
+    }
+    while pieces.join_next().await.is_some() {}
+}
+
+/// Writes `frame` to every local subscriber of its author, on this thread.
 pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
     // With bucket routing, posts of authors nobody here follows arrive too.
     let Some(subscribers) = registry.subscribers(frame.author) else {
         metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let mut queued = 0;
-    subscribers.for_each(|socket| match socket.push(frame.clone()) {
-        Push::Queued => queued += 1,
-        Push::Overflowed => {
-            metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    let mut sockets = Vec::new();
+    subscribers.for_each(|socket| sockets.push(socket.clone()));
+    deliver(&sockets, &frame, metrics);
+}
+
+fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, metrics: &Metrics) {
+    let (mut written, mut queued) = (0, 0);
+    for socket in sockets {
+        match socket.push(frame) {
+            Push::Written => written += 1,
+            Push::Queued => queued += 1,
+            Push::Overflowed => {
+                metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            Push::Dropped => {}
         }
-        Push::Dropped => {}
-    });
-    metrics.deliveries.fetch_add(queued, Ordering::Relaxed);
+    }
+    metrics
+        .deliveries
+        .fetch_add(written + queued, Ordering::Relaxed);
+    if queued > 0 {
+        metrics
+            .queued_deliveries
+            .fetch_add(queued, Ordering::Relaxed);
+    }
+    if written > 0 {
+        // One clock read for the piece: its frames were written within it.
+        let latency = unix_micros().saturating_sub(frame.published_at_micros);
+        metrics.observe_latency_micros(latency, written);
+    }
 }
 
 fn apply_follow_change(
@@ -94,6 +155,11 @@ fn apply_follow_change(
     change: &FollowChange,
 ) {
     for socket in registry.sockets_of(change.follower) {
+        if change.follows {
+            // The catch-up after a new binding and the live stream may both
+            // carry a post.
+            socket.open_seam(Instant::now() + SEAM_WINDOW);
+        }
         if let Some(binding) =
             registry.change(&socket, change.author, change.follows, change.at_unix_ms)
         {
@@ -106,7 +172,7 @@ fn apply_follow_change(
 /// meanwhile are routed elsewhere; once it is, the ones they wrote since
 /// the earliest of those subscriptions are read back and queued, so no
 /// socket waits for the broker to be subscribed. A post that also arrived
-/// live is skipped by the session.
+/// live is skipped by the socket's seam, opened when it subscribed.
 ///
 /// With `covered`, the caller reads those posts itself, in order, once the
 /// flag is set: a binding in place before that needs no catch-up.

@@ -5,7 +5,8 @@
 //! cannot take every place of an instance.
 //!
 //! ```text
-//! broker ─▶ hub ─▶ registry (author ▶ sockets) ─▶ per-socket queue ─▶ session ─▶ client
+//! broker ─▶ hub ─▶ registry (author ▶ sockets) ─▶ socket (written by the hub) ─▶ client
+//!                                                    └▶ outbox ─▶ session ─▶ client
 //! ```
 
 pub mod codec;
@@ -15,16 +16,15 @@ mod registry;
 mod routing;
 mod session;
 mod socket;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 pub use hub::fan_out;
 pub use registry::Registry;
 pub use routing::Routing;
+pub use session::Upgraded;
 pub use socket::{Push, Socket};
 
 use crate::broker::{Broker, Incoming};
@@ -172,15 +173,13 @@ impl Realtime {
     }
 
     /// Runs an upgraded websocket of `user` until it ends.
-    pub fn spawn_session<S>(
+    pub fn spawn_session(
         self: &Arc<Self>,
         slot: SocketSlot,
-        ws: impl Future<Output = Option<WebSocketStream<S>>> + Send + 'static,
+        ws: impl Future<Output = Option<Upgraded>> + Send + 'static,
         user: UserId,
         since: Option<PostId>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) {
         let realtime = self.clone();
         // Boxed: a future the task holds by value stays in the task's
         // memory after it completed, for as long as the socket is open.

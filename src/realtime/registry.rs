@@ -433,8 +433,17 @@ mod properties {
             let registry = Registry::new(broker, "bucket:2".parse().unwrap());
             let users = [UserId::new_v7(), UserId::new_v7()];
             let author_ids: Vec<UserId> = (0..AUTHORS).map(|_| UserId::new_v7()).collect();
-            let sockets: Vec<Arc<Socket>> =
-                (0..SOCKETS).map(|s| Arc::new(Socket::new(users[user_of(s)], 16))).collect();
+            // Each socket needs a connection; the registry never writes to it.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let (sockets, _clients): (Vec<Arc<Socket>>, Vec<std::net::TcpStream>) = (0..SOCKETS)
+                .map(|s| {
+                    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                    let (server, _) = listener.accept().unwrap();
+                    server.set_nonblocking(true).unwrap();
+                    let server = tokio::net::TcpStream::from_std(server).unwrap();
+                    (Arc::new(Socket::new(users[user_of(s)], 16, server)), client)
+                })
+                .unzip();
             let mut model = vec![
                 ModelSocket { changed: Some(HashMap::new()), ..ModelSocket::default() };
                 SOCKETS

@@ -2,10 +2,13 @@
 //! the client leaves, falls behind, stops answering pings, or the server
 //! shuts down.
 //!
-//! Every write here runs under the write deadline ([`within`]): a peer that
-//! stops taking data, because it stopped reading or vanished with full
-//! buffers, costs a session task for that long at most, never for as long as
-//! the kernel retransmits.
+//! Live posts do not pass through here: the hub writes them into the socket
+//! itself ([`super::socket`]). The session writes only what the kernel did
+//! not take at once, reads the client's control frames, pings, and closes.
+//! Every wait for the kernel to take data runs under the write deadline: a
+//! peer that stops taking data, because it stopped reading or vanished with
+//! full buffers, costs a session task for that long at most, never for as
+//! long as the kernel retransmits.
 //!
 //! A `?since=` catch-up reads PostgreSQL, never the Redis feed: the feed
 //! worker fills that later, so a post published before this socket was
@@ -22,21 +25,17 @@
 //! (Numbering posts at commit would need one lock every post commit waits
 //! on; numbering them as the relay publishes would tie the outbox to posts.)
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use bytes::Bytes;
+use tokio::net::TcpStream;
 
-use super::codec::post_payload;
+use super::codec::stored_post_frame;
 use super::hub::catch_up_after_binding;
-use super::socket::Socket;
+use super::socket::{Flushed, Socket};
+use super::wire::{self, ClientFrame, ReadError, Reader};
 use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
 
@@ -48,35 +47,28 @@ const CONCURRENT_PER_AUTHOR: i64 = 16;
 /// A close frame to a client that is not reading must not hold the task
 /// (nor shutdown) for a whole write deadline.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How many of the last sent post ids a socket remembers.
-const RECENT_POSTS: usize = 64;
+/// How long after a catch-up a live copy of one of its posts may still
+/// arrive (the broker delivers a post some time after it is committed).
+pub(super) const SEAM_WINDOW: Duration = Duration::from_secs(30);
+/// Clients only answer pings and close; anything bigger is refused with 1009.
+const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// Bytes read from the client at once; on the stack, never held while idle.
+const READ_CHUNK: usize = 512;
 
-/// Ids of the last posts sent on a socket. Around a seam (a `?since=`
-/// catch-up, or the catch-up after a follow, meeting the live stream) a post
-/// can reach a socket twice; the copies arrive close together, so a short
-/// memory is enough to send each once.
-#[derive(Default)]
-struct RecentPosts(VecDeque<PostId>);
-
-impl RecentPosts {
-    /// Records `id`; false if it was sent already.
-    fn first_time(&mut self, id: PostId) -> bool {
-        if self.0.contains(&id) {
-            return false;
-        }
-        if self.0.len() == RECENT_POSTS {
-            self.0.pop_front();
-        }
-        self.0.push_back(id);
-        true
-    }
+/// A websocket whose handshake is done: the stream, and what the client
+/// sent after its upgrade request that the server has read already.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    /// A copy: a slice would keep hyper's whole read buffer (8 KiB) alive
+    /// for as long as the socket is open.
+    pub early: Vec<u8>,
 }
 
 /// Why a session ended, and what (if anything) to tell the client.
 #[derive(Debug)]
 enum End {
-    /// The client sent a close frame; tungstenite has queued the reply.
-    ClientClosed,
+    /// The client sent a close frame; it gets its code back.
+    ClientClosed(Option<u16>),
     ClientLeft,
     SlowConsumer,
     PingTimeout,
@@ -85,86 +77,83 @@ enum End {
     WriteTimeout,
     Shutdown,
     MessageTooBig,
+    Protocol(&'static str),
     Failed(String),
 }
 
 impl End {
-    fn close_frame(&self) -> Option<CloseFrame> {
+    fn close_frame(&self) -> Option<Bytes> {
         let (code, reason) = match self {
             // A socket that did not take the last write will not take a
             // close frame either.
-            Self::ClientClosed | Self::ClientLeft | Self::PingTimeout | Self::WriteTimeout => {
-                return None;
-            }
+            Self::ClientLeft | Self::PingTimeout | Self::WriteTimeout => return None,
+            Self::ClientClosed(code) => (code.unwrap_or(wire::CLOSE_NORMAL), ""),
             Self::SlowConsumer => (
-                CloseCode::Policy,
+                wire::CLOSE_POLICY,
                 "slow consumer: too many undelivered posts",
             ),
-            Self::Shutdown => (CloseCode::Away, "server shutting down"),
-            Self::MessageTooBig => (CloseCode::Size, "message too big"),
-            Self::Failed(_) => (CloseCode::Error, "internal error, reconnect later"),
+            Self::Shutdown => (wire::CLOSE_AWAY, "server shutting down"),
+            Self::MessageTooBig => (wire::CLOSE_TOO_BIG, "message too big"),
+            Self::Protocol(why) => (wire::CLOSE_PROTOCOL, *why),
+            Self::Failed(_) => (wire::CLOSE_ERROR, "internal error, reconnect later"),
         };
-        Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
+        Some(wire::close(code, reason))
     }
 }
 
-impl From<WsError> for End {
-    fn from(e: WsError) -> Self {
+impl From<ReadError> for End {
+    fn from(e: ReadError) -> Self {
         match e {
-            WsError::Capacity(_) => Self::MessageTooBig,
-            WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => Self::ClientLeft,
-            other => Self::Failed(other.to_string()),
+            ReadError::TooBig => Self::MessageTooBig,
+            ReadError::Protocol(why) => Self::Protocol(why),
         }
     }
 }
 
 /// Runs the websocket `upgrade` completes with, if it does.
-pub(super) async fn run<S>(
+pub(super) async fn run(
     realtime: Arc<Realtime>,
-    upgrade: impl Future<Output = Option<WebSocketStream<S>>>,
+    upgrade: impl Future<Output = Option<Upgraded>>,
     user: UserId,
     since: Option<PostId>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Some(mut ws) = upgrade.await else {
+) {
+    let Some(Upgraded { stream, early }) = upgrade.await else {
         return;
     };
-    let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity));
+    let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity, stream));
     realtime.registry.attach(&socket);
-    let end = serve(&realtime, &mut ws, &socket, since).await;
+    let end = serve(&realtime, &socket, since, early).await;
     realtime.registry.detach(&socket);
-    if matches!(end, End::WriteTimeout) {
-        realtime
-            .metrics
-            .socket_write_timeouts
-            .fetch_add(1, Ordering::Relaxed);
-    }
     match &end {
+        End::WriteTimeout => {
+            realtime
+                .metrics
+                .socket_write_timeouts
+                .fetch_add(1, Ordering::Relaxed);
+        }
         End::Failed(error) => tracing::warn!(%user, %error, "websocket session failed"),
         other => tracing::debug!(%user, end = ?other, "websocket closed"),
     }
-    let close_wait = CLOSE_TIMEOUT.min(realtime.settings.write_timeout);
     if let Some(frame) = end.close_frame() {
-        let _ = tokio::time::timeout(close_wait, ws.close(Some(frame))).await;
-    } else if matches!(end, End::ClientClosed) {
-        // Completes the closing handshake: sends the queued reply.
-        let _ = tokio::time::timeout(close_wait, ws.flush()).await;
+        socket.send(frame);
+        // A slow consumer gets the write deadline to take its backlog, which
+        // ends with the close frame saying why; anyone else gets a moment.
+        let write_timeout = realtime.settings.write_timeout;
+        let close_wait = match end {
+            End::SlowConsumer => write_timeout,
+            _ => CLOSE_TIMEOUT.min(write_timeout),
+        };
+        let _ = drain(&realtime, &socket, close_wait).await;
     }
+    socket.shut();
 }
 
-async fn serve<S>(
+async fn serve(
     realtime: &Realtime,
-    ws: &mut WebSocketStream<S>,
     socket: &Arc<Socket>,
     since: Option<PostId>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+    early: Vec<u8>,
+) -> End {
     // Subscribing and catching up hold database futures of kilobytes; boxed,
     // they are freed once done instead of sizing the task of every idle
     // socket for as long as it is open.
@@ -172,17 +161,18 @@ where
         Ok(catch_ups) => catch_ups,
         Err(end) => return end,
     };
-    let mut recent = RecentPosts::default();
     if let Some(since) = since {
         // A reconnecting client gets what it missed in order: its read
         // comes after the bindings it asked for are in place, and replaces
         // their catch-ups, which could send posts from before `since`.
         futures_util::future::join_all(catch_ups).await;
-        if let Err(end) = Box::pin(catch_up(realtime, ws, socket.user, since, &mut recent)).await {
+        socket.open_seam(Instant::now() + SEAM_WINDOW);
+        if let Err(end) = Box::pin(catch_up(realtime, socket, since)).await {
             return end;
         }
     }
-    relay_live(realtime, ws, socket, recent).await
+    socket.release();
+    relay_live(realtime, socket, early).await
 }
 
 /// Subscribes to everyone the user follows, without waiting for the
@@ -203,9 +193,13 @@ async fn subscribe(
         .followed_authors(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    Ok(realtime
-        .registry
-        .subscribe(socket, &authors, since_ms)
+    let bindings = realtime.registry.subscribe(socket, &authors, since_ms);
+    if !bindings.is_empty() && !reads_itself {
+        // The hub's catch-up and the live stream may both carry a post
+        // written while a binding was pending.
+        socket.open_seam(Instant::now() + SEAM_WINDOW);
+    }
+    Ok(bindings
         .into_iter()
         .map(|binding| {
             catch_up_after_binding(
@@ -220,175 +214,149 @@ async fn subscribe(
 }
 
 /// Sends what the client may have missed since `since` (see the module
-/// doc), in sequence order. The newest of them may also be waiting in the
-/// live queue; `recent` skips them there.
-async fn catch_up<S>(
-    realtime: &Realtime,
-    ws: &mut WebSocketStream<S>,
-    user: UserId,
-    since: PostId,
-    recent: &mut RecentPosts,
-) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// doc), in sequence order, ahead of the live posts held meanwhile; the
+/// seam skips those of them the catch-up sent.
+async fn catch_up(realtime: &Realtime, socket: &Socket, since: PostId) -> Result<(), End> {
     let posts = realtime
         .store
-        .posts_since(user, since, CATCH_UP_LIMIT, CONCURRENT_PER_AUTHOR)
+        .posts_since(socket.user, since, CATCH_UP_LIMIT, CONCURRENT_PER_AUTHOR)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let deadline = realtime.settings.write_timeout;
     for post in &posts {
-        recent.first_time(post.id);
-        within(deadline, ws.feed(Message::Text(post_payload(post)))).await?;
+        socket.send_post(&stored_post_frame(post));
     }
-    within(deadline, ws.flush()).await
+    drain(realtime, socket, realtime.settings.write_timeout).await
 }
 
-async fn relay_live<S>(
-    realtime: &Realtime,
-    ws: &mut WebSocketStream<S>,
-    socket: &Socket,
-    mut recent: RecentPosts,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Writes the outbox until it is empty, failing if the kernel takes
+/// nothing for `deadline`.
+async fn drain(realtime: &Realtime, socket: &Socket, deadline: Duration) -> Result<(), End> {
+    loop {
+        match flush(realtime, socket) {
+            Flushed::Done => return Ok(()),
+            Flushed::Gone => return Err(End::ClientLeft),
+            Flushed::Blocked => {
+                tokio::time::timeout(deadline, socket.stream().writable())
+                    .await
+                    .map_err(|_| End::WriteTimeout)?
+                    .map_err(|_| End::ClientLeft)?;
+            }
+        }
+    }
+}
+
+fn flush(realtime: &Realtime, socket: &Socket) -> Flushed {
+    let metrics = &realtime.metrics;
+    socket.flush(|published_at| {
+        metrics.observe_latency_micros(unix_micros().saturating_sub(published_at), 1);
+    })
+}
+
+async fn relay_live(realtime: &Realtime, socket: &Socket, early: Vec<u8>) -> End {
     let shutdown = realtime.shutdown.clone();
     let deadline = realtime.settings.write_timeout;
     let mut ping = tokio::time::interval(realtime.settings.ping_interval);
     ping.reset();
     let mut awaiting_pong = false;
+    let mut reader = Reader::new(MAX_CLIENT_MESSAGE);
+    let answer = |frame: ClientFrame, awaiting_pong: &mut bool| match frame {
+        // Answered through the outbox: after the posts before it.
+        ClientFrame::Ping(payload) => {
+            socket.send(wire::pong(&payload));
+            None
+        }
+        ClientFrame::Pong => {
+            *awaiting_pong = false;
+            None
+        }
+        ClientFrame::Close(code) => Some(End::ClientClosed(code)),
+    };
+    if let Err(end) = read_frames(&mut reader, &early, |f| answer(f, &mut awaiting_pong)) {
+        return end;
+    }
+    drop(early);
+    // Set while the kernel's buffer is full: since when nothing was taken.
+    let mut blocked_since: Option<tokio::time::Instant> = None;
     loop {
+        match flush(realtime, socket) {
+            Flushed::Done => blocked_since = None,
+            Flushed::Gone => return End::ClientLeft,
+            Flushed::Blocked => {
+                blocked_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+        }
+        if socket.is_slow() {
+            return End::SlowConsumer;
+        }
+        let write_deadline = blocked_since.map(|since| since + deadline);
         tokio::select! {
-            () = socket.pushed() => {
-                if socket.is_slow() {
-                    return End::SlowConsumer;
+            () = socket.needs_writing() => {}
+            writable = socket.stream().writable(), if blocked_since.is_some() => {
+                if writable.is_err() {
+                    return End::ClientLeft;
                 }
-                // The write blocks on a client that stopped reading: the
-                // overflow it causes, or shutdown, must still end the session.
-                // Boxed for the same reason: an idle socket does not write.
-                let written = tokio::select! {
-                    written = Box::pin(write_queued(realtime, ws, socket, &mut recent)) => written,
-                    () = socket.overflowed() => return End::SlowConsumer,
-                    () = shutdown.cancelled() => return End::Shutdown,
-                };
-                if let Err(end) = written {
+                // Progress restarts the deadline; none keeps it running.
+                blocked_since = None;
+            }
+            () = sleep_until(write_deadline), if write_deadline.is_some() => {
+                return End::WriteTimeout;
+            }
+            readable = socket.stream().readable() => {
+                if readable.is_err() {
+                    return End::ClientLeft;
+                }
+                if let Err(end) = read_available(socket, &mut reader, |f| answer(f, &mut awaiting_pong)) {
                     return end;
                 }
             }
-            message = ws.next() => match message {
-                None => return End::ClientLeft,
-                Some(Ok(Message::Close(_))) => return End::ClientClosed,
-                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
-                // tungstenite queues the pong; flush sends it now.
-                Some(Ok(Message::Ping(_))) => {
-                    if let Err(end) = within(deadline, ws.flush()).await {
-                        return end;
-                    }
-                }
-                // The channel is one-way: anything else a client sends is ignored.
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return e.into(),
-            },
             _ = ping.tick() => {
                 if awaiting_pong {
                     return End::PingTimeout;
                 }
                 awaiting_pong = true;
-                if let Err(end) = within(deadline, ws.send(Message::Ping(Default::default()))).await {
-                    return end;
-                }
+                socket.send(wire::ping());
+                socket.close_expired_seam(Instant::now());
             }
             () = shutdown.cancelled() => return End::Shutdown,
         }
     }
 }
 
-/// Writes every queued frame, then flushes once: a burst becomes a few
-/// large writes rather than one per post.
-async fn write_queued<S>(
-    realtime: &Realtime,
-    ws: &mut WebSocketStream<S>,
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    if let Some(deadline) = deadline {
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Reads what the client sent until the socket has nothing more.
+fn read_available(
     socket: &Socket,
-    recent: &mut RecentPosts,
-) -> Result<(), End>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let deadline = realtime.settings.write_timeout;
-    while let Some(frame) = socket.pop() {
-        if socket.is_slow() {
-            return Err(End::SlowConsumer);
-        }
-        if !recent.first_time(frame.post) {
-            continue;
-        }
-        within(deadline, ws.feed(Message::Text(frame.text.clone()))).await?;
-        realtime
-            .metrics
-            .observe_latency_micros(unix_micros().saturating_sub(frame.published_at_micros));
-    }
-    within(deadline, ws.flush()).await
-}
-
-/// Runs one websocket write, which fails with [`End::WriteTimeout`] when it
-/// does not complete within `deadline`: without one, a write to a peer that
-/// vanished with full buffers waits as long as the kernel retransmits.
-async fn within(
-    deadline: Duration,
-    write: impl Future<Output = Result<(), WsError>>,
+    reader: &mut Reader,
+    mut on_frame: impl FnMut(ClientFrame) -> Option<End>,
 ) -> Result<(), End> {
-    match tokio::time::timeout(deadline, write).await {
-        Ok(written) => written.map_err(End::from),
-        Err(_) => Err(End::WriteTimeout),
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        match socket.stream().try_read(&mut chunk) {
+            Ok(0) => return Err(End::ClientLeft),
+            Ok(n) => read_frames(reader, &chunk[..n], &mut on_frame)?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(_) => return Err(End::ClientLeft),
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_posts_skip_repeats_within_the_window() {
-        let mut recent = RecentPosts::default();
-        let first = PostId::new_v7();
-        assert!(recent.first_time(first));
-        assert!(!recent.first_time(first));
-        for _ in 0..RECENT_POSTS {
-            assert!(recent.first_time(PostId::new_v7()));
+/// Runs `on_frame` on each control frame in `input`; the first that ends
+/// the session ends it.
+fn read_frames(
+    reader: &mut Reader,
+    input: &[u8],
+    mut on_frame: impl FnMut(ClientFrame) -> Option<End>,
+) -> Result<(), End> {
+    let mut end = None;
+    reader.feed(input, |frame| {
+        if end.is_none() {
+            end = on_frame(frame);
         }
-        assert!(recent.first_time(first), "forgotten after the window");
-    }
-}
-
-/// A socket's duplicate window against a plain model of it.
-#[cfg(test)]
-mod properties {
-    use std::collections::VecDeque;
-
-    use proptest::prelude::*;
-
-    use super::*;
-
-    proptest! {
-        #[test]
-        fn a_post_is_skipped_exactly_while_among_the_last_sent(
-            sends in proptest::collection::vec(0u8..100, 1..400),
-        ) {
-            let mut recent = RecentPosts::default();
-            let mut model: VecDeque<u8> = VecDeque::new();
-            for n in sends {
-                let fresh = !model.contains(&n);
-                let id = PostId::from_uuid(uuid::Uuid::from_u128(u128::from(n)));
-                prop_assert_eq!(recent.first_time(id), fresh);
-                if fresh {
-                    model.push_back(n);
-                    if model.len() > RECENT_POSTS {
-                        model.pop_front();
-                    }
-                }
-            }
-        }
-    }
+    })?;
+    end.map_or(Ok(()), Err)
 }

@@ -1,40 +1,69 @@
-//! The per-socket delivery queue, shared by the hub (which pushes) and the
-//! socket's session task (which drains it).
+//! One open websocket as the hub sees it, and the only way bytes reach it.
+//!
+//! A post is written by whoever delivers it: the hub writes the shared,
+//! pre-encoded frame straight into the kernel with a non-blocking
+//! `try_write` when nothing is waiting before it, so a socket that keeps up
+//! costs one syscall per post and no task wake-up. Only what the kernel
+//! does not take (all of a frame, or the rest of one) waits in the socket's
+//! outbox, in order, for the session task to write when the socket drains.
+//! That outbox is bounded: a client that falls `capacity` posts behind is
+//! marked slow and closed by its session (1008) instead of growing memory.
+//!
+//! Nothing here awaits, and the outbox lock is held only around a
+//! non-blocking write, so a slow client holds nobody up. An idle socket
+//! holds no buffer: an empty `VecDeque` allocates nothing.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use crossbeam_queue::SegQueue;
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::codec::PostFrame;
-use crate::domain::UserId;
+use crate::domain::{PostId, UserId};
 
-/// What happened to a pushed frame.
+/// Frames written with one `writev` when the outbox drains: a backlog goes
+/// out in a few large writes rather than one per post.
+const COALESCE: usize = 64;
+/// How many of the post ids written around a seam a socket remembers.
+const SEAM_POSTS: usize = 64;
+
+/// What happened to a delivered post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
+    /// The kernel took the whole frame.
+    Written,
+    /// It waits in the outbox (the socket is still subscribing, or the
+    /// kernel's buffer is full) for the session to write.
     Queued,
-    /// The queue was full: this socket just became a slow consumer.
+    /// The outbox was full: this socket just became a slow consumer.
     Overflowed,
-    /// The socket is already marked slow; the frame was dropped.
+    /// Not delivered: the socket is slow or gone, or had this post already.
     Dropped,
 }
 
-/// One open websocket as the hub sees it.
-///
-/// The queue is lock-free (crossbeam's `SegQueue`, which allocates nothing
-/// while empty, so an idle socket costs no queue memory) and bounded by a
-/// counter: a client that falls `capacity` frames behind is marked slow and
-/// closed by its session, instead of growing memory or slowing the hub.
+/// What writing the outbox came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// Everything is in the kernel.
+    Done,
+    /// The kernel's buffer is full; wait until the socket is writable.
+    Blocked,
+    /// The peer is gone.
+    Gone,
+}
+
 pub struct Socket {
     pub user: UserId,
-    queue: SegQueue<Arc<PostFrame>>,
-    queued: AtomicUsize,
+    stream: TcpStream,
     capacity: usize,
-    slow: AtomicBool,
+    out: Mutex<Outbox>,
+    /// Woken when the outbox needs the session: frames wait in it, it
+    /// overflowed, or the peer is gone.
     wake: Notify,
-    overflow: Notify,
     /// Authors this socket is subscribed to. Held only for short, sync
     /// registry updates; it serialises follow changes of this socket.
     pub(super) follows: Mutex<Follows>,
@@ -50,16 +79,76 @@ pub(super) struct Follows {
     pub(super) changed_while_subscribing: Option<HashMap<UserId, bool>>,
 }
 
+#[derive(Default)]
+struct Outbox {
+    /// What the kernel has not taken yet, in order; the first entry may be
+    /// the rest of a partly written frame.
+    pending: VecDeque<Pending>,
+    /// Posts among `pending`: the bound applies to them, not to control frames.
+    posts: usize,
+    /// Until the session has subscribed and caught up: the live posts that
+    /// arrived meanwhile, which must follow the catch-up.
+    held: Option<Vec<Arc<PostFrame>>>,
+    seam: Option<Box<Seam>>,
+    slow: bool,
+    gone: bool,
+}
+
+struct Pending {
+    bytes: Bytes,
+    /// When its post was published (0 for a control frame).
+    published_at_micros: u64,
+}
+
+/// Where two streams of posts meet on a socket (a catch-up read from the
+/// database and the live posts, which can carry the same post), the ids
+/// written recently, so each goes out once. The copies arrive close
+/// together, so the seam is closed after a while and its memory freed.
+struct Seam {
+    recent: VecDeque<PostId>,
+    until: Instant,
+}
+
+impl Seam {
+    /// Records `id`; false if it was written already.
+    fn first_time(&mut self, id: PostId) -> bool {
+        if self.recent.contains(&id) {
+            return false;
+        }
+        if self.recent.len() == SEAM_POSTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id);
+        true
+    }
+}
+
+impl Outbox {
+    /// False if the post went out on this socket already.
+    fn first_time(&mut self, post: PostId, now: Instant) -> bool {
+        match &mut self.seam {
+            Some(seam) if seam.until < now => {
+                self.seam = None;
+                true
+            }
+            Some(seam) => seam.first_time(post),
+            None => true,
+        }
+    }
+}
+
 impl Socket {
-    pub fn new(user: UserId, capacity: usize) -> Self {
+    /// A socket that holds live posts until [`Socket::release`].
+    pub fn new(user: UserId, capacity: usize, stream: TcpStream) -> Self {
         Self {
             user,
-            queue: SegQueue::new(),
-            queued: AtomicUsize::new(0),
+            stream,
             capacity,
-            slow: AtomicBool::new(false),
+            out: Mutex::new(Outbox {
+                held: Some(Vec::new()),
+                ..Outbox::default()
+            }),
             wake: Notify::new(),
-            overflow: Notify::new(),
             follows: Mutex::new(Follows {
                 authors: HashSet::new(),
                 changed_while_subscribing: Some(HashMap::new()),
@@ -67,89 +156,274 @@ impl Socket {
         }
     }
 
-    pub fn push(&self, frame: Arc<PostFrame>) -> Push {
-        if self.slow.load(Ordering::Relaxed) {
+    fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.out.lock().expect("outbox lock")
+    }
+
+    /// The hub's delivery of a live post.
+    pub fn push(&self, frame: &Arc<PostFrame>) -> Push {
+        let mut out = self.outbox();
+        if out.slow || out.gone {
             return Push::Dropped;
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            if self.slow.swap(true, Ordering::AcqRel) {
-                return Push::Dropped;
+        if let Some(held) = &mut out.held {
+            if held.len() >= self.capacity {
+                return self.overflow(&mut out);
+            }
+            held.push(frame.clone());
+            return Push::Queued;
+        }
+        if out.seam.is_some() && !out.first_time(frame.post, Instant::now()) {
+            return Push::Dropped;
+        }
+        if out.posts >= self.capacity {
+            return self.overflow(&mut out);
+        }
+        self.write_or_queue(&mut out, frame.wire.clone(), frame.published_at_micros)
+    }
+
+    fn overflow(&self, out: &mut Outbox) -> Push {
+        out.slow = true;
+        self.wake.notify_one();
+        Push::Overflowed
+    }
+
+    /// Writes `bytes` at once if nothing waits before it, else queues it.
+    fn write_or_queue(&self, out: &mut Outbox, bytes: Bytes, published_at_micros: u64) -> Push {
+        let mut written = 0;
+        if out.pending.is_empty() {
+            match self.stream.try_write(&bytes) {
+                Ok(n) if n == bytes.len() => return Push::Written,
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    out.gone = true;
+                    self.wake.notify_one();
+                    return Push::Dropped;
+                }
             }
             self.wake.notify_one();
-            self.overflow.notify_one();
-            return Push::Overflowed;
         }
-        self.queue.push(frame);
-        self.wake.notify_one();
+        if published_at_micros > 0 {
+            out.posts += 1;
+        }
+        out.pending.push_back(Pending {
+            bytes: bytes.slice(written..),
+            published_at_micros,
+        });
         Push::Queued
     }
 
-    pub fn pop(&self) -> Option<Arc<PostFrame>> {
-        let frame = self.queue.pop()?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(frame)
+    /// Sends a frame of the session's own (a catch-up post, a ping, a pong
+    /// or a close) after everything sent before it.
+    pub fn send(&self, bytes: Bytes) {
+        let mut out = self.outbox();
+        if !out.gone {
+            self.write_or_queue(&mut out, bytes, 0);
+        }
+    }
+
+    /// Sends a catch-up post, unless the seam says it went out already.
+    pub fn send_post(&self, frame: &PostFrame) {
+        let mut out = self.outbox();
+        if !out.gone && out.first_time(frame.post, Instant::now()) {
+            self.write_or_queue(&mut out, frame.wire.clone(), 0);
+        }
+    }
+
+    /// Remembers the posts written from now until `until`, and drops any
+    /// live post among them that comes again.
+    pub fn open_seam(&self, until: Instant) {
+        let mut out = self.outbox();
+        match &mut out.seam {
+            Some(seam) => seam.until = seam.until.max(until),
+            None => {
+                out.seam = Some(Box::new(Seam {
+                    recent: VecDeque::new(),
+                    until,
+                }));
+            }
+        }
+    }
+
+    /// Frees the seam's memory once it is over.
+    pub fn close_expired_seam(&self, now: Instant) {
+        let mut out = self.outbox();
+        if out.seam.as_ref().is_some_and(|seam| seam.until < now) {
+            out.seam = None;
+        }
+    }
+
+    /// Ends holding: the live posts held so far go out (those the catch-up
+    /// did not send already), and the hub writes the next ones directly.
+    pub fn release(&self) {
+        let mut out = self.outbox();
+        let now = Instant::now();
+        for frame in out.held.take().unwrap_or_default() {
+            if !out.gone && out.first_time(frame.post, now) {
+                out.posts += 1;
+                out.pending.push_back(Pending {
+                    bytes: frame.wire.clone(),
+                    published_at_micros: frame.published_at_micros,
+                });
+            }
+        }
+    }
+
+    /// Writes as much of the outbox as the kernel takes, coalescing queued
+    /// frames into one `writev`. `on_post` gets the publish time of each
+    /// post written completely.
+    pub fn flush(&self, mut on_post: impl FnMut(u64)) -> Flushed {
+        let mut out = self.outbox();
+        loop {
+            if out.gone {
+                return Flushed::Gone;
+            }
+            if out.pending.is_empty() {
+                return Flushed::Done;
+            }
+            let attempt = {
+                let slices: Vec<IoSlice<'_>> = out
+                    .pending
+                    .iter()
+                    .take(COALESCE)
+                    .map(|p| IoSlice::new(&p.bytes))
+                    .collect();
+                self.stream.try_write_vectored(&slices)
+            };
+            let mut written = match attempt {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(_) => {
+                    out.gone = true;
+                    return Flushed::Gone;
+                }
+            };
+            while written > 0 {
+                let first = out.pending.front_mut().expect("written bytes were pending");
+                if written < first.bytes.len() {
+                    first.bytes.advance(written);
+                    break;
+                }
+                written -= first.bytes.len();
+                let done = out.pending.pop_front().expect("checked above");
+                if done.published_at_micros > 0 {
+                    out.posts -= 1;
+                    on_post(done.published_at_micros);
+                }
+            }
+        }
+    }
+
+    /// Stops every delivery to this socket: it is closing.
+    pub fn shut(&self) {
+        self.outbox().gone = true;
     }
 
     pub fn is_slow(&self) -> bool {
-        self.slow.load(Ordering::Acquire)
+        self.outbox().slow
     }
 
-    /// Completes once the queue has overflowed, even while the session is
-    /// blocked writing to a client that does not read.
-    pub async fn overflowed(&self) {
-        self.overflow.notified().await;
-    }
-
-    /// Completes after the next push (or at once if one happened since the
-    /// last wait: `Notify` keeps a permit).
-    pub async fn pushed(&self) {
+    /// Completes once the outbox needs the session (or at once if it did
+    /// since the last wait: `Notify` keeps a permit).
+    pub async fn needs_writing(&self) {
         self.wake.notified().await;
+    }
+
+    pub(super) fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::domain::PostId;
+    use std::time::Duration;
 
-    fn frame() -> Arc<PostFrame> {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::realtime::wire;
+
+    async fn pair(capacity: usize) -> (Socket, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Socket::new(UserId::new_v7(), capacity, server), client)
+    }
+
+    fn frame(text: &str) -> Arc<PostFrame> {
         Arc::new(PostFrame {
             author: UserId::new_v7(),
             post: PostId::new_v7(),
-            published_at_micros: 0,
-            text: "{}".into(),
+            published_at_micros: 1,
+            wire: wire::text(text.as_bytes()),
         })
     }
 
-    #[test]
-    fn overflow_marks_the_socket_slow_once_and_drops_after() {
-        let socket = Socket::new(UserId::new_v7(), 2);
-        assert_eq!(socket.push(frame()), Push::Queued);
-        assert_eq!(socket.push(frame()), Push::Queued);
-        assert_eq!(socket.push(frame()), Push::Overflowed);
-        assert!(socket.is_slow());
-        assert!(socket.pop().is_some());
-        assert_eq!(socket.push(frame()), Push::Dropped);
-    }
-
-    #[test]
-    fn pops_in_push_order() {
-        let socket = Socket::new(UserId::new_v7(), 8);
-        let (a, b) = (frame(), frame());
-        socket.push(a.clone());
-        socket.push(b.clone());
-        assert_eq!(socket.pop().unwrap().post, a.post);
-        assert_eq!(socket.pop().unwrap().post, b.post);
-        assert!(socket.pop().is_none());
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut bytes))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        bytes
     }
 
     #[tokio::test]
-    async fn a_push_before_waiting_is_not_missed() {
-        let socket = Socket::new(UserId::new_v7(), 8);
-        socket.push(frame());
-        tokio::time::timeout(std::time::Duration::from_secs(1), socket.pushed())
-            .await
-            .expect("the permit from the earlier push wakes the waiter");
+    async fn held_posts_go_out_on_release_then_posts_are_written_directly() {
+        let (socket, mut client) = pair(8).await;
+        let (a, b) = (frame("a"), frame("b"));
+        assert_eq!(socket.push(&a), Push::Queued, "held while subscribing");
+        socket.release();
+        assert_eq!(socket.flush(|_| {}), Flushed::Done);
+        assert_eq!(socket.push(&b), Push::Written);
+        let expected = [&a.wire[..], &b.wire[..]].concat();
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_stops_reading_queues_in_order_then_overflows() {
+        let (socket, mut client) = pair(4).await;
+        socket.release();
+        let big = "x".repeat(64 * 1024);
+        let mut sent = Vec::new();
+        let overflowed = loop {
+            let post = frame(&big);
+            match socket.push(&post) {
+                Push::Written | Push::Queued => sent.push(post),
+                other => break other,
+            }
+            assert!(sent.len() < 10_000, "the kernel's buffers are not endless");
+        };
+        assert_eq!(overflowed, Push::Overflowed);
+        assert!(socket.is_slow());
+        assert_eq!(socket.push(&frame("late")), Push::Dropped);
+        let expected: Vec<u8> = sent.iter().flat_map(|f| f.wire.to_vec()).collect();
+        let reading =
+            tokio::spawn(
+                async move { read_exactly(&mut client, expected.len()).await == expected },
+            );
+        while socket.flush(|_| {}) != Flushed::Done {
+            socket.stream().writable().await.unwrap();
+        }
+        assert!(reading.await.unwrap(), "every accepted post, in order");
+    }
+
+    #[tokio::test]
+    async fn a_seam_sends_each_post_once() {
+        let (socket, mut client) = pair(8).await;
+        socket.open_seam(Instant::now() + Duration::from_secs(60));
+        let post = frame("once");
+        socket.push(&post);
+        socket.send_post(&post);
+        socket.release();
+        assert_eq!(socket.push(&post), Push::Dropped);
+        assert_eq!(socket.flush(|_| {}), Flushed::Done);
+        socket.send(wire::ping());
+        let expected = [&post.wire[..], &wire::ping()[..]].concat();
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
     }
 }

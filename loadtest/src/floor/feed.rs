@@ -3,23 +3,19 @@
 //! rate, as [`crate::publish::Publisher`] does through `POST /post/create`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::Mutex;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::server::Order;
 use crate::fleet;
-use crate::marker;
-use crate::opts::{Target, unix_micros};
-use crate::pace::Pacer;
-use crate::protocol::Posted;
-use crate::publish::Published;
+use crate::opts::Target;
+use crate::publish::{self, Published};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,33 +64,28 @@ impl Floor {
         stdin.write_all(&line).await.context("the floor is gone")
     }
 
-    /// Post `seq`, by user `schedule[seq]`, is due at `seq / rate` seconds;
-    /// its text is the one `POST /post/create` would have got.
+    /// The run's posts at its rate, as [`publish::paced`] says.
     pub async fn publish(&self, schedule: &[u32], rate: f64) -> Published {
-        let started = Instant::now();
-        let pacer = Pacer::new(started, rate);
-        let mut published = Published::new(schedule.len(), unix_micros());
-        for (seq, &author) in schedule.iter().enumerate() {
-            let due = pacer.due(seq as u64);
-            tokio::time::sleep_until(due).await;
-            let seq = seq as u32;
-            let text = marker::post_text(&self.run, seq, author, unix_micros(), self.text_bytes);
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            let order = Order::Post {
-                author: self.users[author as usize],
-                text,
-            };
-            match self.order(&order).await {
-                Ok(()) => published.posted.push(Posted { seq, author }),
-                Err(_) => {
-                    self.failed.fetch_add(1, Ordering::Relaxed);
-                    *published.failures.entry("floor gone".into()).or_default() += 1;
+        let counts = (&*self.sent, &*self.failed);
+        publish::paced(
+            &self.run,
+            schedule,
+            rate,
+            self.text_bytes,
+            counts,
+            |author, text| {
+                let order = Order::Post {
+                    author: self.users[author as usize],
+                    text,
+                };
+                async move {
+                    self.order(&order)
+                        .await
+                        .map_err(|_| "floor gone".to_owned())
                 }
-            }
-            published.create.record(due.elapsed());
-        }
-        published.seconds = started.elapsed().as_secs_f64();
-        published
+            },
+        )
+        .await
     }
 
     /// Tells the floor to answer the close frames the clients are about to
