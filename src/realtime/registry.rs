@@ -100,22 +100,15 @@ impl Registry {
     /// about since it was attached: such a change may be newer than the
     /// snapshot, and one older than it is in the snapshot anyway. So a
     /// snapshot and the changes around it give the same subscriptions in
-    /// whichever order they arrive. The socket must have every post written
-    /// from `since_ms` (Unix ms) on; `None` when its session reads what it
-    /// missed itself once its bindings are in place. Returns the new broker
-    /// bindings, each for the hub's catch-up.
-    pub fn subscribe(
-        &self,
-        socket: &Arc<Socket>,
-        snapshot: &[UserId],
-        since_ms: Option<u64>,
-    ) -> Vec<Binding> {
+    /// whichever order they arrive. Returns the new broker bindings: the
+    /// session waits for them, so they need no catch-up.
+    pub fn subscribe(&self, socket: &Arc<Socket>, snapshot: &[UserId]) -> Vec<Binding> {
         let mut follows = socket.follows.lock().expect("follows lock");
         let changed = follows.changed_while_subscribing.take().unwrap_or_default();
         snapshot
             .iter()
             .filter(|author| !changed.contains_key(author))
-            .filter_map(|author| self.add(&mut follows.authors, socket, *author, since_ms))
+            .filter_map(|author| self.add(&mut follows.authors, socket, *author, None))
             .collect()
     }
 
@@ -460,7 +453,7 @@ mod properties {
                         model[s].attached = true;
                     }
                     Op::Subscribe(s, authors) if model[s].attached => {
-                        registry.subscribe(&sockets[s], &ids(&authors), None);
+                        registry.subscribe(&sockets[s], &ids(&authors));
                         let changed = model[s].changed.take().unwrap_or_default();
                         for author in authors {
                             if !changed.contains_key(&author) {

@@ -157,15 +157,17 @@ async fn serve(
     // Subscribing and catching up hold database futures of kilobytes; boxed,
     // they are freed once done instead of sizing the task of every idle
     // socket for as long as it is open.
-    let catch_ups = match Box::pin(subscribe(realtime, socket, since.is_some())).await {
-        Ok(catch_ups) => catch_ups,
+    let bindings = match Box::pin(subscribe(realtime, socket)).await {
+        Ok(bindings) => bindings,
         Err(end) => return end,
     };
+    // Subscribed once the broker routes the authors' posts here: from then
+    // on the live stream (and a catch-up read after this) misses nothing.
+    // Not answering before that keeps a fresh socket exact: a post is sent
+    // iff it was written after the socket subscribed, which a read-back
+    // keyed by the writers' clocks cannot promise.
+    futures_util::future::join_all(bindings).await;
     if let Some(since) = since {
-        // A reconnecting client gets what it missed in order: its read
-        // comes after the bindings it asked for are in place, and replaces
-        // their catch-ups, which could send posts from before `since`.
-        futures_util::future::join_all(catch_ups).await;
         socket.open_seam(Instant::now() + SEAM_WINDOW);
         if let Err(end) = Box::pin(catch_up(realtime, socket, since)).await {
             return end;
@@ -175,31 +177,20 @@ async fn serve(
     relay_live(realtime, socket, early).await
 }
 
-/// Subscribes to everyone the user follows, without waiting for the
-/// broker: the socket has every post written from now on, live where this
-/// instance's bindings are in place, and through the hub's catch-up after
-/// each binding still on its way (returned, for a caller that must wait).
-/// A post written while its binding was pending may thus come after a
-/// newer one of the same author that came live. `reads_itself`: the caller
-/// reads what it missed once the bindings are in place.
+/// Subscribes to everyone the user follows; returns, for the caller to
+/// await, each new broker binding that subscription asked for.
 async fn subscribe(
     realtime: &Realtime,
     socket: &Arc<Socket>,
-    reads_itself: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, End> {
-    let since_ms = (!reads_itself).then(|| unix_micros() / 1000);
     let authors = realtime
         .store
         .followed_authors(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let bindings = realtime.registry.subscribe(socket, &authors, since_ms);
-    if !bindings.is_empty() && !reads_itself {
-        // The hub's catch-up and the live stream may both carry a post
-        // written while a binding was pending.
-        socket.open_seam(Instant::now() + SEAM_WINDOW);
-    }
-    Ok(bindings
+    Ok(realtime
+        .registry
+        .subscribe(socket, &authors)
         .into_iter()
         .map(|binding| {
             catch_up_after_binding(

@@ -543,10 +543,10 @@ async fn posts_created_while_rabbitmq_is_down_arrive_when_it_returns() {
     );
 }
 
-/// A socket is subscribed without waiting for its instance's broker
-/// binding: a post its author writes while that binding is still on its
-/// way is read back from PostgreSQL once the binding is in place, and
-/// reaches the socket exactly once.
+/// A follow reaches an open socket before its instance's broker binding for
+/// the new author is in place: a post the author writes meanwhile is routed
+/// elsewhere, so it is read back from PostgreSQL once the binding is in
+/// place, and reaches the socket exactly once.
 #[tokio::test]
 async fn a_post_written_while_the_binding_is_pending_arrives_once() {
     let vhost = std::sync::Arc::new(Vhost::create().await);
@@ -558,17 +558,18 @@ async fn a_post_written_while_the_binding_is_pending_arrives_once() {
     a.keep(vhost.clone());
     let author = a.register("Автор", "Торопливый").await;
     let reader = a.register("Читатель", "Ранний").await;
-    a.follow(&reader, &author).await;
-    // Two events each for the follow and the post: the live one and the
-    // feed cache's.
-    outbox_settles(&a, &[&a], 2).await;
     let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
     instances_connected(&vhost, 2).await;
-
-    // `b`'s bind request for the author's key waits in the frozen proxy.
-    proxy.freeze();
+    // Following nobody yet, the socket is subscribed at once.
     let mut socket = FeedClient::connect(&b, &reader.token).await;
+
+    // `b` hears of the follow, and asks for the author's binding, only once
+    // its link thaws; the post is published before that.
+    proxy.freeze();
+    a.follow(&reader, &author).await;
     let during = a.create_post(&author, "пока привязка в пути").await;
+    // Two events each for the follow and the post: the live one and the
+    // feed cache's.
     outbox_settles(&a, &[&a], 4).await;
     proxy.thaw();
 
