@@ -1,17 +1,7 @@
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{SECRET, TestApp, expect_error};
-
-fn sign(claims: serde_json::Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
+use crate::support::{SECRET, TestApp, expect_error, forged_and_expired, sign};
 
 fn base64url(value: &serde_json::Value) -> String {
     use base64::Engine;
@@ -32,14 +22,7 @@ async fn protected_paths_refuse_missing_malformed_forged_unsigned_and_expired_to
     let user = app.register("Олег", "Смирнов").await;
     let now = jsonwebtoken::get_current_timestamp();
 
-    let forged = sign(
-        json!({ "sub": user.id, "exp": now + 600 }),
-        "some-other-secret-some-other-secret",
-    );
-    let expired = sign(
-        json!({ "sub": user.id, "iat": now - 120, "exp": now - 60 }),
-        SECRET,
-    );
+    let [forged, expired] = forged_and_expired(&user.id);
     let unsigned = format!(
         "{}.{}.",
         base64url(&json!({ "alg": "none", "typ": "JWT" })),

@@ -4,20 +4,11 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
 
-use crate::support::{FeedClient, SECRET, TestApp, expect_error_code, fresh_database, sql};
-
-fn sign(claims: Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
+use crate::support::{
+    FeedClient, TestApp, expect_error_code, forged_and_expired, fresh_database, sql,
+};
 
 /// The HTTP status a refused websocket handshake answered.
 fn refused_with<T>(opened: Result<T, tokio_tungstenite::tungstenite::Error>) -> u16 {
@@ -32,15 +23,7 @@ fn refused_with<T>(opened: Result<T, tokio_tungstenite::tungstenite::Error>) -> 
 async fn the_websocket_refuses_forged_and_expired_tokens_in_the_header_and_the_query() {
     let app = TestApp::spawn().await;
     let user = app.register("Сокет", "Недоверчивый").await;
-    let now = jsonwebtoken::get_current_timestamp();
-    let forged = sign(
-        json!({ "sub": user.id, "exp": now + 600 }),
-        "some-other-secret-some-other-secret",
-    );
-    let expired = sign(
-        json!({ "sub": user.id, "iat": now - 120, "exp": now - 60 }),
-        SECRET,
-    );
+    let [forged, expired] = forged_and_expired(&user.id);
     for token in [&forged, &expired] {
         assert_eq!(
             refused_with(FeedClient::open(&app, Some(token), "", None).await),

@@ -4,7 +4,10 @@
 mod client;
 mod live;
 mod proxy;
+mod tokens;
 pub mod vhost;
+
+pub use tokens::{forged_and_expired, sign};
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
