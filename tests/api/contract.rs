@@ -34,19 +34,42 @@ fn strict(schema: &mut Value) {
     }
 }
 
-struct Contract {
+struct Contract<'a> {
+    app: &'a TestApp,
     spec: Value,
     exercised: BTreeSet<(String, String)>,
 }
 
-impl Contract {
-    fn new() -> Self {
+impl<'a> Contract<'a> {
+    fn new(app: &'a TestApp) -> Self {
         let mut spec = spec();
         strict(&mut spec);
         Self {
+            app,
             spec,
             exercised: BTreeSet::new(),
         }
+    }
+
+    /// Sends `method path` and [`Contract::check`]s the answer against the
+    /// spec's operation `template`.
+    async fn exchange(
+        &mut self,
+        method: Method,
+        template: &str,
+        path: String,
+        token: Option<String>,
+        body: Option<Value>,
+        status: StatusCode,
+    ) -> Value {
+        let operation = method.as_str().to_ascii_lowercase();
+        let response = self
+            .app
+            .request(method, &path, token.as_deref(), body)
+            .send()
+            .await
+            .expect("request reaches the server");
+        self.check(&operation, template, response, status).await
     }
 
     /// Asserts `response` has `status` and a body the spec allows for
@@ -104,168 +127,127 @@ impl Contract {
 #[tokio::test]
 async fn every_operation_answers_what_the_spec_allows() {
     let app = TestApp::spawn().await;
-    let mut contract = Contract::new();
-    let call = |method: Method, path: String, token: Option<String>, body: Option<Value>| {
-        let request = app.request(method, &path, token.as_deref(), body);
-        async move { request.send().await.expect("request reaches the server") }
-    };
+    let mut contract = Contract::new(&app);
 
     let registered = contract
-        .check(
-            "post",
+        .exchange(
+            Method::POST,
             "/user/register",
-            call(
-                Method::POST,
-                "/user/register".into(),
-                None,
-                Some(json!({
-                    "first_name": "Схема", "second_name": "Строгая", "birthdate": "1990-01-02",
-                    "biography": "", "city": "Тверь", "password": PASSWORD,
-                })),
-            )
-            .await,
+            "/user/register".into(),
+            None,
+            Some(json!({
+                "first_name": "Схема", "second_name": "Строгая", "birthdate": "1990-01-02",
+                "biography": "", "city": "Тверь", "password": PASSWORD,
+            })),
             StatusCode::OK,
         )
         .await;
     let me = registered["user_id"].as_str().unwrap().to_owned();
     let login = contract
-        .check(
-            "post",
+        .exchange(
+            Method::POST,
             "/login",
-            call(
-                Method::POST,
-                "/login".into(),
-                None,
-                Some(json!({ "id": me, "password": PASSWORD })),
-            )
-            .await,
+            "/login".into(),
+            None,
+            Some(json!({ "id": me, "password": PASSWORD })),
             StatusCode::OK,
         )
         .await;
     let token = Some(login["token"].as_str().unwrap().to_owned());
     let other = app.register("Другой", "Собеседник").await;
 
-    let wrong_password = call(
-        Method::POST,
-        "/login".into(),
-        None,
-        Some(json!({ "id": me, "password": "not the one" })),
-    );
     contract
-        .check(
-            "post",
+        .exchange(
+            Method::POST,
             "/login",
-            wrong_password.await,
+            "/login".into(),
+            None,
+            Some(json!({ "id": me, "password": "not the one" })),
             StatusCode::BAD_REQUEST,
         )
         .await;
-    for (method, template, path, status) in [
+    for (template, path, status) in [
+        ("/user/get/{id}", format!("/user/get/{me}"), StatusCode::OK),
         (
-            "get",
-            "/user/get/{id}",
-            format!("/user/get/{me}"),
-            StatusCode::OK,
-        ),
-        (
-            "get",
             "/user/get/{id}",
             "/user/get/nope".to_owned(),
             StatusCode::BAD_REQUEST,
         ),
         (
-            "get",
             "/user/search",
             "/user/search?first_name=Сх&last_name=Стр".to_owned(),
             StatusCode::OK,
         ),
         (
-            "get",
             "/user/search",
             "/user/search?first_name=Сх".to_owned(),
             StatusCode::BAD_REQUEST,
         ),
     ] {
         contract
-            .check(
-                method,
-                template,
-                call(Method::GET, path, None, None).await,
-                status,
-            )
+            .exchange(Method::GET, template, path, None, None, status)
             .await;
     }
     let follow = format!("/friend/set/{}", other.id);
     contract
-        .check(
-            "put",
+        .exchange(
+            Method::PUT,
             "/friend/set/{user_id}",
-            call(Method::PUT, follow.clone(), None, None).await,
+            follow.clone(),
+            None,
+            None,
             StatusCode::UNAUTHORIZED,
         )
         .await;
     contract
-        .check(
-            "put",
+        .exchange(
+            Method::PUT,
             "/friend/set/{user_id}",
-            call(Method::PUT, follow, token.clone(), None).await,
+            follow,
+            token.clone(),
+            None,
             StatusCode::OK,
         )
         .await;
 
     let post = contract
-        .check(
-            "post",
+        .exchange(
+            Method::POST,
             "/post/create",
-            call(
-                Method::POST,
-                "/post/create".into(),
-                token.clone(),
-                Some(json!({ "text": "по схеме" })),
-            )
-            .await,
+            "/post/create".into(),
+            token.clone(),
+            Some(json!({ "text": "по схеме" })),
             StatusCode::OK,
         )
         .await;
     let post = post.as_str().unwrap().to_owned();
     contract
-        .check(
-            "post",
+        .exchange(
+            Method::POST,
             "/post/create",
-            call(
-                Method::POST,
-                "/post/create".into(),
-                token.clone(),
-                Some(json!({ "text": "" })),
-            )
-            .await,
+            "/post/create".into(),
+            token.clone(),
+            Some(json!({ "text": "" })),
             StatusCode::BAD_REQUEST,
         )
         .await;
     contract
-        .check(
-            "put",
+        .exchange(
+            Method::PUT,
             "/post/update",
-            call(
-                Method::PUT,
-                "/post/update".into(),
-                token.clone(),
-                Some(json!({ "id": post, "text": "правка" })),
-            )
-            .await,
+            "/post/update".into(),
+            token.clone(),
+            Some(json!({ "id": post, "text": "правка" })),
             StatusCode::OK,
         )
         .await;
     contract
-        .check(
-            "get",
+        .exchange(
+            Method::GET,
             "/post/get/{id}",
-            call(
-                Method::GET,
-                format!("/post/get/{post}"),
-                token.clone(),
-                None,
-            )
-            .await,
+            format!("/post/get/{post}"),
+            token.clone(),
+            None,
             StatusCode::OK,
         )
         .await;
@@ -277,103 +259,75 @@ async fn every_operation_answers_what_the_spec_allows() {
     app.follow(&other, &me_user).await;
     app.feed_settles_to(&other, "", &["правка"]).await;
     contract
-        .check(
-            "get",
+        .exchange(
+            Method::GET,
             "/post/feed",
-            call(
-                Method::GET,
-                "/post/feed".into(),
-                Some(other.token.clone()),
-                None,
-            )
-            .await,
+            "/post/feed".into(),
+            Some(other.token.clone()),
+            None,
             StatusCode::OK,
         )
         .await;
     contract
-        .check(
-            "get",
+        .exchange(
+            Method::GET,
             "/post/feed",
-            call(
-                Method::GET,
-                "/post/feed?limit=0".into(),
-                Some(other.token.clone()),
-                None,
-            )
-            .await,
+            "/post/feed?limit=0".into(),
+            Some(other.token.clone()),
+            None,
             StatusCode::BAD_REQUEST,
         )
         .await;
     contract
-        .check(
-            "put",
+        .exchange(
+            Method::PUT,
             "/post/delete/{id}",
-            call(
-                Method::PUT,
-                format!("/post/delete/{post}"),
-                token.clone(),
-                None,
-            )
-            .await,
+            format!("/post/delete/{post}"),
+            token.clone(),
+            None,
             StatusCode::OK,
         )
         .await;
     contract
-        .check(
-            "get",
+        .exchange(
+            Method::GET,
             "/post/get/{id}",
-            call(
-                Method::GET,
-                format!("/post/get/{post}"),
-                token.clone(),
-                None,
-            )
-            .await,
+            format!("/post/get/{post}"),
+            token.clone(),
+            None,
             StatusCode::NOT_FOUND,
         )
         .await;
 
     let send = format!("/dialog/{}/send", other.id);
     contract
-        .check(
-            "post",
+        .exchange(
+            Method::POST,
             "/dialog/{user_id}/send",
-            call(
-                Method::POST,
-                send,
-                token.clone(),
-                Some(json!({ "text": "привет" })),
-            )
-            .await,
+            send,
+            token.clone(),
+            Some(json!({ "text": "привет" })),
             StatusCode::OK,
         )
         .await;
     let list = contract
-        .check(
-            "get",
+        .exchange(
+            Method::GET,
             "/dialog/{user_id}/list",
-            call(
-                Method::GET,
-                format!("/dialog/{}/list", other.id),
-                token.clone(),
-                None,
-            )
-            .await,
+            format!("/dialog/{}/list", other.id),
+            token.clone(),
+            None,
             StatusCode::OK,
         )
         .await;
     assert_eq!(list[0]["text"], "привет");
     contract
-        .check(
-            "put",
+        .exchange(
+            Method::PUT,
             "/friend/delete/{user_id}",
-            call(
-                Method::PUT,
-                format!("/friend/delete/{}", other.id),
-                token.clone(),
-                None,
-            )
-            .await,
+            format!("/friend/delete/{}", other.id),
+            token.clone(),
+            None,
             StatusCode::OK,
         )
         .await;
