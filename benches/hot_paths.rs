@@ -24,6 +24,7 @@ const SUBSCRIBERS: usize = 400;
 /// inside a runtime, which lives as long as the benchmarks.
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("a Tokio runtime")
 });
