@@ -16,6 +16,10 @@ pub enum TokenError {
     Expired,
     #[error("invalid token")]
     Invalid,
+    /// Signed by us and unexpired, but its user is not in the database: the
+    /// database was replaced while the signing secret stayed.
+    #[error("the user of this token does not exist; sign in again")]
+    UnknownUser,
 }
 
 #[derive(Serialize, Deserialize)]

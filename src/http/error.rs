@@ -137,6 +137,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::NotAuthor => Self::Forbidden(e.to_string()),
+            StoreError::UnknownCaller => Self::Unauthorized(TokenError::UnknownUser),
             StoreError::KeyReused => Self::KeyReused,
             StoreError::Unavailable(_) => Self::Unavailable(e),
             StoreError::Config(_) | StoreError::Query(_) => Self::Internal(Box::new(e)),

@@ -12,6 +12,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("only the author may change a post")]
     NotAuthor,
+    /// The caller's own row is missing (a write would attach to nobody).
+    #[error("the calling user does not exist")]
+    UnknownCaller,
     /// An idempotency key sent again with another request.
     #[error("this Idempotency-Key was used for a different request")]
     KeyReused,
@@ -56,7 +59,9 @@ impl From<PoolError> for StoreError {
     }
 }
 
-/// Whether `e` is a foreign-key violation: the row referred to does not exist.
-pub(super) fn is_missing_reference(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION)
+/// The foreign key `e` violated (the row it refers to does not exist), if
+/// `e` is such a violation.
+pub(super) fn missing_reference(e: &tokio_postgres::Error) -> Option<&str> {
+    let db = e.as_db_error()?;
+    (db.code() == &SqlState::FOREIGN_KEY_VIOLATION).then(|| db.constraint().unwrap_or_default())
 }

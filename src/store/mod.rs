@@ -200,11 +200,26 @@ async fn apply(
     Ok(changed)
 }
 
-/// A foreign-key violation means the user the row points to does not exist.
+/// The foreign keys that point at the caller of a write (the follower, the
+/// author, the sender), as V1 named them. PostgreSQL checks a row's keys in
+/// the order they were declared, and each caller column comes first, so a
+/// missing caller is reported even when the other user is missing too.
+const CALLER_REFERENCES: [&str; 3] = [
+    "friends_user_id_fkey",
+    "posts_author_id_fkey",
+    "dialog_messages_sender_id_fkey",
+];
+
+/// A foreign-key violation means a user the row points to does not exist:
+/// the caller, or the user the request names.
 fn missing_user(error: StoreError) -> StoreError {
-    match error {
-        StoreError::Query(e) if error::is_missing_reference(&e) => StoreError::NotFound("user"),
-        other => other,
+    let StoreError::Query(e) = &error else {
+        return error;
+    };
+    match error::missing_reference(e) {
+        Some(key) if CALLER_REFERENCES.contains(&key) => StoreError::UnknownCaller,
+        Some(_) => StoreError::NotFound("user"),
+        None => error,
     }
 }
 

@@ -1,13 +1,15 @@
 //! Promises of the README and the spec that no other test held to: tokens
-//! on the websocket, the ping timeout, the catch-up cap, and timeouts
-//! answered as 503.
+//! on the websocket, tokens whose user is gone, the ping timeout, the
+//! catch-up cap, and timeouts answered as 503.
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
 
 use crate::support::{
-    FeedClient, TestApp, expect_error_code, forged_and_expired, fresh_database, sql,
+    FeedClient, SECRET, TestApp, expect_error_code, forged_and_expired, fresh_database, json_ok,
+    sign, sql,
 };
 
 /// The HTTP status a refused websocket handshake answered.
@@ -42,6 +44,79 @@ async fn the_websocket_refuses_forged_and_expired_tokens_in_the_header_and_the_q
     FeedClient::open(&app, None, &format!("?token={}", user.token), None)
         .await
         .expect("a query token is accepted");
+}
+
+/// A token is checked by its signature and expiry alone (no query per
+/// request), so one that outlived its user (the database was replaced under
+/// the same secret) still passes. Writes would attach rows to nobody: they
+/// answer 401 and write nothing, even when the other user is unknown too.
+/// Reads answer what exists for the id: nothing.
+#[tokio::test]
+async fn a_token_whose_user_is_gone_cannot_write_and_reads_find_nothing() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &[]).await;
+    let someone = app.register("Живой", "Настоящий").await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let token = sign(
+        json!({ "sub": ghost, "iat": now, "exp": now + 600 }),
+        SECRET,
+    );
+    let nobody = uuid::Uuid::now_v7();
+    let writes = [
+        (
+            Method::POST,
+            "/post/create".to_owned(),
+            Some(json!({ "text": "из ниоткуда" })),
+        ),
+        (Method::PUT, format!("/friend/set/{}", someone.id), None),
+        (Method::PUT, format!("/friend/set/{nobody}"), None),
+        (
+            Method::POST,
+            format!("/dialog/{}/send", someone.id),
+            Some(json!({ "text": "эй" })),
+        ),
+        (
+            Method::POST,
+            format!("/dialog/{nobody}/send"),
+            Some(json!({ "text": "эй" })),
+        ),
+    ];
+    for (method, path, body) in writes {
+        let refused = app.call(method, &path, Some(&token), body).await;
+        let message = expect_error_code(refused, StatusCode::UNAUTHORIZED, 1100).await;
+        assert!(message.contains("does not exist"), "{path}: {message}");
+    }
+    let keyed = app
+        .request(
+            Method::POST,
+            "/post/create",
+            Some(&token),
+            Some(json!({ "text": "снова" })),
+        )
+        .header("Idempotency-Key", "ghost-1")
+        .send()
+        .await
+        .unwrap();
+    expect_error_code(keyed, StatusCode::UNAUTHORIZED, 1100).await;
+
+    let db = sql(&database).await;
+    for table in ["posts", "friends", "dialog_messages", "idempotency_keys"] {
+        let rows: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 0, "{table} holds a row of the unknown user");
+    }
+    let feed = json_ok(app.get("/post/feed", Some(&token)).await).await;
+    assert_eq!(feed, json!([]));
+    let dialog = json_ok(
+        app.get(&format!("/dialog/{}/list", someone.id), Some(&token))
+            .await,
+    )
+    .await;
+    assert_eq!(dialog, json!([]));
 }
 
 #[tokio::test]
