@@ -17,6 +17,7 @@
 
 mod graph;
 mod ids;
+mod names;
 mod people;
 mod posts;
 pub(crate) mod progress;
