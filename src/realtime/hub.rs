@@ -12,17 +12,13 @@ use super::codec::{FollowChange, PostFrame, decode_follow, decode_post, stored_p
 use super::recovery::{Delivered, recover};
 use super::registry::{Binding, Registry};
 use super::session::SEAM_WINDOW;
-use super::socket::{Push, Socket};
+use super::socket::{CATCH_UP_LIMIT, Push, Socket};
 use super::unix_micros;
 use crate::broker::{Incoming, Topic};
 use crate::domain::PostId;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Most posts one binding's catch-up sends: those the authors subscribed
-/// while it was pending wrote meanwhile (a window of milliseconds, seconds
-/// when thousands of sockets connect to a fresh instance at once).
-const BINDING_CATCH_UP_LIMIT: i64 = 1000;
 /// Clocks of the instances may differ a little; a post written up to this
 /// long before a subscription may show up after it.
 const CLOCK_SKEW_MS: u64 = 1000;
@@ -198,7 +194,7 @@ pub(super) fn catch_up_after_binding(
         let mut delay = RETRY_MIN;
         for attempt in 1..=CATCH_UP_ATTEMPTS {
             match store
-                .posts_by_authors_since(&pending.authors, since, BINDING_CATCH_UP_LIMIT)
+                .posts_by_authors_since(&pending.authors, since, CATCH_UP_LIMIT as i64)
                 .await
             {
                 Ok(posts) => {

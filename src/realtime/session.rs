@@ -34,13 +34,11 @@ use tokio::net::TcpStream;
 
 use super::codec::stored_post_frame;
 use super::hub::catch_up_after_binding;
-use super::socket::{Flushed, Socket};
+use super::socket::{CATCH_UP_LIMIT, Flushed, Socket};
 use super::wire::{self, ClientFrame, ReadError, Reader};
 use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
 
-/// Most posts sent on a `?since=` catch-up.
-const CATCH_UP_LIMIT: i64 = 1000;
 /// Most posts of one author that can have been in flight (inserted, not yet
 /// committed) at once: the posts before `since` a catch-up looks back over.
 const CONCURRENT_PER_AUTHOR: i64 = 16;
@@ -210,7 +208,12 @@ async fn subscribe(
 async fn catch_up(realtime: &Realtime, socket: &Socket, since: PostId) -> Result<(), End> {
     let posts = realtime
         .store
-        .posts_since(socket.user, since, CATCH_UP_LIMIT, CONCURRENT_PER_AUTHOR)
+        .posts_since(
+            socket.user,
+            since,
+            CATCH_UP_LIMIT as i64,
+            CONCURRENT_PER_AUTHOR,
+        )
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
     for post in &posts {

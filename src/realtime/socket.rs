@@ -28,8 +28,14 @@ use crate::domain::{PostId, UserId};
 /// Frames written with one `writev` when the outbox drains: a backlog goes
 /// out in a few large writes rather than one per post.
 const COALESCE: usize = 64;
-/// How many of the post ids written around a seam a socket remembers.
-const SEAM_POSTS: usize = 64;
+/// Most posts one catch-up sends, whether a `?since=` or the read-back
+/// after a binding.
+pub(super) const CATCH_UP_LIMIT: usize = 1000;
+/// How many of the post ids written around a seam a socket remembers: a
+/// whole catch-up, and as many live posts again. Fewer would let the live
+/// copies of a long catch-up's first posts through (RabbitMQ away while
+/// posts are written, then back while a reader catches up on them).
+const SEAM_POSTS: usize = 2 * CATCH_UP_LIMIT;
 
 /// What happened to a delivered post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,20 +111,24 @@ struct Pending {
 /// written recently, so each goes out once. The copies arrive close
 /// together, so the seam is closed after a while and its memory freed.
 struct Seam {
-    recent: VecDeque<PostId>,
+    written: HashSet<PostId>,
+    /// `written` in the order written, to forget the oldest.
+    order: VecDeque<PostId>,
     until: Instant,
 }
 
 impl Seam {
     /// Records `id`; false if it was written already.
     fn first_time(&mut self, id: PostId) -> bool {
-        if self.recent.contains(&id) {
+        if !self.written.insert(id) {
             return false;
         }
-        if self.recent.len() == SEAM_POSTS {
-            self.recent.pop_front();
+        if self.order.len() == SEAM_POSTS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.written.remove(&oldest);
         }
-        self.recent.push_back(id);
+        self.order.push_back(id);
         true
     }
 }
@@ -239,7 +249,8 @@ impl Socket {
             Some(seam) => seam.until = seam.until.max(until),
             None => {
                 out.seam = Some(Box::new(Seam {
-                    recent: VecDeque::new(),
+                    written: HashSet::new(),
+                    order: VecDeque::new(),
                     until,
                 }));
             }
