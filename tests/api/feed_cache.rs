@@ -268,6 +268,10 @@ async fn feeds_are_served_from_postgresql_while_redis_is_unreachable() {
         feed,
         [json!({ "id": id, "text": "без кеша", "author_user_id": author.id })]
     );
+    assert!(
+        app.metric("livefeed_redis_outages_total").await > 0,
+        "the metric counts the refused connections"
+    );
 }
 
 #[tokio::test]
@@ -299,6 +303,18 @@ async fn pages_beyond_the_cached_thousand_come_from_postgresql() {
         &["p5", "p4", "p3", "p2", "p1"],
     )
     .await;
+
+    // The cached thousand is marked as having older posts beyond it: once
+    // a deletion leaves 999 of them, the last page within the thousand is
+    // still whole (from PostgreSQL), not cut short by the cache.
+    delete(&app, &author, "00000000-03e8-7000-8000-000000000000").await;
+    app.feed_settles_to(
+        &reader,
+        "?offset=995&limit=5",
+        &["p9", "p8", "p7", "p6", "p5"],
+    )
+    .await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 999);
 }
 
 /// A long random mix of writes through the API, with some authors above
