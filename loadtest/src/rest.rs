@@ -212,10 +212,18 @@ impl Report for RestReport {
         );
         match self.feed_drained_after {
             Some(seconds) => {
-                let _ = writeln!(out, "  {:<24} {seconds:.1}s after the traffic", "feed queue drained");
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {seconds:.1}s after the traffic",
+                    "feed queue drained"
+                );
             }
             None => {
-                let _ = writeln!(out, "  {:<24} no (CPU mark taken without it)", "feed queue drained");
+                let _ = writeln!(
+                    out,
+                    "  {:<24} no (CPU mark taken without it)",
+                    "feed queue drained"
+                );
             }
         }
         latency_line(out, "all", &self.latency);
@@ -233,7 +241,8 @@ impl Report for RestReport {
             problems.push(format!("{} requests failed", self.errors));
         }
         if self.feed_drained_after.is_none() {
-            problems.push("the feed queue did not drain: CPU per request leaves work out".to_owned());
+            problems
+                .push("the feed queue did not drain: CPU per request leaves work out".to_owned());
         }
         if let Some(rate) = self.target_rate
             && self.achieved_rate < rate * 0.9
@@ -349,13 +358,18 @@ async fn traffic(
     }
     let seconds = started.elapsed().as_secs_f64();
     // Each post created announces one feed event; no other operation does.
-    let create = OPS.iter().position(|op| *op == Op::Create).expect("create is an op");
+    let create = OPS
+        .iter()
+        .position(|op| *op == Op::Create)
+        .expect("create is an op");
     let created = context.tallies.lock().expect("tallies lock").ok[create];
     line.show("waiting for the feed queue to drain");
     let feed_drained_after = match settled_before {
         Ok(before) => wait_for_feed(&context, before + created).await,
         Err(error) => {
-            line.note(&format!("cannot read the feed worker's progress: {error:#}"));
+            line.note(&format!(
+                "cannot read the feed worker's progress: {error:#}"
+            ));
             None
         }
     };

@@ -109,7 +109,10 @@ async fn cached_ids(app: &TestApp, reader: &TestUser) -> Vec<String> {
         .query_async(&mut redis().await)
         .await
         .unwrap();
-    members.into_iter().filter(|m| !m.starts_with('!')).collect()
+    members
+        .into_iter()
+        .filter(|m| !m.starts_with('!'))
+        .collect()
 }
 
 async fn body_cached(app: &TestApp, post: PostId) -> bool {

@@ -13,8 +13,8 @@ use amqprs::channel::{
 use amqprs::connection::Connection;
 use amqprs::error::Error as AmqpError;
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -333,7 +333,9 @@ impl InOrder {
                 continue;
             }
             if let Some(up_to) = applied_up_to.take() {
-                channel.basic_ack(BasicAckArguments::new(up_to, true)).await?;
+                channel
+                    .basic_ack(BasicAckArguments::new(up_to, true))
+                    .await?;
             }
             // Dead-lettered (nack without requeue: RabbitMQ moves it to the
             // dead-letter queue), or handed back (`None`: requeued).
@@ -343,7 +345,9 @@ impl InOrder {
                 .await?;
         }
         if let Some(up_to) = applied_up_to {
-            channel.basic_ack(BasicAckArguments::new(up_to, true)).await?;
+            channel
+                .basic_ack(BasicAckArguments::new(up_to, true))
+                .await?;
         }
         Ok(())
     }
