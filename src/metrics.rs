@@ -52,6 +52,9 @@ pub struct Metrics {
     pub binding_catch_up_posts: AtomicU64,
     /// Feed events given up on (dead-lettered) by this instance's worker.
     pub feed_dead_letters: AtomicU64,
+    /// Feed events this instance's worker settled: applied (or put aside
+    /// while Redis was away) or dead-lettered. A load test waits on it.
+    pub feed_settled: AtomicU64,
     /// Post events taken from the broker, and posts (from the broker or a
     /// gap recovery) no socket here wanted: bucket routing brings every post
     /// of a bound bucket.
@@ -213,6 +216,12 @@ impl Metrics {
             "livefeed_feed_dead_letters",
             "Feed events that could never be applied, moved to the dead-letter queue.",
             &self.feed_dead_letters,
+        );
+        counter(
+            r,
+            "livefeed_feed_events_settled",
+            "Feed events taken from the work queue and settled (applied, put aside or dead-lettered).",
+            &self.feed_settled,
         );
         counter(
             r,

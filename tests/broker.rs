@@ -244,17 +244,20 @@ impl Instance {
 
 /// How many messages wait in the work queue, consumers aside.
 async fn ready_work(connection: &Connection) -> u32 {
+    ready_in(connection, WORK_QUEUE).await
+}
+
+/// How many messages wait in `queue`, consumers aside.
+async fn ready_in(connection: &Connection, queue: &str) -> u32 {
     let channel = timeout(WAIT, connection.open_channel(None))
         .await
         .expect("raw channel in time")
         .expect("raw channel opens");
-    let declare = QueueDeclareArguments::new(WORK_QUEUE)
-        .passive(true)
-        .finish();
+    let declare = QueueDeclareArguments::new(queue).passive(true).finish();
     let (_, ready, _) = timeout(WAIT, channel.queue_declare(declare))
         .await
         .expect("passive declare answered in time")
-        .expect("the work queue exists")
+        .expect("the queue exists")
         .expect("declare-ok");
     ready
 }

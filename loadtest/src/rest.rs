@@ -30,6 +30,10 @@ use crate::stats::{Latency, Summary, Tally, add_tally, tally_total};
 use crate::token::Minter;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the feed worker may take, after the traffic, to settle the
+/// feed events of the posts created: its work is part of each post's cost.
+const FEED_DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+const FEED_DRAIN_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -173,6 +177,10 @@ struct RestReport {
     cpu: CpuReport,
     /// The operation every request was, if the mix had one only.
     cpu_per: &'static str,
+    /// Seconds after the traffic until the instances had settled one feed
+    /// event per post created (the last CPU mark waits for it); `None` if
+    /// they did not within [`FEED_DRAIN_TIMEOUT`] or could not be asked.
+    feed_drained_after: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -202,6 +210,22 @@ impl Report for RestReport {
             self.achieved_rate,
             self.errors
         );
+        match self.feed_drained_after {
+            Some(seconds) => {
+                let _ = writeln!(
+                    out,
+                    "  {:<24} {seconds:.1}s after the traffic",
+                    "feed queue drained"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  {:<24} no (CPU mark taken without it)",
+                    "feed queue drained"
+                );
+            }
+        }
         latency_line(out, "all", &self.latency);
         for op in &self.operations {
             latency_line(out, op.name, &op.latency);
@@ -215,6 +239,10 @@ impl Report for RestReport {
         let mut problems = Vec::new();
         if self.errors > 0 {
             problems.push(format!("{} requests failed", self.errors));
+        }
+        if self.feed_drained_after.is_none() {
+            problems
+                .push("the feed queue did not drain: CPU per request leaves work out".to_owned());
         }
         if let Some(rate) = self.target_rate
             && self.achieved_rate < rate * 0.9
@@ -286,6 +314,7 @@ async fn traffic(
         tallies: Mutex::new(Tallies::default()),
     });
     let duration = Duration::from_secs(args.duration);
+    let settled_before = feed_settled(&context).await;
     let start = CpuMark::take(&servers, &[]);
     let started = Instant::now();
     let traffic = async {
@@ -328,6 +357,22 @@ async fn traffic(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Each post created announces one feed event; no other operation does.
+    let create = OPS
+        .iter()
+        .position(|op| *op == Op::Create)
+        .expect("create is an op");
+    let created = context.tallies.lock().expect("tallies lock").ok[create];
+    line.show("waiting for the feed queue to drain");
+    let feed_drained_after = match settled_before {
+        Ok(before) => wait_for_feed(&context, before + created).await,
+        Err(error) => {
+            line.note(&format!(
+                "cannot read the feed worker's progress: {error:#}"
+            ));
+            None
+        }
+    };
     let end = CpuMark::take(&servers, &[]);
     line.end_line();
 
@@ -363,7 +408,43 @@ async fn traffic(
         operations,
         cpu: end.since(&start, &servers, requests),
         cpu_per: args.mix.only().map_or("request", Op::name),
+        feed_drained_after,
     })
+}
+
+/// Seconds until the instances have settled `target` feed events in all;
+/// `None` after [`FEED_DRAIN_TIMEOUT`] or when they cannot be asked.
+async fn wait_for_feed(context: &Caller, target: u64) -> Option<f64> {
+    let waiting = Instant::now();
+    while waiting.elapsed() < FEED_DRAIN_TIMEOUT {
+        if feed_settled(context).await.ok()? >= target {
+            return Some(waiting.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(FEED_DRAIN_POLL).await;
+    }
+    None
+}
+
+/// Feed events settled so far by every instance, from `/metrics`.
+async fn feed_settled(context: &Caller) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for base in &context.bases {
+        let text = context
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        total += text
+            .lines()
+            .find_map(|line| line.strip_prefix("livefeed_feed_events_settled_total "))
+            .with_context(|| format!("{base}/metrics has no livefeed_feed_events_settled_total"))?
+            .trim()
+            .parse::<f64>()? as u64;
+    }
+    Ok(total)
 }
 
 /// Request `i` is due at `i / rate`; the latency counts from then.

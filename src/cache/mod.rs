@@ -26,7 +26,7 @@ use self::redis::{CachedPage, RedisFeeds};
 pub use self::warm::{WarmOptions, WarmReport, warm};
 pub use self::worker::run as run_worker;
 use crate::domain::{FeedPage, PostId, UserId};
-use crate::store::{Audience, FeedIds, PostAudience, Store, StoreError};
+use crate::store::{FeedIds, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -214,26 +214,40 @@ impl Feeds {
         Ok(())
     }
 
+    /// Brings the cache in line with the truth after `events`, in order:
+    /// each run of new posts with one query and one pipeline.
+    async fn apply_all(&self, events: &[FeedEvent]) -> Result<(), WorkError> {
+        let mut created = Vec::new();
+        for event in events {
+            match event {
+                FeedEvent::PostCreated { post } => created.push(*post),
+                other => {
+                    self.apply_created(&created).await?;
+                    created.clear();
+                    self.apply(*other).await?;
+                }
+            }
+        }
+        self.apply_created(&created).await
+    }
+
+    /// Caches new posts (those still there) and adds them to their
+    /// audience's cached feeds.
+    async fn apply_created(&self, posts: &[PostId]) -> Result<(), WorkError> {
+        if posts.is_empty() {
+            return Ok(());
+        }
+        let mut audiences = self.store.post_audiences(posts).await?;
+        // Added in id (= time) order, as they were written.
+        audiences.sort_unstable_by_key(|audience| audience.post.id);
+        self.cache.add_new_posts(&audiences).await?;
+        Ok(())
+    }
+
     /// Brings the cache in line with the truth after `event`.
     async fn apply(&self, event: FeedEvent) -> Result<(), WorkError> {
         match event {
-            FeedEvent::PostCreated { post } => {
-                let Some(PostAudience { post, audience }) = self.store.post_audience(post).await?
-                else {
-                    return Ok(());
-                };
-                self.cache.put_posts(std::slice::from_ref(&post)).await?;
-                match audience {
-                    Audience::Celebrity => {
-                        self.cache
-                            .add_to_author(post.author_user_id, post.id)
-                            .await?;
-                    }
-                    Audience::Followers(followers) => {
-                        self.cache.add_to_feeds(&followers, post.id).await?;
-                    }
-                }
-            }
+            FeedEvent::PostCreated { post } => self.apply_created(&[post]).await?,
             FeedEvent::PostUpdated { post: id } => match self.store.find_post(id).await? {
                 Some(post) => self.cache.put_posts(&[post]).await?,
                 None => self.cache.delete_post(id).await?,

@@ -1,8 +1,10 @@
-//! Applies the `Materialize` queue to the cache, one message at a time in
-//! order, and settles each: it must never hold the queue up for long, for
-//! one bad event or for a Redis outage.
+//! Applies the `Materialize` queue to the cache, in order, a batch of the
+//! messages waiting at a time (one query and one Redis pipeline for the new
+//! posts among them), and settles each: it must never hold the queue up for
+//! long, for one bad event or for a Redis outage, and never acknowledge a
+//! message before its Redis work is done.
 //!
-//! - Applied: acknowledged.
+//! - Applied: acknowledged, once the whole batch is.
 //! - Redis unreachable: put aside in the feed backlog (PostgreSQL) and
 //!   acknowledged, so the queue neither grows in RabbitMQ nor, in process,
 //!   backs up into the outbox relay. The backlog is applied, oldest first,
@@ -44,6 +46,9 @@ const BACKLOG_POLL: Duration = Duration::from_secs(1);
 /// Backlogged events applied between two looks at the work queue, so that
 /// live work is not held up behind a long backlog.
 const BACKLOG_BATCH: i64 = 32;
+/// Messages applied together at most: RabbitMQ's prefetch for the queue,
+/// so a batch is whatever it has handed out.
+const BATCH: usize = 32;
 
 pub async fn run(
     feeds: Arc<Feeds>,
@@ -62,7 +67,13 @@ pub async fn run(
         let settled = tokio::select! {
             () = worker.stop.cancelled() => return,
             item = work.recv() => match item {
-                Some(item) => worker.take(item).await,
+                Some(item) => {
+                    let mut batch = vec![item];
+                    while batch.len() < BATCH && let Ok(item) = work.try_recv() {
+                        batch.push(item);
+                    }
+                    worker.take(batch).await
+                }
                 None => return,
             },
             () = tokio::time::sleep_until(next_look) => match worker.apply_backlog().await {
@@ -107,42 +118,79 @@ enum Backlog {
 }
 
 impl Worker {
-    /// Settles one message of the queue; `None` when stopping.
-    async fn take(&mut self, item: Work) -> Option<()> {
-        let event = match FeedEvent::decode(&item.body) {
-            Ok(event) => event,
-            Err(error) => {
-                // Redelivering it would fail the same way forever.
-                tracing::error!(%error, body = ?item.body, "dead-lettering an undecodable feed event");
-                self.dead_lettered();
-                let _ = item.done.send(Settled::DeadLetter);
-                return Some(());
+    /// Settles a batch of messages of the queue; `None` when stopping.
+    async fn take(&mut self, batch: Vec<Work>) -> Option<()> {
+        let mut events = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for item in batch {
+            match FeedEvent::decode(&item.body) {
+                Ok(event) => {
+                    events.push(event);
+                    items.push(item);
+                }
+                Err(error) => {
+                    // Redelivering it would fail the same way forever.
+                    tracing::error!(%error, body = ?item.body, "dead-lettering an undecodable feed event");
+                    self.dead_lettered();
+                    self.settled(1);
+                    let _ = item.done.send(Settled::DeadLetter);
+                }
             }
-        };
-        let settled = match self.apply(event).await {
-            Outcome::Applied => Settled::Applied,
+        }
+        let settled = match self.apply(&events).await {
+            Outcome::Applied => vec![Settled::Applied; items.len()],
             Outcome::RedisUnavailable => {
-                self.put_aside(&item.body).await?;
-                Settled::Applied
+                for item in &items {
+                    // Some may have been applied already: applying them
+                    // again from the backlog is harmless.
+                    self.put_aside(&item.body).await?;
+                }
+                vec![Settled::Applied; items.len()]
             }
-            Outcome::GaveUp => {
-                self.feeds.forget(event).await;
-                self.dead_lettered();
-                Settled::DeadLetter
+            // One of them keeps failing: find which, one at a time.
+            Outcome::GaveUp if events.len() > 1 => {
+                let mut settled = Vec::with_capacity(items.len());
+                for (event, item) in events.iter().zip(&items) {
+                    settled.push(self.settle_alone(*event, &item.body).await?);
+                }
+                settled
             }
-            // Dropping `done` hands the message back.
+            Outcome::GaveUp => vec![self.give_up(events[0]).await],
+            // Dropping `done` hands the messages back.
             Outcome::Stopping => return None,
         };
-        let _ = item.done.send(settled);
+        self.settled(items.len());
+        for (item, settled) in items.into_iter().zip(settled) {
+            let _ = item.done.send(settled);
+        }
         Some(())
     }
 
-    /// Applies `event`, retrying what may pass.
-    async fn apply(&mut self, event: FeedEvent) -> Outcome {
+    /// Applies one event of a batch that failed; `None` when stopping.
+    async fn settle_alone(&mut self, event: FeedEvent, body: &[u8]) -> Option<Settled> {
+        match self.apply(&[event]).await {
+            Outcome::Applied => Some(Settled::Applied),
+            Outcome::RedisUnavailable => {
+                self.put_aside(body).await?;
+                Some(Settled::Applied)
+            }
+            Outcome::GaveUp => Some(self.give_up(event).await),
+            Outcome::Stopping => None,
+        }
+    }
+
+    async fn give_up(&mut self, event: FeedEvent) -> Settled {
+        self.feeds.forget(event).await;
+        self.dead_lettered();
+        Settled::DeadLetter
+    }
+
+    /// Applies `events` in order, retrying what may pass.
+    async fn apply(&mut self, events: &[FeedEvent]) -> Outcome {
         let mut delay = FIRST_RETRY;
         let mut failures = 0;
         loop {
-            let error = match self.feeds.apply(event).await {
+            let error = match self.feeds.apply_all(events).await {
                 Ok(()) => return Outcome::Applied,
                 Err(error) => error,
             };
@@ -153,11 +201,11 @@ impl Worker {
             if !outage {
                 failures += 1;
                 if failures >= MAX_ATTEMPTS {
-                    tracing::error!(?event, %error, "giving up on a feed event: dead-lettering it");
+                    tracing::error!(?events, %error, "giving up on feed events");
                     return Outcome::GaveUp;
                 }
             }
-            tracing::warn!(?event, %error, failures, "feed update failed, retrying");
+            tracing::warn!(?events, %error, failures, "feed update failed, retrying");
             // Jitter keeps instances that failed together from retrying in step.
             let pause = delay.mul_f64(self.rng.random_range(0.5..=1.0));
             tokio::select! {
@@ -216,12 +264,11 @@ impl Worker {
                 settled.push(put_aside.id);
                 continue;
             };
-            match self.apply(event).await {
+            match self.apply(&[event]).await {
                 Outcome::Applied => {}
                 Outcome::GaveUp => {
                     // No queue to move it to: the log and the counter tell.
-                    self.feeds.forget(event).await;
-                    self.dead_lettered();
+                    self.give_up(event).await;
                 }
                 Outcome::RedisUnavailable => {
                     next = Some(Backlog::Later);
@@ -242,6 +289,12 @@ impl Worker {
             tracing::info!(applied = settled.len(), "applied backlogged feed events");
         }
         next
+    }
+
+    fn settled(&self, events: usize) {
+        self.metrics
+            .feed_settled
+            .fetch_add(events as u64, Ordering::Relaxed);
     }
 
     fn dead_lettered(&self) {

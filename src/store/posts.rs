@@ -79,16 +79,17 @@ impl Store {
         .await
     }
 
-    /// A new post and whose cached feeds it goes into, in one statement
-    /// (the feed worker applies one per post written): `None` when the post
-    /// is gone.
-    pub async fn post_audience(&self, id: PostId) -> Result<Option<PostAudience>, StoreError> {
-        self.fetch_opt(
+    /// New posts and whose cached feeds each goes into, in one statement
+    /// for a whole batch (the feed worker applies a batch of posts written
+    /// at once). Posts gone since are absent; the order is unspecified.
+    pub async fn post_audiences(&self, ids: &[PostId]) -> Result<Vec<PostAudience>, StoreError> {
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+        self.fetch_all(
             "SELECT p.id, p.text, p.author_id, u.celebrity, \
                     CASE WHEN u.celebrity THEN '{}'::uuid[] \
                          ELSE ARRAY(SELECT user_id FROM friends WHERE friend_id = p.author_id) END \
-             FROM posts p JOIN users u ON u.id = p.author_id WHERE p.id = $1",
-            &[id.as_uuid()],
+             FROM posts p JOIN users u ON u.id = p.author_id WHERE p.id = ANY($1)",
+            &[&ids],
             |row| {
                 let post = post_from_row(row);
                 let audience = if row.get(3) {
@@ -340,7 +341,7 @@ impl Store {
     }
 }
 
-/// See [`Store::post_audience`].
+/// See [`Store::post_audiences`].
 pub struct PostAudience {
     pub post: Post,
     pub audience: Audience,

@@ -53,7 +53,7 @@ async fn flush(app: &TestApp, users: &[&TestUser], posts: &[String]) {
 }
 
 /// How many post ids the cached feed of `user` holds, once it is built.
-async fn cached_feed_len(app: &TestApp, user: &TestUser) -> usize {
+pub(crate) async fn cached_feed_len(app: &TestApp, user: &TestUser) -> usize {
     cached_len(app, user, &format!("{}feed:{}", prefix(app), user.id)).await
 }
 

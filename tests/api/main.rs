@@ -8,6 +8,7 @@ mod dialogs;
 mod errors;
 mod feed;
 mod feed_cache;
+mod feed_worker;
 mod follow_race;
 mod gap;
 mod idempotency;

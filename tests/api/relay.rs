@@ -82,3 +82,38 @@ async fn outbox_depth_reports_the_backlog_while_rabbitmq_is_away() {
     proxy.restore().await;
     outbox_settles(&app, &[&app], 12).await;
 }
+
+/// Posts acknowledged while the relay could not publish are still in the
+/// outbox when it dies; the next relay publishes every one, and the feed
+/// worker files each in the reader's feed.
+#[tokio::test]
+async fn every_acknowledged_post_is_delivered_after_the_relay_restarts() {
+    let vhost = Arc::new(Vhost::create().await);
+    let (mut proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let database = fresh_database().await;
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    a.keep(vhost.clone());
+    let author = a.register("Автор", "Перезапущенный").await;
+    let reader = a.register("Читатель", "Терпеливый").await;
+    a.follow(&reader, &author).await;
+    a.create_post(&author, "до сбоя").await;
+    outbox_settles(&a, &[&a], 4).await;
+    a.feed_settles_to(&reader, "", &["до сбоя"]).await;
+
+    proxy.cut();
+    let texts: Vec<String> = (0..5).map(|n| format!("неопубликованный {n}")).collect();
+    for text in &texts {
+        a.create_post(&author, text).await;
+    }
+    assert_eq!(a.metric("livefeed_outbox_depth").await, 10);
+    a.stop().await.expect("A stops");
+
+    let mut b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    b.keep(vhost);
+    outbox_settles(&b, &[&b], 10).await;
+    b.metric_reaches("livefeed_feed_events_settled_total", 5)
+        .await;
+    let mut expected: Vec<&str> = texts.iter().rev().map(String::as_str).collect();
+    expected.push("до сбоя");
+    b.feed_settles_to(&reader, "", &expected).await;
+}

@@ -393,3 +393,45 @@ async fn closing_the_work_sink_settles_what_was_handed_out_and_fails_over() {
     assert_eq!(ready_work(&raw).await, 0);
     publisher.shutdown().await;
 }
+
+/// The worker settles a batch at once, in any order: the applied runs are
+/// acked (one multiple ack each), a dead letter inside the batch goes to
+/// the dead-letter queue, and nothing comes back after the worker stops.
+#[tokio::test]
+async fn a_batch_settled_at_once_is_acked_around_its_dead_letter() {
+    let vhost = Vhost::create().await;
+    let raw = raw_connection_to(vhost.url()).await;
+    let publisher = Instance::connected(vhost.url()).await;
+    let mut worker = Instance::worker(vhost.url()).await;
+    let bodies = ["one", "two", "three", "four"];
+    for body in bodies {
+        publisher.publish(Topic::Materialize, "", body).await;
+    }
+    let mut batch = Vec::new();
+    for body in bodies {
+        let work = worker.next_work().await;
+        assert_eq!(work.body, body.as_bytes());
+        batch.push(work);
+    }
+    let [one, two, three, four] = <[Work; 4]>::try_from(batch).expect("four");
+    // "two" done ahead of "one" waits for it rather than being acked alone.
+    for (work, settled) in [
+        (two, Settled::Applied),
+        (one, Settled::Applied),
+        (three, Settled::DeadLetter),
+        (four, Settled::Applied),
+    ] {
+        work.done.send(settled).expect("the broker waits for done");
+    }
+    until("the dead letter reaches its queue", || async {
+        ready_in(&raw, "feed.materialize.dead").await == 1
+    })
+    .await;
+
+    // Closing the channel would requeue anything left unacked.
+    worker.shutdown().await;
+    worker.expect_work_released().await;
+    assert_eq!(ready_work(&raw).await, 0);
+    assert_eq!(ready_in(&raw, "feed.materialize.dead").await, 1);
+    publisher.shutdown().await;
+}

@@ -2,6 +2,7 @@
 //! sink, and the work consumer of the `Materialize` queue. They only feed
 //! sinks and ack; they never declare or bind anything.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +13,8 @@ use amqprs::channel::{
 use amqprs::connection::Connection;
 use amqprs::error::Error as AmqpError;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -224,11 +225,12 @@ pub(super) enum WorkEnd {
 }
 
 /// Hands work messages to the sink one at a time, in delivery order, waiting
-/// while it is full, and settles each one on its channel as soon as its
-/// `done` fires (ack; or, dead-lettered, nack without requeue, which has
-/// RabbitMQ move it to the dead-letter queue) or is dropped (nack,
-/// requeued), in whatever order that happens. With the prefetch limit, work
-/// not yet done holds RabbitMQ back.
+/// while it is full, and settles them on its channel in delivery order as
+/// their `done` fires (ack; or, dead-lettered, nack without requeue, which
+/// has RabbitMQ move it to the dead-letter queue) or is dropped (nack,
+/// requeued): a run of applied messages done together (the worker's batch)
+/// is one multiple ack. With the prefetch limit, work not yet done holds
+/// RabbitMQ back.
 async fn work_pump(
     channel: Channel,
     mut deliveries: mpsc::UnboundedReceiver<ConsumerMessage>,
@@ -236,13 +238,19 @@ async fn work_pump(
     mut drain: oneshot::Receiver<()>,
 ) -> WorkEnd {
     let mut handed_out = FuturesUnordered::new();
+    let mut settler = InOrder::default();
     // Received, waiting for room in the sink.
     let mut next: Option<(u64, Bytes)> = None;
     let end = loop {
         tokio::select! {
             biased;
             Some((tag, done)) = handed_out.next(), if !handed_out.is_empty() => {
-                if settle(&channel, tag, done).await.is_err() {
+                settler.done(tag, done);
+                // The rest of a batch is done by now too: one ack for it.
+                while let Some(Some((tag, done))) = handed_out.next().now_or_never() {
+                    settler.done(tag, done);
+                }
+                if settler.settle(&channel).await.is_err() {
                     return WorkEnd::ConsumerEnded;
                 }
             }
@@ -252,6 +260,7 @@ async fn work_pump(
                 (Ok(permit), Some((tag, body))) => {
                     let (done, applied) = oneshot::channel();
                     permit.send(Work { body, done });
+                    settler.handed_out(tag);
                     handed_out.push(async move { (tag, applied.await.ok()) });
                 }
                 _ => break WorkEnd::SinkClosed,
@@ -274,7 +283,8 @@ async fn work_pump(
     while !handed_out.is_empty() {
         match timeout_at(deadline, handed_out.next()).await {
             Ok(Some((tag, done))) => {
-                if settle(&channel, tag, done).await.is_err() {
+                settler.done(tag, done);
+                if settler.settle(&channel).await.is_err() {
                     return WorkEnd::ConsumerEnded;
                 }
             }
@@ -291,20 +301,54 @@ async fn work_pump(
     end
 }
 
-/// Acks work that was applied, dead-letters work that never can be,
-/// requeues work that was handed back (`None`).
-async fn settle(channel: &Channel, tag: u64, done: Option<Settled>) -> Result<(), AmqpError> {
-    match done {
-        Some(Settled::Applied) => channel.basic_ack(BasicAckArguments::new(tag, false)).await,
-        Some(Settled::DeadLetter) => {
-            channel
-                .basic_nack(BasicNackArguments::new(tag, false, false))
-                .await
+/// Work handed out, settled on the channel in delivery order: a multiple
+/// ack covers every unsettled delivery up to its tag, so it may only cover
+/// a run of messages all applied, with everything before them settled.
+#[derive(Debug, Default)]
+struct InOrder {
+    /// Tags handed out and not yet settled on the channel, oldest first,
+    /// with how each was done once it is.
+    waiting: VecDeque<(u64, Option<Option<Settled>>)>,
+}
+
+impl InOrder {
+    fn handed_out(&mut self, tag: u64) {
+        self.waiting.push_back((tag, None));
+    }
+
+    fn done(&mut self, tag: u64, done: Option<Settled>) {
+        if let Some(entry) = self.waiting.iter_mut().find(|(t, _)| *t == tag) {
+            entry.1 = Some(done);
         }
-        None => {
+    }
+
+    /// Settles the done messages at the front; a later message done before
+    /// an earlier one waits for it.
+    async fn settle(&mut self, channel: &Channel) -> Result<(), AmqpError> {
+        let mut applied_up_to = None;
+        while let Some(&(tag, Some(done))) = self.waiting.front() {
+            self.waiting.pop_front();
+            if done == Some(Settled::Applied) {
+                applied_up_to = Some(tag);
+                continue;
+            }
+            if let Some(up_to) = applied_up_to.take() {
+                channel
+                    .basic_ack(BasicAckArguments::new(up_to, true))
+                    .await?;
+            }
+            // Dead-lettered (nack without requeue: RabbitMQ moves it to the
+            // dead-letter queue), or handed back (`None`: requeued).
+            let requeue = done.is_none();
             channel
-                .basic_nack(BasicNackArguments::new(tag, false, true))
-                .await
+                .basic_nack(BasicNackArguments::new(tag, false, requeue))
+                .await?;
         }
+        if let Some(up_to) = applied_up_to {
+            channel
+                .basic_ack(BasicAckArguments::new(up_to, true))
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,7 @@
 
 use super::{BUILD_TIMEOUT, CacheError, FEED_CAPACITY, RedisFeeds};
 use crate::domain::{Post, PostId, UserId};
+use crate::store::{Audience, PostAudience};
 
 /// Post ids written per round trip when finishing many feeds at once.
 const FINISH_IDS_PER_ROUND_TRIP: usize = 5_000;
@@ -136,31 +137,42 @@ impl RedisFeeds {
         self.run(&pipe).await
     }
 
-    /// Adds `post` to each cached feed of `users` (uncached ones are left
-    /// to be built from PostgreSQL when read).
-    pub async fn add_to_feeds(&self, users: &[UserId], post: PostId) -> Result<(), CacheError> {
-        let keys: Vec<String> = users.iter().map(|u| self.key("feed", u)).collect();
-        self.add_to(&keys, post).await
-    }
-
-    pub async fn add_to_author(&self, author: UserId, post: PostId) -> Result<(), CacheError> {
-        self.add_to(&[self.key("author", author)], post).await
-    }
-
-    async fn add_to(&self, keys: &[String], post: PostId) -> Result<(), CacheError> {
-        let id = post.to_string();
-        for chunk in keys.chunks(FAN_OUT_CHUNK) {
-            let mut pipe = redis::pipe();
-            // A pipeline only sends EVALSHA: make sure Redis knows the script
-            // (it forgets scripts on restart or SCRIPT FLUSH).
-            pipe.load_script(&self.add).ignore();
-            for key in chunk {
+    /// Caches new posts and adds each to the cached sets of its audience
+    /// (its followers' feeds, or a celebrity's timeline; uncached ones are
+    /// left to be built from PostgreSQL when read), in order, in as few
+    /// round trips as the fan-out allows. A body goes ahead of its id, so
+    /// a reader who sees the id finds the body.
+    pub async fn add_new_posts(&self, posts: &[PostAudience]) -> Result<(), CacheError> {
+        let mut pipe = self.add_pipeline();
+        let mut adds = 0;
+        for PostAudience { post, audience } in posts {
+            let body = serde_json::to_vec(post).expect("posts serialise");
+            pipe.set(self.key("post", post.id), body).ignore();
+            let id = post.id.to_string();
+            let keys = match audience {
+                Audience::Celebrity => vec![self.key("author", post.author_user_id)],
+                Audience::Followers(users) => users.iter().map(|u| self.key("feed", u)).collect(),
+            };
+            for key in keys {
                 pipe.invoke_script(self.add.key(key).arg(&id).arg(FEED_CAPACITY))
                     .ignore();
+                adds += 1;
+                if adds == FAN_OUT_CHUNK {
+                    self.run(&pipe).await?;
+                    pipe = self.add_pipeline();
+                    adds = 0;
+                }
             }
-            self.run(&pipe).await?;
         }
-        Ok(())
+        self.run(&pipe).await
+    }
+
+    fn add_pipeline(&self) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        // A pipeline only sends EVALSHA: make sure Redis knows the script
+        // (it forgets scripts on restart or SCRIPT FLUSH).
+        pipe.load_script(&self.add).ignore();
+        pipe
     }
 
     pub async fn remove_from_feeds(
