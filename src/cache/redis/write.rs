@@ -53,7 +53,8 @@ impl RedisFeeds {
         complete: bool,
     ) -> Result<(), CacheError> {
         let finish = self.finish_build.key(self.key("author", author));
-        self.finish(finish, posts, complete, &[]).await
+        self.finish(finish, posts, complete, &[]).await?;
+        self.authors_changed().await
     }
 
     async fn finish(
@@ -144,7 +145,8 @@ impl RedisFeeds {
     }
 
     pub async fn add_to_author(&self, author: UserId, post: PostId) -> Result<(), CacheError> {
-        self.add_to(&[self.key("author", author)], post).await
+        self.add_to(&[self.key("author", author)], post).await?;
+        self.authors_changed().await
     }
 
     async fn add_to(&self, keys: &[String], post: PostId) -> Result<(), CacheError> {
@@ -173,7 +175,8 @@ impl RedisFeeds {
     }
 
     pub async fn remove_from_author(&self, author: UserId, post: PostId) -> Result<(), CacheError> {
-        self.remove_from(&[self.key("author", author)], post).await
+        self.remove_from(&[self.key("author", author)], post).await?;
+        self.authors_changed().await
     }
 
     async fn remove_from(&self, keys: &[String], post: PostId) -> Result<(), CacheError> {
@@ -204,6 +207,17 @@ impl RedisFeeds {
     pub async fn invalidate_author(&self, author: UserId) -> Result<(), CacheError> {
         let mut pipe = redis::pipe();
         pipe.del(self.key("author", author)).ignore();
+        self.run(&pipe).await?;
+        self.authors_changed().await
+    }
+
+    /// Makes every instance drop its copies of celebrity timelines; called
+    /// after each change to one (before it, a copy read in between would
+    /// outlive the change).
+    async fn authors_changed(&self) -> Result<(), CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.set(self.authors_version(), super::read::fresh_version())
+            .ignore();
         self.run(&pipe).await
     }
 }
