@@ -280,14 +280,18 @@ pub async fn run(args: Args) -> anyhow::Result<Verdict> {
 
 /// The user ids of a `--readers` file, one a line.
 fn read_ids(path: &std::path::Path) -> anyhow::Result<Vec<Uuid>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let ids = text
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| Uuid::parse_str(line.trim()).with_context(|| format!("not a user id: {line}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(ids.len() >= 2, "{} lists fewer than 2 readers", path.display());
+    anyhow::ensure!(
+        ids.len() >= 2,
+        "{} lists fewer than 2 readers",
+        path.display()
+    );
     Ok(ids)
 }
 

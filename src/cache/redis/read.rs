@@ -63,10 +63,7 @@ impl RedisFeeds {
             self.run(redis::pipe().del(&feed).ignore()).await?;
             return Ok(CachedPage::MissingFeed);
         }
-        let celebrities: Vec<Bytes> = celebrities
-            .into_iter()
-            .filter(|c| &c[..] != b"!")
-            .collect();
+        let celebrities: Vec<Bytes> = celebrities.into_iter().filter(|c| &c[..] != b"!").collect();
         let ids = if celebrities.is_empty() {
             ids
         } else {
@@ -140,7 +137,11 @@ impl RedisFeeds {
             .ignore();
         pipe.get(self.authors_version());
         for celebrity in &stale {
-            let key = format!("{}author:{}", self.prefix, String::from_utf8_lossy(celebrity));
+            let key = format!(
+                "{}author:{}",
+                self.prefix,
+                String::from_utf8_lossy(celebrity)
+            );
             newest_commands(&mut pipe, &key, depth);
         }
         let reply: Vec<redis::Value> = self.query(&pipe).await?;
@@ -324,7 +325,10 @@ mod tests {
     use super::{Timeline, merge, newest};
 
     fn ids(names: &[&'static str]) -> Vec<Bytes> {
-        names.iter().map(|n| Bytes::from_static(n.as_bytes())).collect()
+        names
+            .iter()
+            .map(|n| Bytes::from_static(n.as_bytes()))
+            .collect()
     }
 
     #[test]
@@ -334,7 +338,10 @@ mod tests {
         let other = ids(&["7", "5"]);
         let sources = [&feed[..], &star[..], &other[..]];
         assert_eq!(merge(&sources, 5), ids(&["9", "8", "7", "6", "5"]));
-        assert_eq!(merge(&sources, 20), ids(&["9", "8", "7", "6", "5", "3", "2"]));
+        assert_eq!(
+            merge(&sources, 20),
+            ids(&["9", "8", "7", "6", "5", "3", "2"])
+        );
         assert_eq!(merge(&[&[][..], &star[..]], 2), ids(&["8", "6"]));
         assert!(merge(&[&[][..], &[][..]], 3).is_empty());
     }

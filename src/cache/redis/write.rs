@@ -175,7 +175,8 @@ impl RedisFeeds {
     }
 
     pub async fn remove_from_author(&self, author: UserId, post: PostId) -> Result<(), CacheError> {
-        self.remove_from(&[self.key("author", author)], post).await?;
+        self.remove_from(&[self.key("author", author)], post)
+            .await?;
         self.authors_changed().await
     }
 
