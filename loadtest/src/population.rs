@@ -124,6 +124,20 @@ impl Population {
         Ok((population, follows))
     }
 
+    /// The users `ids` of the database's own data set (e.g. the readers a
+    /// query picked from `db/generate_data.sh`'s million), as they are:
+    /// nothing seeded, only this run's posts deleted at the end.
+    pub async fn listed(common: &Common, run: &str, users: Vec<Uuid>) -> anyhow::Result<Self> {
+        let db = connect(&common.database_url).await?;
+        Ok(Self {
+            db,
+            run: run.to_owned(),
+            users,
+            seeded: false,
+            keep: common.keep,
+        })
+    }
+
     /// Gives every user `per_user` posts (for feeds to read), without
     /// publishing them live.
     pub async fn seed_posts(&self, per_user: usize) -> anyhow::Result<u64> {

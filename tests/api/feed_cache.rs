@@ -428,3 +428,131 @@ async fn a_feed_whose_celebrities_were_evicted_is_rebuilt() {
         .unwrap();
     assert!(rebuilt, "the celebrities set is built again with the feed");
 }
+
+/// Readers who follow celebrities get their timelines merged in order,
+/// each post once, at every page boundary, and see a celebrity's new or
+/// deleted post at once although each instance keeps copies of the
+/// timelines it read.
+#[tokio::test]
+async fn celebrity_timelines_merge_in_order_at_every_page() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &["--celebrity-threshold", "1"]).await;
+    let stars = [
+        app.register("Звезда", "Первая").await,
+        app.register("Звезда", "Вторая").await,
+    ];
+    let friend = app.register("Друг", "Простой").await;
+    let reader = app.register("Читатель", "Звёздный").await;
+    let other = app.register("Читатель", "Другой").await;
+    for star in &stars {
+        // Two followers each: both stars are celebrities (more than 1).
+        app.follow(&reader, star).await;
+        app.follow(&other, star).await;
+    }
+    app.follow(&reader, &friend).await;
+    let db = sql(&database).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = db
+                .query_one("SELECT count(*) FROM users WHERE celebrity", &[])
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 2 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both stars become celebrities");
+    let mut ids = Vec::new();
+    for (n, author) in [0, 2, 1, 0, 2, 1, 1, 0].into_iter().enumerate() {
+        let author = if author == 2 { &friend } else { &stars[author] };
+        ids.push(app.create_post(author, &format!("p{n}")).await);
+    }
+    let all = ["p7", "p6", "p5", "p4", "p3", "p2", "p1", "p0"];
+    app.feed_settles_to(&reader, "", &all).await;
+    assert_eq!(
+        cached_len(
+            &app,
+            &reader,
+            &format!("{}author:{}", prefix(&app), stars[0].id)
+        )
+        .await,
+        3,
+        "the first star's timeline is cached"
+    );
+    // Pages at the edges, all served from the same copies.
+    for (query, page) in [
+        ("?offset=0&limit=1", &all[..1]),
+        ("?offset=3&limit=3", &all[3..6]),
+        ("?offset=7&limit=5", &all[7..]),
+        ("?offset=8&limit=5", &[][..]),
+        ("?offset=2&limit=100", &all[2..]),
+    ] {
+        assert_eq!(texts(&app.feed(&reader, query).await), page, "{query}");
+    }
+    assert_eq!(
+        texts(&app.feed(&other, "").await),
+        ["p7", "p6", "p5", "p3", "p2", "p0"],
+        "the other reader follows the stars alone"
+    );
+
+    // A new post and a deleted one of a star show at once in both feeds.
+    app.create_post(&stars[1], "p8").await;
+    delete(&app, &stars[0], &ids[7]).await;
+    app.feed_settles_to(&reader, "?limit=3", &["p8", "p6", "p5"])
+        .await;
+    app.feed_settles_to(&other, "?limit=3", &["p8", "p6", "p5"])
+        .await;
+}
+
+/// A celebrity's timeline gone from Redis with the token that vouches
+/// for the copies (a flush) is read again, rebuilt, and merged as before.
+#[tokio::test]
+async fn a_flushed_celebrity_timeline_is_rebuilt() {
+    let database = fresh_database().await;
+    let app = TestApp::spawn_with(&database, &["--celebrity-threshold", "1"]).await;
+    let star = app.register("Звезда", "Смытая").await;
+    let readers = [
+        app.register("Читатель", "Первый").await,
+        app.register("Читатель", "Второй").await,
+    ];
+    for reader in &readers {
+        app.follow(reader, &star).await;
+    }
+    let db = sql(&database).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = db
+                .query_one("SELECT count(*) FROM users WHERE celebrity", &[])
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the star becomes a celebrity");
+    app.create_post(&star, "s0").await;
+    app.create_post(&star, "s1").await;
+    app.feed_settles_to(&readers[0], "", &["s1", "s0"]).await;
+    let timeline = format!("{}author:{}", prefix(&app), star.id);
+    assert_eq!(cached_len(&app, &readers[0], &timeline).await, 2);
+
+    let mut redis = redis().await;
+    let deleted: usize = redis::cmd("DEL")
+        .arg(&timeline)
+        .arg(format!("{}version:authors", prefix(&app)))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "the timeline and its token were cached");
+    assert_eq!(texts(&app.feed(&readers[1], "").await), ["s1", "s0"]);
+    assert_eq!(cached_len(&app, &readers[1], &timeline).await, 2, "rebuilt");
+    app.create_post(&star, "s2").await;
+    app.feed_settles_to(&readers[1], "?limit=2", &["s2", "s1"])
+        .await;
+}

@@ -7,7 +7,10 @@
 //!   read time), with a `!` member so an empty set still exists;
 //! - `author:<celebrity>`: sorted set of a celebrity's newest post ids;
 //! - `post:<id>`: the post as the API shows it (JSON), so an update or a
-//!   delete touches one key, not every feed.
+//!   delete touches one key, not every feed;
+//! - `version:authors`: a token set afresh after every change to any
+//!   `author:` set, so instances may keep copies of those sets while the
+//!   token stands.
 //!
 //! Every member of a sorted set has score 0, so members sort by their bytes:
 //! hyphenated UUIDv7 strings sort by time. Each sorted set also holds one
@@ -74,7 +77,8 @@ pub struct RedisFeeds {
     /// Errors that made the cache back off (Redis unreachable or timing out).
     outages: AtomicU64,
     started: Instant,
-    read: Script,
+    /// Copies of celebrity timelines; see [`read`].
+    timelines: std::sync::Mutex<read::Timelines>,
     add: Script,
     begin_build: Script,
     finish_build: Script,
@@ -94,7 +98,7 @@ impl RedisFeeds {
             back_off_until: AtomicU64::new(0),
             outages: AtomicU64::new(0),
             started: Instant::now(),
-            read: Script::new(read::READ),
+            timelines: Default::default(),
             add: Script::new(write::ADD),
             begin_build: Script::new(write::BEGIN_BUILD),
             finish_build: Script::new(write::FINISH_BUILD),
@@ -103,6 +107,11 @@ impl RedisFeeds {
 
     fn key(&self, kind: &str, id: impl std::fmt::Display) -> String {
         format!("{}{kind}:{id}", self.prefix)
+    }
+
+    /// Set to a fresh token after every change to a celebrity's timeline.
+    fn authors_version(&self) -> String {
+        self.key("version", "authors")
     }
 
     async fn call<T: redis::FromRedisValue>(

@@ -1,6 +1,10 @@
-//! Reading a page of a feed from Redis: plain commands for readers who
-//! follow no celebrity, one merging script for those who do. Never writes,
-//! except to drop a feed whose celebrities set was evicted.
+//! Reading a page of a feed from Redis with plain commands, celebrities'
+//! timelines merged in here from this instance's copies of them. Never
+//! writes, except to drop a feed whose celebrities set was evicted and to
+//! name the timelines' version when Redis has none.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -22,12 +26,13 @@ pub enum CachedPage {
 
 impl RedisFeeds {
     /// The posts `offset..offset + limit` of `user`'s feed, celebrities
-    /// merged in. A reader who follows no celebrity (most readers) is
-    /// served with plain commands, in two round trips: the feed and its
-    /// celebrities in a MULTI (so a set and its sentinel are read from one
-    /// state), then MGET of the bodies; a change between the two is a change
-    /// between reads (a deleted post's body is gone: the page falls back to
-    /// SQL). Plain commands cost Redis half what the script does.
+    /// merged in, with plain commands in two round trips: the feed, its
+    /// celebrities and the timelines' version token in a MULTI (so a set
+    /// and its sentinel are read from one state), then MGET of the bodies.
+    /// The celebrities' timelines come from this instance's copy while the
+    /// token is unchanged ([`Timelines`]), else from one more MULTI. A
+    /// change between the round trips is a change between reads (a deleted
+    /// post's body is gone: the page falls back to SQL).
     pub async fn page(
         &self,
         user: UserId,
@@ -40,9 +45,13 @@ impl RedisFeeds {
         let mut pipe = redis::pipe();
         pipe.atomic();
         newest_commands(&mut pipe, &feed, wanted);
-        pipe.smembers(&celebs);
-        let (sentinel, ids, celebrities): (Vec<Bytes>, Vec<Bytes>, Vec<Bytes>) =
-            self.query(&pipe).await?;
+        pipe.smembers(&celebs).get(self.authors_version());
+        let (sentinel, ids, celebrities, version): (
+            Vec<Bytes>,
+            Vec<Bytes>,
+            Vec<Bytes>,
+            Option<Bytes>,
+        ) = self.query(&pipe).await?;
         let ids = match newest(sentinel, ids, wanted) {
             Ok(ids) => ids,
             Err(status) => return Ok(status),
@@ -54,14 +63,23 @@ impl RedisFeeds {
             self.run(redis::pipe().del(&feed).ignore()).await?;
             return Ok(CachedPage::MissingFeed);
         }
-        // Celebrities' timelines are merged where it is cheapest: in Redis,
-        // whose script returns the page alone, rather than here, which
-        // would fetch and parse `wanted` ids of every celebrity (on the
-        // 1M-user data set, ~10 celebrities a reader, that tripled
-        // livefeed's CPU per read).
-        if celebrities.iter().any(|c| &c[..] != b"!") {
-            return self.page_by_script(user, offset, limit).await;
-        }
+        let celebrities: Vec<Bytes> = celebrities.into_iter().filter(|c| &c[..] != b"!").collect();
+        let ids = if celebrities.is_empty() {
+            ids
+        } else {
+            let timelines = match self.timelines(&celebrities, version, wanted).await? {
+                Ok(timelines) => timelines,
+                Err(status) => return Ok(status),
+            };
+            let mut sources = vec![&ids[..]];
+            for timeline in &timelines {
+                match timeline.newest(wanted) {
+                    Some(theirs) => sources.push(theirs),
+                    None => return Ok(CachedPage::Incomplete),
+                }
+            }
+            merge(&sources, wanted)
+        };
         let page = ids.get(offset..).unwrap_or_default();
         if page.is_empty() {
             return Ok(CachedPage::Hit(Vec::new()));
@@ -83,47 +101,192 @@ impl RedisFeeds {
         Ok(CachedPage::Hit(posts))
     }
 
-    /// [`Self::page`] in one script, which merges the timelines of the
-    /// celebrities the reader follows into the feed inside Redis.
-    async fn page_by_script(
+    /// The timelines of `celebrities`, each read at least `wanted` deep:
+    /// this instance's copies while Redis' token is still `version`, the
+    /// rest read in one MULTI (which names the token if Redis lost it).
+    async fn timelines(
         &self,
-        user: UserId,
-        offset: usize,
-        limit: usize,
-    ) -> Result<CachedPage, CacheError> {
-        let reply: Vec<Bytes> = self
-            .call(
-                self.read
-                    .key(self.key("feed", user))
-                    .key(self.key("celebs", user))
-                    .arg(offset)
-                    .arg(limit)
-                    .arg(&self.prefix),
-            )
-            .await?;
-        let mut reply = reply.into_iter();
-        let status = reply.next().unwrap_or_default();
-        match &status[..] {
-            b"ok" => {
-                let mut posts = Vec::with_capacity(reply.len() / 2);
-                while let (Some(id), Some(body)) = (reply.next(), reply.next()) {
-                    posts.push((PostId::from_uuid(parse_uuid(&id)?), body));
+        celebrities: &[Bytes],
+        version: Option<Bytes>,
+        wanted: usize,
+    ) -> Result<Result<Vec<Arc<Timeline>>, CachedPage>, CacheError> {
+        let mut found = Vec::with_capacity(celebrities.len());
+        let mut stale = Vec::new();
+        {
+            let copies = self.timelines.lock().expect("no panic holds the lock");
+            for celebrity in celebrities {
+                let copy = version
+                    .as_ref()
+                    .and_then(|version| copies.get(version, celebrity, wanted));
+                if copy.is_none() {
+                    stale.push(celebrity);
                 }
-                Ok(CachedPage::Hit(posts))
+                found.push(copy);
             }
-            b"missing" | b"building" => Ok(CachedPage::MissingFeed),
-            b"missing_author" => {
-                let author = reply.next().unwrap_or_default();
-                Ok(CachedPage::MissingAuthor(UserId::from_uuid(parse_uuid(
-                    &author,
-                )?)))
+        }
+        if stale.is_empty() {
+            return Ok(Ok(found.into_iter().flatten().collect()));
+        }
+        let depth = wanted.max(TIMELINE_DEPTH);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("SET")
+            .arg(self.authors_version())
+            .arg(fresh_version())
+            .arg("NX")
+            .ignore();
+        pipe.get(self.authors_version());
+        for celebrity in &stale {
+            let key = format!(
+                "{}author:{}",
+                self.prefix,
+                String::from_utf8_lossy(celebrity)
+            );
+            newest_commands(&mut pipe, &key, depth);
+        }
+        let reply: Vec<redis::Value> = self.query(&pipe).await?;
+        let mut reply = reply.into_iter();
+        let version: Option<Bytes> = parse(reply.next().unwrap_or(redis::Value::Nil))?;
+        let version = version.unwrap_or_default();
+        let mut reply = reply.map(parse::<Vec<Bytes>>);
+        let mut read = Vec::with_capacity(stale.len());
+        for celebrity in stale {
+            let (Some(sentinel), Some(ids)) = (reply.next(), reply.next()) else {
+                return Err(CacheError::Reply("short timelines reply".into()));
+            };
+            match Timeline::read(sentinel?, ids?, depth) {
+                Some(timeline) => read.push((celebrity.clone(), Arc::new(timeline))),
+                None => {
+                    let author = UserId::from_uuid(parse_uuid(celebrity)?);
+                    return Ok(Err(CachedPage::MissingAuthor(author)));
+                }
             }
-            b"partial" | b"bodies" => Ok(CachedPage::Incomplete),
-            other => Err(CacheError::Reply(
-                String::from_utf8_lossy(other).into_owned(),
-            )),
+        }
+        let mut read = read.into_iter();
+        let mut copies = self.timelines.lock().expect("no panic holds the lock");
+        let timelines = found
+            .into_iter()
+            .map(|copy| {
+                copy.unwrap_or_else(|| {
+                    let (celebrity, timeline) = read.next().expect("one read per stale copy");
+                    copies.put(&version, celebrity, timeline.clone());
+                    timeline
+                })
+            })
+            .collect();
+        Ok(Ok(timelines))
+    }
+}
+
+/// Ids read of a celebrity's timeline at the least, so the next few pages
+/// are answered from the same copy.
+const TIMELINE_DEPTH: usize = 64;
+
+/// This instance's copies of the celebrity timelines it has read, valid
+/// while Redis' `version:authors` token is the one they were read with:
+/// every change to any timeline sets a new token after it (see write.rs),
+/// so a reader who follows celebrities costs Redis what any reader does,
+/// instead of two reads of each celebrity's set (or a merging script) per
+/// page. Holds at most the celebrities read since the last change.
+#[derive(Default)]
+pub(super) struct Timelines {
+    version: Bytes,
+    authors: HashMap<Bytes, Arc<Timeline>>,
+}
+
+impl Timelines {
+    fn get(&self, version: &Bytes, celebrity: &Bytes, wanted: usize) -> Option<Arc<Timeline>> {
+        if *version != self.version {
+            return None;
+        }
+        let timeline = self.authors.get(celebrity)?;
+        timeline.answers(wanted).then(|| timeline.clone())
+    }
+
+    fn put(&mut self, version: &Bytes, celebrity: Bytes, timeline: Arc<Timeline>) {
+        if *version != self.version {
+            self.authors.clear();
+            self.version = version.clone();
+        }
+        self.authors.insert(celebrity, timeline);
+    }
+}
+
+/// The newest ids of a celebrity's timeline as read from Redis.
+#[derive(Debug)]
+struct Timeline {
+    /// Newest first, without the sentinel.
+    ids: Vec<Bytes>,
+    /// No older posts exist beyond the cached set (sentinel `!c`).
+    complete: bool,
+    /// How many ids were asked for: `ids` is the whole set if it holds fewer.
+    depth: usize,
+}
+
+impl Timeline {
+    /// From the replies of [`newest_commands`] asked `depth` deep; `None`
+    /// if the set is missing or being built.
+    fn read(sentinel: Vec<Bytes>, mut ids: Vec<Bytes>, depth: usize) -> Option<Self> {
+        let sentinel = sentinel.into_iter().next()?;
+        if &sentinel[..] == b"!b" {
+            return None;
+        }
+        if ids.last() == Some(&sentinel) {
+            ids.pop();
+        }
+        ids.truncate(depth);
+        Some(Self {
+            ids,
+            complete: &sentinel[..] == b"!c",
+            depth,
+        })
+    }
+
+    fn answers(&self, wanted: usize) -> bool {
+        wanted <= self.depth || self.ids.len() < self.depth
+    }
+
+    /// The newest `wanted` ids (fewer if that is every post there is), or
+    /// `None` if older posts exist that the cached set does not reach.
+    fn newest(&self, wanted: usize) -> Option<&[Bytes]> {
+        let ids = &self.ids[..wanted.min(self.ids.len())];
+        (ids.len() == wanted || self.complete).then_some(ids)
+    }
+}
+
+/// The newest `wanted` ids of `sources`, each newest first: a k-way merge
+/// of their heads. A post in two sources (around a celebrity change) is
+/// kept once: equal ids meet as consecutive picks.
+fn merge(sources: &[&[Bytes]], wanted: usize) -> Vec<Bytes> {
+    let mut next = vec![0; sources.len()];
+    let mut page: Vec<Bytes> = Vec::with_capacity(wanted);
+    while page.len() < wanted {
+        let mut best: Option<(usize, &Bytes)> = None;
+        for (i, source) in sources.iter().enumerate() {
+            if let Some(id) = source.get(next[i])
+                && best.is_none_or(|(_, best)| id > best)
+            {
+                best = Some((i, id));
+            }
+        }
+        let Some((from, id)) = best else {
+            break;
+        };
+        next[from] += 1;
+        if page.last() != Some(id) {
+            page.push(id.clone());
         }
     }
+    page
+}
+
+fn parse<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, CacheError> {
+    redis::from_redis_value(value).map_err(|e| CacheError::Reply(e.to_string()))
+}
+
+/// A token no earlier state of the timelines had.
+pub(super) fn fresh_version() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// Queues the reads [`newest`] needs of a sorted set: its sentinel (the
@@ -155,76 +318,57 @@ fn newest(
     Ok(ids)
 }
 
-/// KEYS: feed, celebs. ARGV: offset, limit, prefix.
-/// Replies `ok` then id, body pairs; or a status (and an author id).
-pub(super) const READ: &str = r#"
-local offset, limit, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local wanted = offset + limit
-local function newest(key)
-    local sentinel = redis.call('ZRANGE', key, 0, 0)[1]
-    if not sentinel then return nil, 'missing' end
-    if sentinel == '!b' then return nil, 'building' end
-    local ids = redis.call('ZREVRANGE', key, 0, wanted)
-    if ids[#ids] == sentinel then table.remove(ids) end
-    if #ids > wanted then table.remove(ids) end
-    if #ids < wanted and sentinel ~= '!c' then return nil, 'partial' end
-    return ids
-end
-local ids, status = newest(KEYS[1])
-if not ids then return {status} end
--- The pair is built together; an eviction can take one alone. Without the
--- celebrities the feed cannot be read, and a rebuild would find it present:
--- drop it so the next read rebuilds both.
-if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('DEL', KEYS[1])
-    return {'missing'}
-end
--- Each source is newest first; a k-way merge of their heads yields the
--- page without sorting (a Lua comparator sort costs far more than the
--- Redis commands). A post in two sources (around a celebrity change) is
--- skipped the second time: equal ids meet as consecutive picks.
-local sources = {ids}
-for _, celebrity in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if celebrity ~= '!' then
-        local theirs, why = newest(prefix .. 'author:' .. celebrity)
-        if not theirs then
-            if why == 'partial' then return {why} end
-            return {'missing_author', celebrity}
-        end
-        sources[#sources + 1] = theirs
-    end
-end
-local page = ids
-if #sources > 1 then
-    page = {}
-    local next_of = {}
-    for i = 1, #sources do next_of[i] = 1 end
-    local last
-    while #page < wanted do
-        local best, from
-        for i = 1, #sources do
-            local id = sources[i][next_of[i]]
-            if id and (not best or id > best) then best, from = id, i end
-        end
-        if not best then break end
-        next_of[from] = next_of[from] + 1
-        if best ~= last then
-            page[#page + 1] = best
-            last = best
-        end
-    end
-end
-local reply = {'ok'}
-local keys = {}
-for i = offset + 1, math.min(wanted, #page) do
-    keys[#keys + 1] = prefix .. 'post:' .. page[i]
-end
-if #keys == 0 then return reply end
-local bodies = redis.call('MGET', unpack(keys))
-for i, body in ipairs(bodies) do
-    if not body then return {'bodies'} end
-    reply[#reply + 1] = page[offset + i]
-    reply[#reply + 1] = body
-end
-return reply
-"#;
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::{Timeline, merge, newest};
+
+    fn ids(names: &[&'static str]) -> Vec<Bytes> {
+        names
+            .iter()
+            .map(|n| Bytes::from_static(n.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn merge_takes_the_newest_of_all_sources_once() {
+        let feed = ids(&["9", "6", "3"]);
+        let star = ids(&["8", "6", "2"]);
+        let other = ids(&["7", "5"]);
+        let sources = [&feed[..], &star[..], &other[..]];
+        assert_eq!(merge(&sources, 5), ids(&["9", "8", "7", "6", "5"]));
+        assert_eq!(
+            merge(&sources, 20),
+            ids(&["9", "8", "7", "6", "5", "3", "2"])
+        );
+        assert_eq!(merge(&[&[][..], &star[..]], 2), ids(&["8", "6"]));
+        assert!(merge(&[&[][..], &[][..]], 3).is_empty());
+    }
+
+    #[test]
+    fn a_timeline_answers_only_as_deep_as_it_was_read() {
+        // Read 3 deep from a set holding more: ZREVRANGE 0 3 gave 4 ids.
+        let deep = Timeline::read(ids(&["!p"]), ids(&["9", "8", "7", "6"]), 3).unwrap();
+        assert_eq!(deep.newest(2).unwrap(), &ids(&["9", "8"])[..]);
+        assert!(deep.answers(3) && !deep.answers(4));
+        // The whole set (fewer than asked for), with older posts beyond it.
+        let partial = Timeline::read(ids(&["!p"]), ids(&["9", "!p"]), 3).unwrap();
+        assert!(partial.answers(50));
+        assert_eq!(partial.newest(1).unwrap(), &ids(&["9"])[..]);
+        assert!(partial.newest(2).is_none(), "older posts are not cached");
+        // The whole set, and every post there is.
+        let complete = Timeline::read(ids(&["!c"]), ids(&["9", "!c"]), 3).unwrap();
+        assert_eq!(complete.newest(10).unwrap(), &ids(&["9"])[..]);
+        // Missing, or being built: no timeline to merge.
+        assert!(Timeline::read(Vec::new(), Vec::new(), 3).is_none());
+        assert!(Timeline::read(ids(&["!b"]), ids(&["9", "!b"]), 3).is_none());
+    }
+
+    #[test]
+    fn newest_reads_a_feed_set_like_a_timeline() {
+        assert_eq!(newest(ids(&["!c"]), ids(&["9", "!c"]), 5), Ok(ids(&["9"])));
+        assert!(newest(ids(&["!p"]), ids(&["9", "!p"]), 5).is_err());
+        assert!(newest(Vec::new(), Vec::new(), 5).is_err());
+    }
+}

@@ -54,7 +54,8 @@ impl RedisFeeds {
         complete: bool,
     ) -> Result<(), CacheError> {
         let finish = self.finish_build.key(self.key("author", author));
-        self.finish(finish, posts, complete, &[]).await
+        self.finish(finish, posts, complete, &[]).await?;
+        self.authors_changed().await
     }
 
     async fn finish(
@@ -145,12 +146,16 @@ impl RedisFeeds {
     pub async fn add_new_posts(&self, posts: &[PostAudience]) -> Result<(), CacheError> {
         let mut pipe = self.add_pipeline();
         let mut adds = 0;
+        let mut timelines_changed = false;
         for PostAudience { post, audience } in posts {
             let body = serde_json::to_vec(post).expect("posts serialise");
             pipe.set(self.key("post", post.id), body).ignore();
             let id = post.id.to_string();
             let keys = match audience {
-                Audience::Celebrity => vec![self.key("author", post.author_user_id)],
+                Audience::Celebrity => {
+                    timelines_changed = true;
+                    vec![self.key("author", post.author_user_id)]
+                }
                 Audience::Followers(users) => users.iter().map(|u| self.key("feed", u)).collect(),
             };
             for key in keys {
@@ -163,6 +168,11 @@ impl RedisFeeds {
                     adds = 0;
                 }
             }
+        }
+        // After the adds, in the same last round trip: see authors_changed.
+        if timelines_changed {
+            pipe.set(self.authors_version(), super::read::fresh_version())
+                .ignore();
         }
         self.run(&pipe).await
     }
@@ -185,7 +195,9 @@ impl RedisFeeds {
     }
 
     pub async fn remove_from_author(&self, author: UserId, post: PostId) -> Result<(), CacheError> {
-        self.remove_from(&[self.key("author", author)], post).await
+        self.remove_from(&[self.key("author", author)], post)
+            .await?;
+        self.authors_changed().await
     }
 
     async fn remove_from(&self, keys: &[String], post: PostId) -> Result<(), CacheError> {
@@ -216,6 +228,17 @@ impl RedisFeeds {
     pub async fn invalidate_author(&self, author: UserId) -> Result<(), CacheError> {
         let mut pipe = redis::pipe();
         pipe.del(self.key("author", author)).ignore();
+        self.run(&pipe).await?;
+        self.authors_changed().await
+    }
+
+    /// Makes every instance drop its copies of celebrity timelines; called
+    /// after each change to one (before it, a copy read in between would
+    /// outlive the change).
+    async fn authors_changed(&self) -> Result<(), CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.set(self.authors_version(), super::read::fresh_version())
+            .ignore();
         self.run(&pipe).await
     }
 }
