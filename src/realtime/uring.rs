@@ -239,9 +239,12 @@ mod tests {
         // Far more than the kernel's buffers hold: the send takes a part.
         let big = frame(&vec![b'x'; 4 * 1024 * 1024]);
         let small = frame(b"after the big one");
-        assert_eq!(pushes(&[socket.clone()], &big), [Push::Queued]);
+        assert_eq!(pushes(std::slice::from_ref(&socket), &big), [Push::Queued]);
         // Its rest waits, so the next post queues behind it, not in the kernel.
-        assert_eq!(pushes(&[socket.clone()], &small), [Push::Queued]);
+        assert_eq!(
+            pushes(std::slice::from_ref(&socket), &small),
+            [Push::Queued]
+        );
         // A full kernel buffer and an empty outbox: the send would block.
         assert!(drain(&socket, client, [&big.wire[..], &small.wire[..]].concat()).await);
         let mut pairs = sockets(1, 4096).await;
@@ -251,7 +254,11 @@ mod tests {
         while let Ok(n) = socket.stream().try_write(&filler) {
             filled += n;
         }
-        assert_eq!(pushes(&[socket.clone()], &small), [Push::Queued], "EAGAIN");
+        assert_eq!(
+            pushes(std::slice::from_ref(&socket), &small),
+            [Push::Queued],
+            "EAGAIN"
+        );
         assert!(
             drain(
                 &socket,
