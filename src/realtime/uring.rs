@@ -120,7 +120,12 @@ fn send_all(
     let mut done = 0;
     while done < batch.len() {
         if let Err(error) = ring.submit_and_wait(batch.len() - done) {
-            if error.kind() == io::ErrorKind::Interrupted {
+            // Interrupted, or short of memory for a moment: what was not
+            // submitted stays queued for the next call.
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+            ) {
                 continue;
             }
             // Nothing was submitted that is not reaped below, and the
