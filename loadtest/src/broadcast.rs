@@ -175,12 +175,12 @@ async fn both(
     };
     let livefeed = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await?;
     let floor = if args.floor {
-        Some(floor(args, population, plan, line).await?)
+        Some(other(args, population, plan, line, Other::Floor).await?)
     } else {
         None
     };
     let nchan = if args.nchan {
-        Some(nchan(args, population, plan, line).await?)
+        Some(other(args, population, plan, line, Other::Nchan).await?)
     } else {
         None
     };
@@ -193,51 +193,57 @@ async fn both(
     })
 }
 
-async fn floor(
+/// Runs the same clients, posts and rate against another server: the floor
+/// or nginx+nchan, started just before and stopped after.
+async fn other(
     args: &Args,
     population: &Population,
     plan: &Plan,
     line: &mut ProgressLine,
+    server: Other,
 ) -> anyhow::Result<FanoutReport> {
-    let floor = Floor::start(&population.run, &population.users, args.text_bytes as usize).await?;
-    line.note(&format!(
-        "floor (pid {}) listening on {}",
-        floor.pid, floor.target.addr
-    ));
-    let floor_targets = [floor.target.clone()];
+    let (run, users, text_bytes) = (&population.run, &population.users, args.text_bytes as usize);
+    let (target, pids, poster) = match server {
+        Other::Floor => {
+            let floor = Floor::start(run, users, text_bytes).await?;
+            line.note(&format!(
+                "floor (pid {}) listening on {}",
+                floor.pid, floor.target.addr
+            ));
+            (
+                floor.target.clone(),
+                vec![floor.pid],
+                Poster::Floor(Box::new(floor)),
+            )
+        }
+        Other::Nchan => {
+            let nchan = Nchan::start(run, users, text_bytes).await?;
+            line.note(&format!(
+                "nginx+nchan (pids {:?}) listening on {}",
+                nchan.pids, nchan.target.addr
+            ));
+            (
+                nchan.target.clone(),
+                nchan.pids.clone(),
+                Poster::Nchan(Box::new(nchan)),
+            )
+        }
+    };
+    let targets = [target];
     let stage = Stage {
-        targets: &floor_targets,
-        // The floor has no /metrics: its CPU and memory only.
-        servers: Servers::new(&[floor.pid], &[], &[])?,
-        poster: Poster::Floor(Box::new(floor)),
+        targets: &targets,
+        // Neither has livefeed's /metrics: their CPU and memory only.
+        servers: Servers::new(&pids, &[], &[])?,
+        poster,
     };
     let measured = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await;
-    if let Poster::Floor(floor) = stage.poster {
-        floor.stop().await;
-    }
+    stage.poster.stop().await;
     measured
 }
 
-async fn nchan(
-    args: &Args,
-    population: &Population,
-    plan: &Plan,
-    line: &mut ProgressLine,
-) -> anyhow::Result<FanoutReport> {
-    let nchan = Nchan::start(&population.run, &population.users, args.text_bytes as usize).await?;
-    line.note(&format!(
-        "nginx+nchan (pids {:?}) listening on {}",
-        nchan.pids, nchan.target.addr
-    ));
-    let targets = [nchan.target.clone()];
-    let stage = Stage {
-        targets: &targets,
-        servers: Servers::new(&nchan.pids, &[], &[])?,
-        poster: Poster::Nchan(Box::new(nchan)),
-    };
-    let measured = fanout::run(&args.common, &args.fleet, &stage, population, plan, line).await;
-    if let Poster::Nchan(nchan) = stage.poster {
-        nchan.stop().await;
-    }
-    measured
+/// The servers livefeed is run beside.
+#[derive(Clone, Copy)]
+enum Other {
+    Floor,
+    Nchan,
 }

@@ -9,8 +9,6 @@
 //! master's and the worker's.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -20,7 +18,7 @@ use uuid::Uuid;
 
 use crate::floor::server::payload;
 use crate::opts::Target;
-use crate::publish::{self, Published};
+use crate::publish::{Peer, Published};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,9 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 
 pub struct Nchan {
-    run: String,
-    users: Vec<Uuid>,
-    text_bytes: usize,
+    pub peer: Peer,
     dir: PathBuf,
     master: Child,
     http: reqwest::Client,
@@ -38,8 +34,6 @@ pub struct Nchan {
     /// The master's and the worker's.
     pub pids: Vec<u32>,
     pub target: Target,
-    pub sent: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
 }
 
 impl Nchan {
@@ -85,9 +79,7 @@ impl Nchan {
         };
         let pids = vec![master_pid, worker];
         Ok(Self {
-            run: run.to_owned(),
-            users: users.to_vec(),
-            text_bytes,
+            peer: Peer::new(run, users, text_bytes),
             dir,
             master,
             http: reqwest::Client::builder()
@@ -100,23 +92,15 @@ impl Nchan {
                 ws_url: format!("ws://{addr}/sub/{run}"),
                 addr,
             },
-            sent: Arc::default(),
-            failed: Arc::default(),
         })
     }
 
-    /// The run's posts at its rate, as [`publish::paced`] says, each with
+    /// The run's posts at its rate, as [`Peer::publish`] says, each with
     /// the payload livefeed would send for it.
     pub async fn publish(&self, schedule: &[u32], rate: f64) -> Published {
-        let counts = (&*self.sent, &*self.failed);
-        publish::paced(
-            &self.run,
-            schedule,
-            rate,
-            self.text_bytes,
-            counts,
-            |author, text| {
-                let body = payload(self.users[author as usize], &text);
+        self.peer
+            .publish(schedule, rate, |author, text| {
+                let body = payload(author, &text);
                 async move {
                     let response = self
                         .http
@@ -131,9 +115,8 @@ impl Nchan {
                         Err(format!("http {}", response.status()))
                     }
                 }
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// Stops nginx (SIGTERM: its fast shutdown) and removes its directory.

@@ -63,44 +63,59 @@ impl Published {
     }
 }
 
-/// The run's posts one after the other, as a server that is not livefeed
-/// (the floor, nchan) gets them: post `seq`, by user `schedule[seq]`, is
-/// due at `seq / rate` seconds, and its text is the one `POST
-/// /post/create` would have got. `send(author, text)` publishes it; an
-/// `Err` names the failure.
-pub async fn paced<F, Fut>(
-    run: &str,
-    schedule: &[u32],
-    rate: f64,
+/// What a server that is not livefeed (the floor, nchan) is published to
+/// with: the run's users and texts, and the counters the progress line reads.
+pub struct Peer {
+    run: String,
+    /// Each user's id, by user index.
+    users: Vec<Uuid>,
+    /// Pad each text to this length, as the REST publisher does.
     text_bytes: usize,
-    counts: (&AtomicU64, &AtomicU64),
-    mut send: F,
-) -> Published
-where
-    F: FnMut(u32, String) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let (sent, failed) = counts;
-    let started = Instant::now();
-    let pacer = Pacer::new(started, rate);
-    let mut published = Published::new(schedule.len(), unix_micros());
-    for (seq, &author) in schedule.iter().enumerate() {
-        let due = pacer.due(seq as u64);
-        tokio::time::sleep_until(due).await;
-        let seq = seq as u32;
-        let text = marker::post_text(run, seq, author, unix_micros(), text_bytes);
-        sent.fetch_add(1, Ordering::Relaxed);
-        match send(author, text).await {
-            Ok(()) => published.posted.push(Posted { seq, author }),
-            Err(why) => {
-                failed.fetch_add(1, Ordering::Relaxed);
-                *published.failures.entry(why).or_default() += 1;
-            }
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Peer {
+    pub fn new(run: &str, users: &[Uuid], text_bytes: usize) -> Self {
+        Self {
+            run: run.to_owned(),
+            users: users.to_vec(),
+            text_bytes,
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
         }
-        published.create.record(due.elapsed());
     }
-    published.seconds = started.elapsed().as_secs_f64();
-    published
+
+    /// The run's posts one after the other: post `seq`, by user
+    /// `schedule[seq]`, is due at `seq / rate` seconds, and its text is the
+    /// one `POST /post/create` would have got. `send(author id, text)`
+    /// publishes it; an `Err` names the failure.
+    pub async fn publish<F, Fut>(&self, schedule: &[u32], rate: f64, mut send: F) -> Published
+    where
+        F: FnMut(Uuid, String) -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let started = Instant::now();
+        let pacer = Pacer::new(started, rate);
+        let mut published = Published::new(schedule.len(), unix_micros());
+        for (seq, &author) in schedule.iter().enumerate() {
+            let due = pacer.due(seq as u64);
+            tokio::time::sleep_until(due).await;
+            let seq = seq as u32;
+            let text = marker::post_text(&self.run, seq, author, unix_micros(), self.text_bytes);
+            self.sent.fetch_add(1, Ordering::Relaxed);
+            match send(self.users[author as usize], text).await {
+                Ok(()) => published.posted.push(Posted { seq, author }),
+                Err(why) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    *published.failures.entry(why).or_default() += 1;
+                }
+            }
+            published.create.record(due.elapsed());
+        }
+        published.seconds = started.elapsed().as_secs_f64();
+        published
+    }
 }
 
 /// Where a fan-out run's posts go: livefeed's REST API, the floor, or the
@@ -123,12 +138,21 @@ impl Poster {
 
     /// Posts sent and failed so far.
     pub fn counts(&self) -> (u64, u64) {
-        let (sent, failed) = match self {
+        let (sent, failed): (&AtomicU64, &AtomicU64) = match self {
             Self::Rest(publisher) => (&publisher.sent, &publisher.failed),
-            Self::Floor(floor) => (&floor.sent, &floor.failed),
-            Self::Nchan(nchan) => (&nchan.sent, &nchan.failed),
+            Self::Floor(floor) => (&floor.peer.sent, &floor.peer.failed),
+            Self::Nchan(nchan) => (&nchan.peer.sent, &nchan.peer.failed),
         };
         (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
+    }
+
+    /// Stops the server loadtest started for this run (the floor, nginx).
+    pub async fn stop(self) {
+        match self {
+            Self::Rest(_) => {}
+            Self::Floor(floor) => floor.stop().await,
+            Self::Nchan(nchan) => nchan.stop().await,
+        }
     }
 
     /// Before the clients close their sockets.

@@ -14,6 +14,7 @@ use super::registry::{Binding, Registry};
 use super::session::SEAM_WINDOW;
 use super::socket::{CATCH_UP_LIMIT, Push, Socket};
 use super::unix_micros;
+use super::uring;
 use crate::broker::{Incoming, Topic};
 use crate::domain::PostId;
 use crate::metrics::Metrics;
@@ -119,16 +120,14 @@ pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
 
 fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, metrics: &Metrics) {
     let (mut written, mut queued) = (0, 0);
-    for socket in sockets {
-        match socket.push(frame) {
-            Push::Written => written += 1,
-            Push::Queued => queued += 1,
-            Push::Overflowed => {
-                metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-            }
-            Push::Dropped => {}
+    uring::deliver(sockets, frame, |push| match push {
+        Push::Written => written += 1,
+        Push::Queued => queued += 1,
+        Push::Overflowed => {
+            metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
         }
-    }
+        Push::Dropped => {}
+    });
     metrics
         .deliveries
         .fetch_add(written + queued, Ordering::Relaxed);

@@ -16,6 +16,7 @@ mod registry;
 mod routing;
 mod session;
 mod socket;
+mod uring;
 mod wire;
 
 use std::sync::Arc;

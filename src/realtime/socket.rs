@@ -15,7 +15,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
@@ -60,6 +61,42 @@ pub enum Flushed {
     Blocked,
     /// The peer is gone.
     Gone,
+}
+
+/// What [`Socket::try_admit`] made of a live post.
+pub(super) enum Admit<'a> {
+    /// Nothing waits in the outbox: the caller writes the frame into the
+    /// kernel, then settles.
+    Direct(Direct<'a>),
+    /// Dropped, held or queued: nothing left to do.
+    Settled(Push),
+}
+
+/// A socket whose outbox is empty and locked, so nothing can be written
+/// before the post the holder is writing into the kernel.
+pub(super) struct Direct<'a> {
+    socket: &'a Socket,
+    out: MutexGuard<'a, Outbox>,
+}
+
+impl Direct<'_> {
+    /// The descriptor to write the frame to, with nothing but a
+    /// non-blocking send: the socket stays registered with tokio.
+    pub(super) fn fd(&self) -> RawFd {
+        self.socket.stream.as_raw_fd()
+    }
+
+    /// Settles the write of `frame`'s wire bytes: `written` is what the
+    /// kernel answered (bytes taken, or the error). The rest is queued in
+    /// order; an error other than "would block" means the peer is gone.
+    pub(super) fn settle(mut self, written: io::Result<usize>, frame: &PostFrame) -> Push {
+        self.socket.settle(
+            &mut self.out,
+            written,
+            frame.wire.clone(),
+            frame.published_at_micros,
+        )
+    }
 }
 
 pub struct Socket {
@@ -172,24 +209,55 @@ impl Socket {
 
     /// The hub's delivery of a live post.
     pub fn push(&self, frame: &Arc<PostFrame>) -> Push {
-        let mut out = self.outbox();
+        match self.admit(self.outbox(), frame) {
+            Admit::Direct(direct) => {
+                let written = self.stream.try_write(&frame.wire);
+                direct.settle(written, frame)
+            }
+            Admit::Settled(push) => push,
+        }
+    }
+
+    /// As [`Socket::push`], but a socket whose outbox someone else holds
+    /// right now is not waited for: `None`, push it later. Whoever writes
+    /// many sockets at once holds their outboxes together, and must never
+    /// wait for one while holding others.
+    pub(super) fn try_admit(&self, frame: &Arc<PostFrame>) -> Option<Admit<'_>> {
+        let out = match self.out.try_lock() {
+            Ok(out) => out,
+            Err(TryLockError::WouldBlock) => return None,
+            Err(TryLockError::Poisoned(e)) => panic!("outbox lock: {e}"),
+        };
+        Some(self.admit(out, frame))
+    }
+
+    /// Decides what becomes of a live post: refused, held, queued behind
+    /// what waits, or (`Direct`) written into the kernel by the caller.
+    fn admit<'a>(&'a self, mut out: MutexGuard<'a, Outbox>, frame: &Arc<PostFrame>) -> Admit<'a> {
         if out.slow || out.gone {
-            return Push::Dropped;
+            return Admit::Settled(Push::Dropped);
         }
         if let Some(held) = &mut out.held {
             if held.len() >= self.capacity {
-                return self.overflow(&mut out);
+                return Admit::Settled(self.overflow(&mut out));
             }
             held.push(frame.clone());
-            return Push::Queued;
+            return Admit::Settled(Push::Queued);
         }
         if out.seam.is_some() && !out.first_time(frame.post, Instant::now()) {
-            return Push::Dropped;
+            return Admit::Settled(Push::Dropped);
         }
         if out.posts >= self.capacity {
-            return self.overflow(&mut out);
+            return Admit::Settled(self.overflow(&mut out));
         }
-        self.write_or_queue(&mut out, frame.wire.clone(), frame.published_at_micros)
+        if !out.pending.is_empty() {
+            return Admit::Settled(Self::queue(
+                &mut out,
+                frame.wire.clone(),
+                frame.published_at_micros,
+            ));
+        }
+        Admit::Direct(Direct { socket: self, out })
     }
 
     fn overflow(&self, out: &mut Outbox) -> Push {
@@ -200,25 +268,42 @@ impl Socket {
 
     /// Writes `bytes` at once if nothing waits before it, else queues it.
     fn write_or_queue(&self, out: &mut Outbox, bytes: Bytes, published_at_micros: u64) -> Push {
-        let mut written = 0;
-        if out.pending.is_empty() {
-            match self.stream.try_write(&bytes) {
-                Ok(n) if n == bytes.len() => return Push::Written,
-                Ok(n) => written = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    out.gone = true;
-                    self.wake.notify_one();
-                    return Push::Dropped;
-                }
-            }
-            self.wake.notify_one();
+        if !out.pending.is_empty() {
+            return Self::queue(out, bytes, published_at_micros);
         }
+        let written = self.stream.try_write(&bytes);
+        self.settle(out, written, bytes, published_at_micros)
+    }
+
+    /// What a write of `bytes` into an empty outbox came to: whatever the
+    /// kernel did not take is queued for the session.
+    fn settle(
+        &self,
+        out: &mut Outbox,
+        written: io::Result<usize>,
+        bytes: Bytes,
+        published_at_micros: u64,
+    ) -> Push {
+        let written = match written {
+            Ok(n) if n == bytes.len() => return Push::Written,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => {
+                out.gone = true;
+                self.wake.notify_one();
+                return Push::Dropped;
+            }
+        };
+        self.wake.notify_one();
+        Self::queue(out, bytes.slice(written..), published_at_micros)
+    }
+
+    fn queue(out: &mut Outbox, bytes: Bytes, published_at_micros: u64) -> Push {
         if published_at_micros > 0 {
             out.posts += 1;
         }
         out.pending.push_back(Pending {
-            bytes: bytes.slice(written..),
+            bytes,
             published_at_micros,
         });
         Push::Queued

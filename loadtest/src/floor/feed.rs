@@ -2,8 +2,6 @@
 //! again), learns its address, and hands it the run's posts at the run's
 //! rate, as [`crate::publish::Publisher`] does through `POST /post/create`.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,22 +13,16 @@ use uuid::Uuid;
 use super::server::Order;
 use crate::fleet;
 use crate::opts::Target;
-use crate::publish::{self, Published};
+use crate::publish::{Peer, Published};
 
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Floor {
-    run: String,
-    /// Each user's id, by user index.
-    users: Vec<Uuid>,
-    /// Pad each text to this length, as the REST publisher does.
-    text_bytes: usize,
+    pub peer: Peer,
     child: Child,
     stdin: Mutex<Option<ChildStdin>>,
     pub pid: u32,
     pub target: Target,
-    pub sent: Arc<AtomicU64>,
-    pub failed: Arc<AtomicU64>,
 }
 
 impl Floor {
@@ -44,15 +36,11 @@ impl Floor {
             .context("the floor ended before listening")?;
         let target = Target::resolve(&format!("http://{addr}")).await?;
         Ok(Self {
-            run: run.to_owned(),
-            users: users.to_vec(),
-            text_bytes,
+            peer: Peer::new(run, users, text_bytes),
             child,
             stdin: Mutex::new(Some(stdin)),
             pid,
             target,
-            sent: Arc::default(),
-            failed: Arc::default(),
         })
     }
 
@@ -64,28 +52,18 @@ impl Floor {
         stdin.write_all(&line).await.context("the floor is gone")
     }
 
-    /// The run's posts at its rate, as [`publish::paced`] says.
+    /// The run's posts at its rate, as [`Peer::publish`] says.
     pub async fn publish(&self, schedule: &[u32], rate: f64) -> Published {
-        let counts = (&*self.sent, &*self.failed);
-        publish::paced(
-            &self.run,
-            schedule,
-            rate,
-            self.text_bytes,
-            counts,
-            |author, text| {
-                let order = Order::Post {
-                    author: self.users[author as usize],
-                    text,
-                };
+        self.peer
+            .publish(schedule, rate, |author, text| {
+                let order = Order::Post { author, text };
                 async move {
                     self.order(&order)
                         .await
                         .map_err(|_| "floor gone".to_owned())
                 }
-            },
-        )
-        .await
+            })
+            .await
     }
 
     /// Tells the floor to answer the close frames the clients are about to
