@@ -15,13 +15,28 @@
 //!
 //! Nobody waits for the broker: a subscription takes effect locally at
 //! once, and a routing key whose binding is still on its way records the
-//! authors subscribed meanwhile. Whoever received the [`Binding`] hands it
-//! to the hub's catch-up, which reads their posts of that window back from
-//! PostgreSQL once the binding is in place.
+//! authors subscribed meanwhile and the sockets that joined it, each with
+//! where its stream starts ([`Start`]). Whoever received the [`Binding`]
+//! hands it to the catch-up ([`super::catch_up`]), which reads their posts
+//! of that window back from PostgreSQL once the binding is in place.
+//!
+//! The seam (the ids a socket wrote recently, so a post that comes both
+//! read back and live goes out once) is decided here and nowhere else: a
+//! subscription opens it before anything could be read back for it.
+//!
+//! A fresh socket is exact by PostgreSQL's commit order, not by time: it
+//! gets a post iff the post committed after the snapshot its follows were
+//! read in ([`CommitMark`]). Between that read and its registration here,
+//! a post may have reached the hub without it, or been routed elsewhere
+//! because its key's binding was not in place. [`Registry::subscribe`]
+//! tells which authors that may have happened for, from the registry's
+//! clock: the hub ticks it for every post it looks subscribers up for, and
+//! a binding ticks it when it is in place.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -31,6 +46,15 @@ use super::routing::Routing;
 use super::socket::Socket;
 use crate::broker::{Applied, Broker};
 use crate::domain::UserId;
+use crate::store::CommitMark;
+
+/// How long after a subscription a live copy of a post read back for it
+/// may still arrive (the broker delivers a post some time after it is
+/// committed).
+pub(super) const SEAM_WINDOW: Duration = Duration::from_secs(30);
+/// Slots of the "a post of this author passed" clock readings; authors
+/// share a slot by their id's low bits, which only costs a needless read.
+const SEEN_SLOTS: usize = 1024;
 
 /// The local sockets subscribed to one author. Keyed by the socket's
 /// address, so a subscribe or an unsubscribe is O(1) however popular the
@@ -71,6 +95,28 @@ pub struct Registry {
     /// User -> their open sockets (several tabs), for follow changes.
     by_user: DashMap<UserId, Vec<Arc<Socket>>>,
     interest: Interest,
+    /// Per author slot, the clock reading when the hub last looked up a
+    /// post's subscribers.
+    seen: Box<[AtomicU64]>,
+}
+
+/// Where a socket's stream of posts starts, for a catch-up to read from.
+#[derive(Clone)]
+pub enum Start {
+    /// A fresh socket: every post committed after this mark.
+    Mark(Arc<CommitMark>),
+    /// A follow made at this Unix ms (the follow's own time bounds it).
+    Since(u64),
+}
+
+/// What [`Registry::subscribe`] did.
+pub struct Subscribed {
+    /// New broker bindings: each needs its catch-up run.
+    pub bindings: Vec<Binding>,
+    /// Authors whose posts committed after the socket's mark may have
+    /// passed before it was registered (only for a [`Start::Mark`]): the
+    /// session reads them back itself.
+    pub uncovered: Vec<UserId>,
 }
 
 impl Registry {
@@ -83,8 +129,20 @@ impl Registry {
                 generations: AtomicU64::new(0),
                 broker,
                 routing,
+                clock: AtomicU64::new(0),
             },
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// The registry's clock: read it before the socket's follows are read,
+    /// and pass the reading to [`Registry::subscribe`].
+    pub fn clock(&self) -> u64 {
+        self.interest.clock.load(Ordering::SeqCst)
+    }
+
+    fn seen_slot(&self, author: UserId) -> &AtomicU64 {
+        &self.seen[(author.as_uuid().as_u128() as usize) % SEEN_SLOTS]
     }
 
     /// Makes `socket` findable by its user, so follow changes reach it.
@@ -100,16 +158,57 @@ impl Registry {
     /// about since it was attached: such a change may be newer than the
     /// snapshot, and one older than it is in the snapshot anyway. So a
     /// snapshot and the changes around it give the same subscriptions in
-    /// whichever order they arrive. Returns the new broker bindings: the
-    /// session waits for them, so they need no catch-up.
-    pub fn subscribe(&self, socket: &Arc<Socket>, snapshot: &[UserId]) -> Vec<Binding> {
+    /// whichever order they arrive.
+    ///
+    /// `start` is where a fresh socket's stream starts (`None`: the session
+    /// reads what it missed itself, in order, after awaiting the bindings);
+    /// `clock` is [`Registry::clock`] read before the snapshot. Opens the
+    /// socket's seam, and closes it again when nothing will be read back.
+    pub fn subscribe(
+        &self,
+        socket: &Arc<Socket>,
+        snapshot: &[UserId],
+        start: Option<&Start>,
+        clock: u64,
+    ) -> Subscribed {
+        socket.open_seam(Instant::now() + SEAM_WINDOW);
         let mut follows = socket.follows.lock().expect("follows lock");
         let changed = follows.changed_while_subscribing.take().unwrap_or_default();
-        snapshot
+        let mut subscribed = Subscribed {
+            bindings: Vec::new(),
+            uncovered: Vec::new(),
+        };
+        let mut joined = false;
+        let mut live = Vec::new();
+        for author in snapshot
             .iter()
             .filter(|author| !changed.contains_key(author))
-            .filter_map(|author| self.add(&mut follows.authors, socket, *author, None))
-            .collect()
+        {
+            match self.add(&mut follows.authors, socket, *author, start) {
+                Added::Already => {}
+                Added::Joined(binding) => {
+                    joined = true;
+                    subscribed.bindings.extend(binding);
+                }
+                Added::Live => live.push(*author),
+            }
+        }
+        drop(follows);
+        if let Some(Start::Mark(_)) = start {
+            // The socket is registered for every author now: whatever the
+            // hub looks up or the broker routes from here on reaches it.
+            subscribed.uncovered = live
+                .into_iter()
+                .filter(|author| {
+                    self.seen_slot(*author).load(Ordering::SeqCst) >= clock
+                        || self.interest.bound_since(*author, clock)
+                })
+                .collect();
+            if !joined && subscribed.uncovered.is_empty() {
+                socket.close_seam();
+            }
+        }
+        subscribed
     }
 
     /// A follow (`follows`) or unfollow of `author` by the socket's user,
@@ -127,7 +226,15 @@ impl Registry {
             changed.insert(author, follows);
         }
         if follows {
-            self.add(&mut state.authors, socket, author, Some(since_ms))
+            match self.add(
+                &mut state.authors,
+                socket,
+                author,
+                Some(&Start::Since(since_ms)),
+            ) {
+                Added::Joined(binding) => binding,
+                Added::Already | Added::Live => None,
+            }
         } else {
             if state.authors.remove(&author) {
                 self.remove_subscriber(socket, author);
@@ -137,29 +244,34 @@ impl Registry {
     }
 
     /// Subscribes `socket` to `author`; `authors` is its locked follows.
+    /// A socket that joins a pending binding with a `start` is one of its
+    /// catch-up's recipients, its seam open.
     fn add(
         &self,
         authors: &mut HashSet<UserId>,
         socket: &Arc<Socket>,
         author: UserId,
-        since_ms: Option<u64>,
-    ) -> Option<Binding> {
+        start: Option<&Start>,
+    ) -> Added {
         if !authors.insert(author) {
-            return None;
+            return Added::Already;
         }
-        match self.by_author.entry(author) {
-            // A binding still pending for this author lists it already, with
-            // an earlier `since_ms`.
+        let joiner = start.map(|start| (socket, start));
+        let added = match self.by_author.entry(author) {
             Entry::Occupied(entry) => {
                 entry.get().insert(socket);
-                None
+                self.interest.join(author, joiner)
             }
             Entry::Vacant(entry) => {
-                let binding = self.interest.acquire(author, since_ms);
+                let added = self.interest.acquire(author, joiner);
                 entry.insert(Arc::default()).insert(socket);
-                binding
+                added
             }
+        };
+        if start.is_some() && matches!(added, Added::Joined(_)) {
+            socket.open_seam(Instant::now() + SEAM_WINDOW);
         }
+        added
     }
 
     /// Waits until `binding` is in place, then returns who subscribed while
@@ -176,6 +288,7 @@ impl Registry {
         if route.generation != generation {
             return None;
         }
+        route.bound_at = self.interest.clock.fetch_add(1, Ordering::SeqCst);
         route.pending.take()
     }
 
@@ -194,7 +307,12 @@ impl Registry {
         }
     }
 
+    /// The local subscribers of `author`, for a post of theirs: ticks the
+    /// clock first, so a socket registering meanwhile knows it may have
+    /// missed the post.
     pub fn subscribers(&self, author: UserId) -> Option<Arc<Subscribers>> {
+        let tick = self.interest.clock.fetch_add(1, Ordering::SeqCst);
+        self.seen_slot(author).store(tick, Ordering::SeqCst);
         self.by_author
             .get(&author)
             .map(|entry| entry.value().clone())
@@ -262,7 +380,7 @@ impl Registry {
 
 /// A broker binding a subscription asked for. Until it is in place, the
 /// posts of the authors subscribed meanwhile are routed elsewhere: whoever
-/// receives one passes it to the hub's catch-up, which reads them back.
+/// receives one passes it to the catch-up, which reads them back.
 #[must_use = "a binding's catch-up must run, or posts written while it was pending are lost"]
 pub struct Binding {
     key: String,
@@ -272,12 +390,24 @@ pub struct Binding {
     applied: Applied,
 }
 
-/// The authors subscribed while a binding was pending, and the earliest
-/// moment (Unix ms) from which one of their subscribers must have every post
-/// (`None`: each reads what it missed itself).
+/// The authors subscribed while a binding was pending, and the sockets that
+/// joined it with where each one's stream starts. A socket may be listed
+/// more than once.
 pub struct Pending {
-    pub since_ms: Option<u64>,
     pub authors: Vec<UserId>,
+    pub recipients: Vec<(Arc<Socket>, Start)>,
+}
+
+/// How a subscription to one author came about.
+enum Added {
+    /// The socket was subscribed already.
+    Already,
+    /// The author's key is still being bound; the socket is among the
+    /// recipients of its catch-up (if it has a start). The binding, when
+    /// this subscription asked for it.
+    Joined(Option<Binding>),
+    /// The key is bound (or the broker needs no binding).
+    Live,
 }
 
 /// One routing key: how many of the subscribed authors it carries, and
@@ -285,6 +415,8 @@ pub struct Pending {
 struct Route {
     authors: usize,
     generation: u64,
+    /// The clock reading when the binding was in place.
+    bound_at: u64,
     pending: Option<Pending>,
 }
 
@@ -297,42 +429,70 @@ struct Interest {
     generations: AtomicU64,
     broker: Broker,
     routing: Routing,
+    clock: AtomicU64,
 }
 
 impl Interest {
-    fn acquire(&self, author: UserId, since_ms: Option<u64>) -> Option<Binding> {
+    fn acquire(&self, author: UserId, joiner: Option<(&Arc<Socket>, &Start)>) -> Added {
         let key = self.routing.key(author);
         let mut route = self.routes.entry(key.clone()).or_insert(Route {
             authors: 0,
             generation: 0,
+            bound_at: 0,
             pending: None,
         });
         route.authors += 1;
         if route.authors > 1 {
-            if let Some(pending) = &mut route.pending {
-                pending.since_ms = match (pending.since_ms, since_ms) {
-                    (Some(earliest), Some(since_ms)) => Some(earliest.min(since_ms)),
-                    (earliest, since_ms) => earliest.or(since_ms),
-                };
-                pending.authors.push(author);
-            }
-            return None;
+            return match &mut route.pending {
+                Some(pending) => {
+                    pending.authors.push(author);
+                    pending.recipients.extend(recipient(joiner));
+                    Added::Joined(None)
+                }
+                None => Added::Live,
+            };
         }
         let applied = self.broker.bind(&key);
-        // The in-process broker binds at once: nothing can be missed.
+        // The in-process broker binds at once; what it dropped before that
+        // went to nobody, so a socket registered meanwhile reads it back.
         if applied.is_done() {
-            return None;
+            route.bound_at = self.clock.fetch_add(1, Ordering::SeqCst);
+            return Added::Live;
         }
         route.generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        route.bound_at = u64::MAX;
         route.pending = Some(Pending {
-            since_ms,
             authors: vec![author],
+            recipients: recipient(joiner).into_iter().collect(),
         });
-        Some(Binding {
+        Added::Joined(Some(Binding {
             key,
             generation: route.generation,
             applied,
-        })
+        }))
+    }
+
+    /// Joins a subscriber of `author` (whose key is held already) to the
+    /// key's pending binding, if it is pending.
+    fn join(&self, author: UserId, joiner: Option<(&Arc<Socket>, &Start)>) -> Added {
+        match self.routes.get_mut(&self.routing.key(author)) {
+            Some(mut route) => match &mut route.pending {
+                Some(pending) => {
+                    pending.recipients.extend(recipient(joiner));
+                    Added::Joined(None)
+                }
+                None => Added::Live,
+            },
+            None => Added::Live,
+        }
+    }
+
+    /// Whether `author`'s key was bound at or after the clock read `clock`
+    /// (posts published before that went elsewhere).
+    fn bound_since(&self, author: UserId, clock: u64) -> bool {
+        self.routes
+            .get(&self.routing.key(author))
+            .is_some_and(|route| route.bound_at >= clock)
     }
 
     fn release(&self, author: UserId) {
@@ -345,6 +505,73 @@ impl Interest {
                 entry.remove();
             }
         }
+    }
+}
+
+fn recipient(joiner: Option<(&Arc<Socket>, &Start)>) -> Option<(Arc<Socket>, Start)> {
+    joiner.map(|(socket, start)| (socket.clone(), start.clone()))
+}
+
+/// Which authors a fresh socket must read back itself.
+#[cfg(test)]
+mod uncovered {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::broker::{BrokerKind, MemoryBus};
+
+    fn socket(listener: &std::net::TcpListener) -> (Arc<Socket>, std::net::TcpStream) {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        (Arc::new(Socket::new(UserId::new_v7(), 16, server)), client)
+    }
+
+    #[tokio::test]
+    async fn a_post_or_a_bind_after_the_clock_read_is_read_back() {
+        let (sink, _incoming) = mpsc::channel(16);
+        let (work, _work) = mpsc::channel(16);
+        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+        let registry = Registry::new(broker, "bucket:4".parse().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let start = Start::Mark(Arc::new(CommitMark::new(0, 1, 1, &[])));
+        let author = UserId::new_v7();
+
+        // The first subscriber's key is bound after its clock read: what the
+        // broker dropped before that went to nobody.
+        let (first, _c1) = socket(&listener);
+        let clock = registry.clock();
+        let subscribed = registry.subscribe(&first, &[author], Some(&start), clock);
+        assert!(
+            subscribed.bindings.is_empty(),
+            "the in-process broker binds at once"
+        );
+        assert_eq!(subscribed.uncovered, [author]);
+
+        // Bound before, nothing passed meanwhile: nothing to read back.
+        let (second, _c2) = socket(&listener);
+        let subscribed = registry.subscribe(&second, &[author], Some(&start), registry.clock());
+        assert!(subscribed.uncovered.is_empty());
+
+        // The hub looked up a post of the author between the clock read and
+        // the registration: it may have passed the socket.
+        let (third, _c3) = socket(&listener);
+        let clock = registry.clock();
+        drop(registry.subscribers(author));
+        let subscribed = registry.subscribe(&third, &[author], Some(&start), clock);
+        assert_eq!(subscribed.uncovered, [author]);
+
+        // A session that reads what it missed itself is never told.
+        let (fourth, _c4) = socket(&listener);
+        let clock = registry.clock();
+        drop(registry.subscribers(author));
+        assert!(
+            registry
+                .subscribe(&fourth, &[author], None, clock)
+                .uncovered
+                .is_empty()
+        );
     }
 }
 
@@ -453,7 +680,8 @@ mod properties {
                         model[s].attached = true;
                     }
                     Op::Subscribe(s, authors) if model[s].attached => {
-                        registry.subscribe(&sockets[s], &ids(&authors));
+                        let subscribed = registry.subscribe(&sockets[s], &ids(&authors), None, 0);
+                        drop(subscribed.bindings);
                         let changed = model[s].changed.take().unwrap_or_default();
                         for author in authors {
                             if !changed.contains_key(&author) {

@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
+use super::catch_up;
 use super::codec::stored_post_frame;
-use super::hub::catch_up_after_binding;
+use super::registry::Start;
 use super::socket::{Flushed, Socket};
 use super::wire::{self, ClientFrame, ReadError, Reader};
 use super::{Realtime, unix_micros};
@@ -41,15 +42,9 @@ use crate::domain::{PostId, UserId};
 
 /// Most posts sent on a `?since=` catch-up.
 const CATCH_UP_LIMIT: i64 = 1000;
-/// Most posts of one author that can have been in flight (inserted, not yet
-/// committed) at once: the posts before `since` a catch-up looks back over.
-const CONCURRENT_PER_AUTHOR: i64 = 16;
 /// A close frame to a client that is not reading must not hold the task
 /// (nor shutdown) for a whole write deadline.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long after a catch-up a live copy of one of its posts may still
-/// arrive (the broker delivers a post some time after it is committed).
-pub(super) const SEAM_WINDOW: Duration = Duration::from_secs(30);
 /// Clients only answer pings and close; anything bigger is refused with 1009.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// Bytes read from the client at once; on the stack, never held while idle.
@@ -157,18 +152,14 @@ async fn serve(
     // Subscribing and catching up hold database futures of kilobytes; boxed,
     // they are freed once done instead of sizing the task of every idle
     // socket for as long as it is open.
-    let bindings = match Box::pin(subscribe(realtime, socket)).await {
+    let bindings = match Box::pin(subscribe(realtime, socket, since.is_none())).await {
         Ok(bindings) => bindings,
         Err(end) => return end,
     };
-    // Subscribed once the broker routes the authors' posts here: from then
-    // on the live stream (and a catch-up read after this) misses nothing.
-    // Not answering before that keeps a fresh socket exact: a post is sent
-    // iff it was written after the socket subscribed, which a read-back
-    // keyed by the writers' clocks cannot promise.
-    futures_util::future::join_all(bindings).await;
     if let Some(since) = since {
-        socket.open_seam(Instant::now() + SEAM_WINDOW);
+        // The ordered `?since=` read must come after the broker routes the
+        // authors' posts here: from then on the live stream misses nothing.
+        futures_util::future::join_all(bindings).await;
         if let Err(end) = Box::pin(catch_up(realtime, socket, since)).await {
             return end;
         }
@@ -177,31 +168,42 @@ async fn serve(
     relay_live(realtime, socket, early).await
 }
 
-/// Subscribes to everyone the user follows; returns, for the caller to
-/// await, each new broker binding that subscription asked for.
+/// Subscribes to everyone the user follows. A fresh socket (`fresh`) is
+/// ready at once: what its pending bindings, or the moment before it was
+/// registered, kept from it is read back by the catch-ups this starts, by
+/// commit order from its follows' snapshot. Otherwise returns the catch-ups
+/// of the new bindings, for the caller to await before its own read.
 async fn subscribe(
     realtime: &Realtime,
     socket: &Arc<Socket>,
+    fresh: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, End> {
-    let authors = realtime
+    let registry = &realtime.registry;
+    let clock = registry.clock();
+    let (authors, mark) = realtime
         .store
-        .followed_authors(socket.user)
+        .follows_and_mark(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    Ok(realtime
-        .registry
-        .subscribe(socket, &authors)
+    let mark = Arc::new(mark);
+    let start = fresh.then(|| Start::Mark(mark.clone()));
+    let subscribed = registry.subscribe(socket, &authors, start.as_ref(), clock);
+    let (store, metrics) = (&realtime.store, &realtime.metrics);
+    let catch_ups = subscribed
+        .bindings
         .into_iter()
-        .map(|binding| {
-            catch_up_after_binding(
-                binding,
-                &realtime.registry,
-                &realtime.store,
-                &realtime.metrics,
-                None,
-            )
-        })
-        .collect())
+        .map(|binding| catch_up::after_binding(binding, registry, store, metrics, None))
+        .collect();
+    if !subscribed.uncovered.is_empty() {
+        drop(catch_up::for_socket(
+            socket.clone(),
+            mark,
+            subscribed.uncovered,
+            store,
+            metrics,
+        ));
+    }
+    Ok(if fresh { Vec::new() } else { catch_ups })
 }
 
 /// Sends what the client may have missed since `since` (see the module
@@ -210,7 +212,12 @@ async fn subscribe(
 async fn catch_up(realtime: &Realtime, socket: &Socket, since: PostId) -> Result<(), End> {
     let posts = realtime
         .store
-        .posts_since(socket.user, since, CATCH_UP_LIMIT, CONCURRENT_PER_AUTHOR)
+        .posts_since(
+            socket.user,
+            since,
+            CATCH_UP_LIMIT,
+            catch_up::CONCURRENT_PER_AUTHOR,
+        )
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
     for post in &posts {
