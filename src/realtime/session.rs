@@ -358,3 +358,77 @@ fn read_frames(
     })?;
     end.map_or(Ok(()), Err)
 }
+
+/// What one idle socket holds in memory, by part: printed with
+/// `cargo test --lib memory_per_idle_socket -- --nocapture`, and bounded so
+/// that growth is a decision, not an accident.
+#[cfg(test)]
+mod memory {
+    use std::mem::size_of;
+
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::broker::{Broker, BrokerKind, MemoryBus};
+    use crate::metrics::Metrics;
+    use crate::realtime::{RealtimeSettings, Routing};
+    use crate::store::{Store, StoreSettings};
+
+    #[tokio::test]
+    async fn memory_per_idle_socket() {
+        let store = Store::new(&StoreSettings {
+            database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+            pool_size: 1,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let (sink, _incoming) = mpsc::channel(1);
+        let (work, _work) = mpsc::channel(1);
+        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+        let settings = RealtimeSettings {
+            queue_capacity: 16,
+            ping_interval: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_sockets: 10,
+            max_sockets_per_user: 10,
+            routing: "bucket:1024".parse::<Routing>().unwrap(),
+        };
+        let realtime = Realtime::new(
+            store,
+            broker,
+            settings,
+            Arc::new(Metrics::default()),
+            CancellationToken::new(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let socket = Arc::new(Socket::new(
+            UserId::new_v7(),
+            16,
+            TcpStream::from_std(server).unwrap(),
+        ));
+        let session = run(
+            realtime.clone(),
+            std::future::ready(None::<Upgraded>),
+            UserId::new_v7(),
+            None,
+        );
+        let relay = relay_live(&realtime, &socket, Vec::new());
+        let parts = [
+            ("Socket", size_of::<Socket>()),
+            ("session task future", size_of_val(&session)),
+            ("relay_live future", size_of_val(&relay)),
+            ("tokio Interval", size_of::<tokio::time::Interval>()),
+            ("Reader", size_of::<Reader>()),
+        ];
+        for (part, bytes) in parts {
+            println!("{part:<24} {bytes:>6} bytes");
+        }
+        assert!(size_of::<Socket>() <= 512, "{parts:?}");
+        assert!(size_of_val(&session) <= 4096, "{parts:?}");
+    }
+}
