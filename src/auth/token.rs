@@ -109,6 +109,21 @@ mod tests {
     }
 
     #[test]
+    fn a_token_lives_exactly_its_ttl() {
+        let token = tokens().issue(UserId::new_v7());
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.validate_exp = false;
+        let claims = jsonwebtoken::decode::<Claims>(
+            &token,
+            &DecodingKey::from_secret(SECRET).unwrap(),
+            &validation,
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(claims.exp - claims.iat, 60);
+    }
+
+    #[test]
     fn refuses_other_secrets_and_schemes() {
         let token = Tokens::new(b"another-secret-another-secret-xx", Duration::from_secs(60))
             .unwrap()

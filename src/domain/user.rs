@@ -159,6 +159,10 @@ mod tests {
             BirthDate::parse("2017-02-01").unwrap().date(),
             NaiveDate::from_ymd_opt(2017, 2, 1).unwrap()
         );
+        // The bounds themselves are valid birthdates.
+        assert!(BirthDate::parse("1900-01-01").is_ok());
+        let today = Utc::now().date_naive().format("%Y-%m-%d").to_string();
+        assert!(BirthDate::parse(&today).is_ok());
         for bad in [
             "01.02.2017",
             "2017-02-30",

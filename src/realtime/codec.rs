@@ -161,6 +161,13 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_post_was_published_when_its_id_was_made() {
+        let post = post();
+        let made_ms = post.id.unix_ms().unwrap();
+        assert_eq!(stored_post_frame(&post).published_at_micros, made_ms * 1000);
+    }
+
+    #[test]
     fn post_round_trips_and_payload_is_the_asyncapi_message() {
         let post = post();
         let frame = decode_post(encode_post(&post, 42)).unwrap();

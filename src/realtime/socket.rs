@@ -514,6 +514,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_held_post_to_a_reset_peer_ends_the_socket() {
+        let (socket, client) = pair(8).await;
+        assert_eq!(socket.push(&frame("held")), Push::Queued);
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), socket.stream().readable())
+            .await
+            .expect("the reset arrives")
+            .unwrap();
+        socket.release();
+        assert_eq!(socket.flush(|_| {}), Flushed::Gone, "not waiting to write");
+        assert_eq!(socket.push(&frame("later")), Push::Dropped);
+    }
+
+    #[tokio::test]
     async fn a_seam_sends_each_post_once() {
         let (socket, mut client) = pair(8).await;
         socket.open_seam(Instant::now() + Duration::from_secs(60));
