@@ -437,7 +437,7 @@ impl Socket {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
@@ -464,7 +464,7 @@ mod tests {
         })
     }
 
-    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+    pub(in crate::realtime) async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
         let mut bytes = vec![0; len];
         tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut bytes))
             .await

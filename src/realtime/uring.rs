@@ -155,12 +155,12 @@ mod tests {
     use std::time::Duration;
 
     use socket2::SockRef;
-    use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
     use crate::domain::{PostId, UserId};
     use crate::realtime::socket::Flushed;
+    use crate::realtime::socket::tests::read_exactly;
     use crate::realtime::wire;
 
     /// Released sockets (live posts go straight to the kernel) and their
@@ -196,15 +196,6 @@ mod tests {
         let mut pushes = Vec::new();
         deliver(sockets, frame, |push| pushes.push(push));
         pushes
-    }
-
-    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0; len];
-        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut bytes))
-            .await
-            .expect("the bytes arrive")
-            .unwrap();
-        bytes
     }
 
     /// Writes the outbox out while `client` reads `expected`; true if it

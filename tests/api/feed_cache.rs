@@ -450,21 +450,7 @@ async fn celebrity_timelines_merge_in_order_at_every_page() {
         app.follow(&other, star).await;
     }
     app.follow(&reader, &friend).await;
-    let db = sql(&database).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let row = db
-                .query_one("SELECT count(*) FROM users WHERE celebrity", &[])
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) == 2 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("both stars become celebrities");
+    celebrities_become(&database, 2).await;
     let mut ids = Vec::new();
     for (n, author) in [0, 2, 1, 0, 2, 1, 1, 0].into_iter().enumerate() {
         let author = if author == 2 { &friend } else { &stars[author] };
@@ -521,21 +507,7 @@ async fn a_flushed_celebrity_timeline_is_rebuilt() {
     for reader in &readers {
         app.follow(reader, &star).await;
     }
-    let db = sql(&database).await;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let row = db
-                .query_one("SELECT count(*) FROM users WHERE celebrity", &[])
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) == 1 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the star becomes a celebrity");
+    celebrities_become(&database, 1).await;
     app.create_post(&star, "s0").await;
     app.create_post(&star, "s1").await;
     app.feed_settles_to(&readers[0], "", &["s1", "s0"]).await;
@@ -555,4 +527,24 @@ async fn a_flushed_celebrity_timeline_is_rebuilt() {
     app.create_post(&star, "s2").await;
     app.feed_settles_to(&readers[1], "?limit=2", &["s2", "s1"])
         .await;
+}
+
+/// Waits (bounded) until `count` users of `database` are celebrities: the
+/// flag is set a moment after the follow that crosses the threshold.
+async fn celebrities_become(database: &str, count: i64) {
+    let db = sql(database).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = db
+                .query_one("SELECT count(*) FROM users WHERE celebrity", &[])
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{count} celebrities never"));
 }
