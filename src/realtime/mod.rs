@@ -9,7 +9,6 @@
 //!                                                    └▶ outbox ─▶ session ─▶ client
 //! ```
 
-mod catch_up;
 pub mod codec;
 mod hub;
 mod recovery;
