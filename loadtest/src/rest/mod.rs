@@ -4,8 +4,9 @@
 //! no rate, as fast as `--concurrency` loops can go (closed loop: latency
 //! is plain service time).
 
+mod mix;
+
 use std::fmt::Write;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use self::mix::{Mix, OPS, Op};
 use crate::cost::{CpuMark, CpuReport, Servers};
 use crate::marker::TAG;
 use crate::opts::{self, Common, Target};
@@ -70,89 +72,6 @@ pub struct Args {
     /// --users, --follows and --posts-per-user are then unused.
     #[arg(long)]
     readers: Option<std::path::PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Feed,
-    Create,
-    Get,
-    Search,
-}
-
-const OPS: [Op; 4] = [Op::Feed, Op::Create, Op::Get, Op::Search];
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::Feed => "feed",
-            Op::Create => "create",
-            Op::Get => "get",
-            Op::Search => "search",
-        }
-    }
-}
-
-/// Cumulative weights, in [`OPS`] order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Mix([u32; 4]);
-
-impl FromStr for Mix {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, String> {
-        let mut weights = [0u32; 4];
-        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, weight) = part
-                .split_once('=')
-                .ok_or_else(|| format!("expected name=weight, got {part:?}"))?;
-            let slot = OPS
-                .iter()
-                .position(|op| op.name() == name.trim())
-                .ok_or_else(|| format!("unknown operation {name:?} (feed, create, get, search)"))?;
-            weights[slot] = weight
-                .trim()
-                .parse()
-                .map_err(|_| format!("bad weight {weight:?}"))?;
-        }
-        let mut cumulative = [0u32; 4];
-        let mut sum = 0u32;
-        for (total, weight) in cumulative.iter_mut().zip(weights) {
-            sum = sum.checked_add(weight).ok_or("weights too large")?;
-            *total = sum;
-        }
-        if sum == 0 {
-            return Err("the mix needs a positive weight".into());
-        }
-        Ok(Mix(cumulative))
-    }
-}
-
-impl Mix {
-    /// The one operation with a weight, if only one has: then the CPU per
-    /// request is that operation's.
-    fn only(&self) -> Option<Op> {
-        let mut weighted = OPS
-            .iter()
-            .zip(self.0)
-            .scan(0, |before, (op, total)| {
-                let weight = total - *before;
-                *before = total;
-                Some((*op, weight))
-            })
-            .filter(|(_, weight)| *weight > 0);
-        let (op, _) = weighted.next()?;
-        weighted.next().is_none().then_some(op)
-    }
-
-    fn pick(&self, rng: &mut Rng) -> Op {
-        let draw = rng.below(u64::from(self.0[3])) as u32;
-        OPS[self
-            .0
-            .iter()
-            .position(|total| draw < *total)
-            .expect("draw below the sum")]
-    }
 }
 
 /// Per-operation results.
@@ -580,33 +499,6 @@ impl Caller {
         match outcome {
             Ok(()) => tallies.ok[slot] += 1,
             Err(kind) => *tallies.errors[slot].entry(kind).or_default() += 1,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mix_parses_and_picks_by_weight() {
-        let mix: Mix = "feed=3, get=1".parse().unwrap();
-        assert_eq!(mix, Mix([3, 3, 4, 4]));
-        let mut rng = Rng::new(1);
-        let mut counts = [0u32; 4];
-        for _ in 0..4000 {
-            counts[mix.pick(&mut rng) as usize] += 1;
-        }
-        assert_eq!((counts[1], counts[3]), (0, 0));
-        assert!((2800..3200).contains(&counts[0]), "{counts:?}");
-        assert_eq!(mix.only(), None);
-        assert_eq!("create=1".parse::<Mix>().unwrap().only(), Some(Op::Create));
-        assert_eq!(
-            "get=0,search=5".parse::<Mix>().unwrap().only(),
-            Some(Op::Search)
-        );
-        for bad in ["feed", "feed=x", "nap=1", "feed=0", ""] {
-            assert!(bad.parse::<Mix>().is_err(), "{bad}");
         }
     }
 }
