@@ -21,18 +21,7 @@ async fn publish_fails_promptly_while_rabbitmq_is_unreachable() {
         );
         sleep(Duration::from_millis(150)).await;
     }
-    // Disconnected, a binding change completes once recorded.
-    timeout(WAIT, broker.bind("k"))
-        .await
-        .expect("bind recorded in time");
-    timeout(WAIT, broker.shutdown())
-        .await
-        .expect("shutdown in time");
-    let published = broker.publish(Topic::Posts, "k", Bytes::new()).await;
-    assert!(
-        matches!(published, Err(BrokerError::Closed)),
-        "{published:?}"
-    );
+    bind_while_down_then_shut_down(&broker, Topic::Posts).await;
 }
 
 #[tokio::test]
@@ -63,13 +52,20 @@ async fn an_invalid_url_leaves_the_broker_unavailable() {
         matches!(published, Err(BrokerError::Unavailable(_))),
         "{published:?}"
     );
+    bind_while_down_then_shut_down(&broker, Topic::Control).await;
+}
+
+/// A broker that never connected: a binding change completes once
+/// recorded, shutdown ends it in time, and publishing after that is
+/// refused as closed.
+async fn bind_while_down_then_shut_down(broker: &Broker, topic: Topic) {
     timeout(WAIT, broker.bind("k"))
         .await
-        .expect("bind completes");
+        .expect("bind recorded in time");
     timeout(WAIT, broker.shutdown())
         .await
         .expect("shutdown in time");
-    let published = broker.publish(Topic::Control, "", Bytes::new()).await;
+    let published = broker.publish(topic, "k", Bytes::new()).await;
     assert!(
         matches!(published, Err(BrokerError::Closed)),
         "{published:?}"
