@@ -15,6 +15,7 @@
 //! Memory: 24 bytes per user (ids, popularity order, follower counts);
 //! follows and posts are generated as they are written.
 
+mod copy;
 mod graph;
 mod ids;
 mod names;
@@ -25,7 +26,6 @@ mod random;
 mod schema;
 
 use std::fmt;
-use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -34,16 +34,13 @@ use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::PasswordHash;
 use chrono::{NaiveDate, Utc};
 use clap::Args;
-use tokio_postgres::Transaction;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
 use crate::config::DatabaseConfig;
-use graph::{Authors, FollowCount, Follows, Popularity};
-use people::{Lexicon, Users, timestamp, user_ids};
-use posts::Posts;
-use progress::{Progress, thousands};
+use copy::{copy_follows, copy_posts, copy_users};
+use graph::{FollowCount, Popularity};
+use people::{timestamp, user_ids};
+use progress::thousands;
 use random::{SeedRng, Stream};
 
 /// The password of every seeded user.
@@ -361,160 +358,6 @@ async fn hash_password(password: &str, seed: u64) -> anyhow::Result<String> {
         Ok(hash.to_string())
     })
     .await?
-}
-
-async fn copy_users(
-    tx: &Transaction<'_>,
-    seed: u64,
-    ids: &[Uuid],
-    password_hash: &str,
-    started: Instant,
-) -> anyhow::Result<()> {
-    let sink = tx
-        .copy_in(
-            "COPY users (id, first_name, second_name, birthdate, biography, city, password_hash, created_at) \
-             FROM STDIN (FORMAT binary, FREEZE)",
-        )
-        .await
-        .context("starting COPY users")?;
-    let mut writer = pin!(BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::UUID,
-            Type::TEXT,
-            Type::TEXT,
-            Type::DATE,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-        ],
-    ));
-    let lexicon = Lexicon::new();
-    let mut users = Users::new(seed, &lexicon);
-    let mut progress = Progress::new("users", "users", ids.len() as u64, started);
-    for &id in ids {
-        let row = users.row(id);
-        let values: [&(dyn ToSql + Sync); 8] = [
-            &row.id,
-            &row.first_name,
-            &row.second_name,
-            &row.birthdate,
-            &row.biography,
-            &row.city,
-            &password_hash,
-            &row.created_at,
-        ];
-        writer
-            .as_mut()
-            .write(&values)
-            .await
-            .context("writing users")?;
-        progress.add(1);
-    }
-    writer.finish().await.context("finishing COPY users")?;
-    progress.finish();
-    Ok(())
-}
-
-/// Answers each user's follower count.
-async fn copy_follows(
-    tx: &Transaction<'_>,
-    args: &SeedArgs,
-    ids: &[Uuid],
-    popularity: &Popularity,
-    until_ms: u64,
-    started: Instant,
-) -> anyhow::Result<Vec<u32>> {
-    let sink = tx
-        .copy_in("COPY friends (user_id, friend_id, created_at) FROM STDIN (FORMAT binary, FREEZE)")
-        .await
-        .context("starting COPY friends")?;
-    let mut writer = pin!(BinaryCopyInWriter::new(
-        sink,
-        &[Type::UUID, Type::UUID, Type::TIMESTAMPTZ],
-    ));
-    let mut follows = Follows::new(args.seed, args.follows, popularity);
-    let mut dates = SeedRng::new(args.seed, Stream::FollowDates);
-    let mut followers = vec![0u32; ids.len()];
-    let mut list = Vec::new();
-    let mut progress = Progress::new("friends", "followers", ids.len() as u64, started);
-    for (follower, follower_id) in ids.iter().enumerate() {
-        follows.of(follower as u32, &mut list);
-        let joined = ids::unix_ms(follower_id);
-        for &followed in &list {
-            followers[followed as usize] += 1;
-            let followed_id = &ids[followed as usize];
-            // Some time after both had registered.
-            let since = joined.max(ids::unix_ms(followed_id));
-            let created_at = timestamp(since + dates.below(until_ms.saturating_sub(since).max(1)));
-            let values: [&(dyn ToSql + Sync); 3] = [follower_id, followed_id, &created_at];
-            writer
-                .as_mut()
-                .write(&values)
-                .await
-                .context("writing follows")?;
-        }
-        progress.add(list.len() as u64);
-    }
-    writer.finish().await.context("finishing COPY friends")?;
-    progress.finish();
-    Ok(followers)
-}
-
-/// Answers the number of posts written.
-async fn copy_posts(
-    tx: &Transaction<'_>,
-    args: &SeedArgs,
-    ids: &[Uuid],
-    popularity: &Popularity,
-    windows: &Windows,
-    started: Instant,
-) -> anyhow::Result<u64> {
-    let sink = tx
-        .copy_in(
-            "COPY posts (id, author_id, text, created_at, updated_at) \
-             FROM STDIN (FORMAT binary, FREEZE)",
-        )
-        .await
-        .context("starting COPY posts")?;
-    let mut writer = pin!(BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::UUID,
-            Type::UUID,
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::TIMESTAMPTZ,
-        ],
-    ));
-    let mut posts = Posts::new(
-        args.seed,
-        args.posts,
-        windows.posts_from,
-        windows.until,
-        Authors::new(popularity),
-    );
-    let mut progress = Progress::new("posts", "posts", args.posts, started);
-    for index in 0..args.posts {
-        let row = posts.row(index);
-        let values: [&(dyn ToSql + Sync); 5] = [
-            &row.id,
-            &ids[row.author as usize],
-            &row.text,
-            &row.created_at,
-            &row.created_at,
-        ];
-        writer
-            .as_mut()
-            .write(&values)
-            .await
-            .context("writing posts")?;
-        progress.add(1);
-    }
-    let written = writer.finish().await.context("finishing COPY posts")?;
-    progress.finish();
-    Ok(written)
 }
 
 fn top_followed(followers: &[u32], ids: &[Uuid], k: usize) -> Vec<(Uuid, u32)> {
