@@ -21,8 +21,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use super::catch_up;
 use super::codec::stored_post_frame;
-use super::hub::{catch_up_after_binding, fan_out};
+use super::hub::fan_out;
 use super::registry::Registry;
 use crate::broker::Gap;
 use crate::domain::{PostId, UserId};
@@ -153,7 +154,7 @@ async fn recover_once(
         .iter()
         .flat_map(|(user, authors)| registry.follow_exactly(*user, authors, window_start_ms))
         .map(|binding| {
-            catch_up_after_binding(
+            catch_up::after_binding(
                 binding,
                 registry,
                 store,

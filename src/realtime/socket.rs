@@ -342,6 +342,11 @@ impl Socket {
         }
     }
 
+    /// Closes the seam now: nothing will be read back for this socket.
+    pub fn close_seam(&self) {
+        self.outbox().seam = None;
+    }
+
     /// Frees the seam's memory once it is over.
     pub fn close_expired_seam(&self, now: Instant) {
         let mut out = self.outbox();
