@@ -168,7 +168,10 @@ impl Registry {
     /// `start` is where a fresh socket's stream starts (`None`: the session
     /// reads what it missed itself, in order, after awaiting the bindings);
     /// `clock` is [`Registry::clock`] read before the snapshot. Opens the
-    /// socket's seam, and closes it again when nothing will be read back.
+    /// socket's seam, and closes it again when nothing will be read back,
+    /// unless it was open already: a follow change that reached the socket
+    /// first may have a catch-up on its way. The follows lock is held
+    /// throughout, so no change opens the seam in between.
     pub fn subscribe(
         &self,
         socket: &Arc<Socket>,
@@ -176,8 +179,8 @@ impl Registry {
         start: Option<&Start>,
         clock: u64,
     ) -> Subscribed {
-        socket.open_seam(Instant::now() + SEAM_WINDOW);
         let mut follows = socket.follows.lock().expect("follows lock");
+        let opened = socket.open_seam(Instant::now() + SEAM_WINDOW);
         let changed = follows.changed_while_subscribing.take().unwrap_or_default();
         let mut subscribed = Subscribed {
             bindings: Vec::new(),
@@ -198,7 +201,6 @@ impl Registry {
                 Added::Live => live.push(*author),
             }
         }
-        drop(follows);
         if let Some(Start::Mark(_)) = start {
             // The socket is registered for every author now: whatever the
             // hub looks up or the broker routes from here on reaches it.
@@ -209,10 +211,11 @@ impl Registry {
                         || self.interest.bound_since(*author, clock)
                 })
                 .collect();
-            if !joined && subscribed.uncovered.is_empty() {
+            if opened && !joined && subscribed.uncovered.is_empty() {
                 socket.close_seam();
             }
         }
+        drop(follows);
         subscribed
     }
 

@@ -6,6 +6,8 @@ mod uncovered {
 
     use super::super::*;
     use crate::broker::{BrokerKind, MemoryBus};
+    use crate::realtime::codec::PostFrame;
+    use crate::realtime::socket::Push;
 
     fn socket(listener: &std::net::TcpListener) -> (Arc<Socket>, std::net::TcpStream) {
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -59,6 +61,49 @@ mod uncovered {
                 .uncovered
                 .is_empty()
         );
+    }
+
+    /// A follow change can reach a socket before its snapshot does, join a
+    /// pending binding and open the seam for that binding's catch-up. The
+    /// snapshot, with nothing of its own to read back, must leave that seam
+    /// open: closed, a post the catch-up sent would go out again when a
+    /// broker gap's recovery reads it back.
+    #[tokio::test]
+    async fn a_snapshot_closes_only_the_seam_it_opened() {
+        let (sink, _incoming) = mpsc::channel(16);
+        let (work, _work) = mpsc::channel(16);
+        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+        let registry = Registry::new(broker, "bucket:4".parse().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let start = Start::Mark(Arc::new(CommitMark::new(0, 1, 1, &[])));
+        let post = || {
+            Arc::new(PostFrame {
+                author: UserId::new_v7(),
+                post: crate::domain::PostId::new_v7(),
+                published_at_micros: 1,
+                wire: crate::realtime::wire::text(b"post"),
+            })
+        };
+
+        let (caught_up, _c1) = socket(&listener);
+        caught_up.release();
+        assert!(caught_up.open_seam(Instant::now() + SEAM_WINDOW));
+        let sent = post();
+        assert_ne!(caught_up.push(&sent), Push::Dropped);
+        let subscribed = registry.subscribe(&caught_up, &[], Some(&start), registry.clock());
+        assert!(subscribed.bindings.is_empty() && subscribed.uncovered.is_empty());
+        assert_eq!(
+            caught_up.push(&sent),
+            Push::Dropped,
+            "the seam is still open"
+        );
+
+        let (plain, _c2) = socket(&listener);
+        plain.release();
+        registry.subscribe(&plain, &[], Some(&start), registry.clock());
+        let once = post();
+        assert_ne!(plain.push(&once), Push::Dropped);
+        assert_ne!(plain.push(&once), Push::Dropped, "its own seam is closed");
     }
 }
 
