@@ -197,6 +197,7 @@ async fn subscribe(
             socket.clone(),
             mark,
             subscribed.uncovered,
+            registry,
             store,
             metrics,
         ));
