@@ -88,13 +88,10 @@ impl Interest {
                 None => Added::Live,
             };
         }
+        // Even a binding made at once (the in-process broker's) has its
+        // catch-up: a post published before it went to nobody, and a follow
+        // change reaches the hub after the posts that follow it may have.
         let applied = self.broker.bind(&key);
-        // The in-process broker binds at once; what it dropped before that
-        // went to nobody, so a socket registered meanwhile reads it back.
-        if applied.is_done() {
-            route.bound_at = self.clock.fetch_add(1, Ordering::SeqCst);
-            return Added::Live;
-        }
         route.generation = self.generations.fetch_add(1, Ordering::Relaxed);
         route.bound_at = u64::MAX;
         route.pending = Some(Pending {
