@@ -77,7 +77,7 @@ fn hub_fan_out(c: &mut Criterion) {
     let (sockets, mut clients): (Vec<_>, Vec<_>) =
         (0..SUBSCRIBERS).map(|_| socket(&listener)).unzip();
     for socket in &sockets {
-        drop(registry.subscribe(socket, &[author]));
+        drop(registry.subscribe(socket, &[author], None, 0).bindings);
     }
     let frame = Arc::new(decode_post(encode_post(&post(author), 0)).unwrap());
     let mut group = c.benchmark_group("hub");
@@ -112,7 +112,7 @@ fn registry_churn(c: &mut Criterion) {
                     let (socket, client) = socket(&listener);
                     std::thread::spawn(move || {
                         let _client = client;
-                        drop(registry.subscribe(&socket, &[]));
+                        drop(registry.subscribe(&socket, &[], None, 0).bindings);
                         for i in 0..iterations as usize {
                             let author = authors[i % authors.len()];
                             drop(registry.change(&socket, author, true, 0));

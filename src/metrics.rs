@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Posts read back after a new broker binding, written by the authors
     /// subscribed while it was pending.
     pub binding_catch_up_posts: AtomicU64,
+    /// Posts read back for a fresh socket that committed after its mark but
+    /// passed the hub (or were routed elsewhere) before it was registered.
+    pub subscribe_catch_up_posts: AtomicU64,
     /// Feed events given up on (dead-lettered) by this instance's worker.
     pub feed_dead_letters: AtomicU64,
     /// Feed events this instance's worker settled: applied (or put aside
@@ -210,6 +213,12 @@ impl Metrics {
             "livefeed_binding_catch_up_posts",
             "Posts read back after a new broker binding (written while it was pending).",
             &self.binding_catch_up_posts,
+        );
+        counter(
+            r,
+            "livefeed_subscribe_catch_up_posts",
+            "Posts read back for a fresh socket, committed after its follows were read but passed before it was registered.",
+            &self.subscribe_catch_up_posts,
         );
         counter(
             r,

@@ -214,11 +214,6 @@ impl Applied {
     pub(crate) fn pending(receiver: oneshot::Receiver<()>) -> Self {
         Self(Some(receiver))
     }
-
-    /// True when there is nothing to wait for (the in-process broker).
-    pub fn is_done(&self) -> bool {
-        self.0.is_none()
-    }
 }
 
 impl std::future::Future for Applied {

@@ -1,32 +1,24 @@
 //! Routes this instance's broker deliveries to its sockets.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{FollowChange, PostFrame, decode_follow, decode_post, stored_post_frame};
-use super::recovery::{Delivered, recover};
-use super::registry::{Binding, Registry};
-use super::session::SEAM_WINDOW;
-use super::socket::{CATCH_UP_LIMIT, Push, Socket};
+use super::catch_up;
+use super::codec::{FollowChange, PostFrame, decode_follow, decode_post};
+use super::recovery::recover;
+use super::registry::Registry;
+use super::socket::{Push, Socket};
 use super::unix_micros;
 use super::uring;
 use crate::broker::{Incoming, Topic};
-use crate::domain::PostId;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Clocks of the instances may differ a little; a post written up to this
-/// long before a subscription may show up after it.
-const CLOCK_SKEW_MS: u64 = 1000;
-/// A catch-up that cannot read PostgreSQL tries again this many times, the
-/// delay doubling from [`RETRY_MIN`]: until it succeeds, posts are missing.
-const CATCH_UP_ATTEMPTS: u32 = 6;
-const RETRY_MIN: Duration = Duration::from_millis(200);
 /// From this many subscribers on, a post is written by every worker thread
 /// at once: below it, handing out the work costs more than it saves.
 const PARALLEL_FROM: usize = 1024;
@@ -41,12 +33,11 @@ pub(super) async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    let mut delivered = Delivered::default();
     while let Some(item) = incoming.recv().await {
         let delivery = match item {
             Incoming::Message(delivery) => delivery,
             Incoming::Gap(gap) => {
-                recover(gap, &registry, &store, &metrics, &mut delivered, &stop).await;
+                recover(gap, &registry, &store, &metrics, &stop).await;
                 continue;
             }
         };
@@ -54,11 +45,15 @@ pub(super) async fn run(
             Topic::Posts => match decode_post(delivery.body) {
                 Ok(frame) => {
                     metrics.broker_posts.fetch_add(1, Ordering::Relaxed);
-                    let now = Instant::now();
-                    delivered.forget_old(now);
                     // A post recovered after a gap, or published twice by a
                     // relay that failed over, goes out once.
-                    if delivered.first_time(frame.post, now) {
+                    let first_time = {
+                        let mut delivered = registry.delivered();
+                        let now = Instant::now();
+                        delivered.forget_old(now);
+                        delivered.first_time(frame.post, now)
+                    };
+                    if first_time {
                         broadcast(&registry, &metrics, Arc::new(frame)).await;
                     }
                 }
@@ -150,70 +145,10 @@ fn apply_follow_change(
     change: &FollowChange,
 ) {
     for socket in registry.sockets_of(change.follower) {
-        if change.follows {
-            // The catch-up after a new binding and the live stream may both
-            // carry a post.
-            socket.open_seam(Instant::now() + SEAM_WINDOW);
-        }
         if let Some(binding) =
             registry.change(&socket, change.author, change.follows, change.at_unix_ms)
         {
-            catch_up_after_binding(binding, registry, store, metrics, None);
+            catch_up::after_binding(binding, registry, store, metrics, None);
         }
     }
-}
-
-/// Until a new binding is in place, the posts of the authors subscribed
-/// meanwhile are routed elsewhere; once it is, the ones they wrote since
-/// the earliest of those subscriptions are read back and queued, so no
-/// socket waits for the broker to be subscribed. A post that also arrived
-/// live is skipped by the socket's seam, opened when it subscribed.
-///
-/// With `covered`, the caller reads those posts itself, in order, once the
-/// flag is set: a binding in place before that needs no catch-up.
-pub(super) fn catch_up_after_binding(
-    binding: Binding,
-    registry: &Arc<Registry>,
-    store: &Store,
-    metrics: &Arc<Metrics>,
-    covered: Option<Arc<AtomicBool>>,
-) -> JoinHandle<()> {
-    let (registry, store, metrics) = (registry.clone(), store.clone(), metrics.clone());
-    tokio::spawn(async move {
-        let Some(pending) = registry.bound(binding).await else {
-            return;
-        };
-        let Some(since_ms) = pending.since_ms else {
-            return;
-        };
-        if covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
-            return;
-        }
-        let since = PostId::first_at(since_ms.saturating_sub(CLOCK_SKEW_MS));
-        let mut delay = RETRY_MIN;
-        for attempt in 1..=CATCH_UP_ATTEMPTS {
-            match store
-                .posts_by_authors_since(&pending.authors, since, CATCH_UP_LIMIT as i64)
-                .await
-            {
-                Ok(posts) => {
-                    for post in &posts {
-                        fan_out(&registry, &metrics, Arc::new(stored_post_frame(post)));
-                    }
-                    metrics
-                        .binding_catch_up_posts
-                        .fetch_add(posts.len() as u64, Ordering::Relaxed);
-                    return;
-                }
-                Err(error) if attempt < CATCH_UP_ATTEMPTS => {
-                    tracing::warn!(%error, retry_in = ?delay, "cannot read posts written while binding yet");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(error) => {
-                    tracing::error!(%error, authors = pending.authors.len(), "gave up reading posts written while binding");
-                }
-            }
-        }
-    })
 }

@@ -9,6 +9,7 @@
 //!                                                    └▶ outbox ─▶ session ─▶ client
 //! ```
 
+mod catch_up;
 pub mod codec;
 mod hub;
 mod recovery;

@@ -9,9 +9,10 @@
 //! the posts their authors wrote in the window they may have missed. No
 //! client has to reconnect.
 //!
-//! Every post the hub fans out, live or recovered, passes through
-//! [`Delivered`], so a post that arrives both ways goes out once. This module
-//! must never fan out a post without recording it there.
+//! Every post that goes out here, live, read back by a catch-up or
+//! recovered, is recorded in [`Delivered`] (the registry's), so a post that
+//! arrives two ways goes out once. This module must never fan out a post
+//! without recording it there.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -21,8 +22,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use super::catch_up;
 use super::codec::stored_post_frame;
-use super::hub::{catch_up_after_binding, fan_out};
+use super::hub::fan_out;
 use super::registry::Registry;
 use crate::broker::Gap;
 use crate::domain::{PostId, UserId};
@@ -101,12 +103,11 @@ pub(super) async fn recover(
     registry: &Arc<Registry>,
     store: &Store,
     metrics: &Arc<Metrics>,
-    delivered: &mut Delivered,
     stop: &CancellationToken,
 ) {
     let mut delay = RETRY_MIN;
     loop {
-        match recover_once(gap, registry, store, metrics, delivered).await {
+        match recover_once(gap, registry, store, metrics).await {
             Ok(sent) => {
                 metrics.gap_recoveries.fetch_add(1, Ordering::Relaxed);
                 metrics.recovered_posts.fetch_add(sent, Ordering::Relaxed);
@@ -133,7 +134,6 @@ async fn recover_once(
     registry: &Arc<Registry>,
     store: &Store,
     metrics: &Arc<Metrics>,
-    delivered: &mut Delivered,
 ) -> Result<u64, StoreError> {
     let users = registry.users();
     if users.is_empty() {
@@ -153,7 +153,7 @@ async fn recover_once(
         .iter()
         .flat_map(|(user, authors)| registry.follow_exactly(*user, authors, window_start_ms))
         .map(|binding| {
-            catch_up_after_binding(
+            catch_up::after_binding(
                 binding,
                 registry,
                 store,
@@ -188,14 +188,11 @@ async fn recover_once(
         posts.truncate(MAX_RECOVERED as usize);
     }
     let now = Instant::now();
-    let mut sent = 0;
+    posts.retain(|post| registry.delivered().first_time(post.id, now));
     for post in &posts {
-        if delivered.first_time(post.id, now) {
-            fan_out(registry, metrics, Arc::new(stored_post_frame(post)));
-            sent += 1;
-        }
+        fan_out(registry, metrics, Arc::new(stored_post_frame(post)));
     }
-    Ok(sent)
+    Ok(posts.len() as u64)
 }
 
 fn window_start_ms(gap: Gap) -> u64 {

@@ -32,22 +32,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::net::TcpStream;
 
+use super::catch_up;
 use super::codec::stored_post_frame;
-use super::hub::catch_up_after_binding;
+use super::registry::Start;
 use super::socket::{CATCH_UP_LIMIT, Flushed, Socket};
 use super::wire::{self, ClientFrame, ReadError, Reader};
 use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
 
-/// Most posts of one author that can have been in flight (inserted, not yet
-/// committed) at once: the posts before `since` a catch-up looks back over.
-const CONCURRENT_PER_AUTHOR: i64 = 16;
 /// A close frame to a client that is not reading must not hold the task
 /// (nor shutdown) for a whole write deadline.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long after a catch-up a live copy of one of its posts may still
-/// arrive (the broker delivers a post some time after it is committed).
-pub(super) const SEAM_WINDOW: Duration = Duration::from_secs(30);
 /// Clients only answer pings and close; anything bigger is refused with 1009.
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 /// Bytes read from the client at once; on the stack, never held while idle.
@@ -155,18 +150,14 @@ async fn serve(
     // Subscribing and catching up hold database futures of kilobytes; boxed,
     // they are freed once done instead of sizing the task of every idle
     // socket for as long as it is open.
-    let bindings = match Box::pin(subscribe(realtime, socket)).await {
+    let bindings = match Box::pin(subscribe(realtime, socket, since.is_none())).await {
         Ok(bindings) => bindings,
         Err(end) => return end,
     };
-    // Subscribed once the broker routes the authors' posts here: from then
-    // on the live stream (and a catch-up read after this) misses nothing.
-    // Not answering before that keeps a fresh socket exact: a post is sent
-    // iff it was written after the socket subscribed, which a read-back
-    // keyed by the writers' clocks cannot promise.
-    futures_util::future::join_all(bindings).await;
     if let Some(since) = since {
-        socket.open_seam(Instant::now() + SEAM_WINDOW);
+        // The ordered `?since=` read must come after the broker routes the
+        // authors' posts here: from then on the live stream misses nothing.
+        futures_util::future::join_all(bindings).await;
         if let Err(end) = Box::pin(catch_up(realtime, socket, since)).await {
             return end;
         }
@@ -175,31 +166,43 @@ async fn serve(
     relay_live(realtime, socket, early).await
 }
 
-/// Subscribes to everyone the user follows; returns, for the caller to
-/// await, each new broker binding that subscription asked for.
+/// Subscribes to everyone the user follows. A fresh socket (`fresh`) is
+/// ready at once: what its pending bindings, or the moment before it was
+/// registered, kept from it is read back by the catch-ups this starts, by
+/// commit order from its follows' snapshot. Otherwise returns the catch-ups
+/// of the new bindings, for the caller to await before its own read.
 async fn subscribe(
     realtime: &Realtime,
     socket: &Arc<Socket>,
+    fresh: bool,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, End> {
-    let authors = realtime
+    let registry = &realtime.registry;
+    let clock = registry.clock();
+    let (authors, mark) = realtime
         .store
-        .followed_authors(socket.user)
+        .follows_and_mark(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    Ok(realtime
-        .registry
-        .subscribe(socket, &authors)
+    let mark = Arc::new(mark);
+    let start = fresh.then(|| Start::Mark(mark.clone()));
+    let subscribed = registry.subscribe(socket, &authors, start.as_ref(), clock);
+    let (store, metrics) = (&realtime.store, &realtime.metrics);
+    let catch_ups = subscribed
+        .bindings
         .into_iter()
-        .map(|binding| {
-            catch_up_after_binding(
-                binding,
-                &realtime.registry,
-                &realtime.store,
-                &realtime.metrics,
-                None,
-            )
-        })
-        .collect())
+        .map(|binding| catch_up::after_binding(binding, registry, store, metrics, None))
+        .collect();
+    if !subscribed.uncovered.is_empty() {
+        drop(catch_up::for_socket(
+            socket.clone(),
+            mark,
+            subscribed.uncovered,
+            registry,
+            store,
+            metrics,
+        ));
+    }
+    Ok(if fresh { Vec::new() } else { catch_ups })
 }
 
 /// Sends what the client may have missed since `since` (see the module
@@ -212,7 +215,7 @@ async fn catch_up(realtime: &Realtime, socket: &Socket, since: PostId) -> Result
             socket.user,
             since,
             CATCH_UP_LIMIT as i64,
-            CONCURRENT_PER_AUTHOR,
+            catch_up::CONCURRENT_PER_AUTHOR,
         )
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
@@ -353,4 +356,78 @@ fn read_frames(
         }
     })?;
     end.map_or(Ok(()), Err)
+}
+
+/// What one idle socket holds in memory, by part: printed with
+/// `cargo test --lib memory_per_idle_socket -- --nocapture`, and bounded so
+/// that growth is a decision, not an accident.
+#[cfg(test)]
+mod memory {
+    use std::mem::size_of;
+
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::broker::{Broker, BrokerKind, MemoryBus};
+    use crate::metrics::Metrics;
+    use crate::realtime::{RealtimeSettings, Routing};
+    use crate::store::{Store, StoreSettings};
+
+    #[tokio::test]
+    async fn memory_per_idle_socket() {
+        let store = Store::new(&StoreSettings {
+            database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+            pool_size: 1,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let (sink, _incoming) = mpsc::channel(1);
+        let (work, _work) = mpsc::channel(1);
+        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+        let settings = RealtimeSettings {
+            queue_capacity: 16,
+            ping_interval: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            max_sockets: 10,
+            max_sockets_per_user: 10,
+            routing: "bucket:1024".parse::<Routing>().unwrap(),
+        };
+        let realtime = Realtime::new(
+            store,
+            broker,
+            settings,
+            Arc::new(Metrics::default()),
+            CancellationToken::new(),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let socket = Arc::new(Socket::new(
+            UserId::new_v7(),
+            16,
+            TcpStream::from_std(server).unwrap(),
+        ));
+        let session = run(
+            realtime.clone(),
+            std::future::ready(None::<Upgraded>),
+            UserId::new_v7(),
+            None,
+        );
+        let relay = relay_live(&realtime, &socket, Vec::new());
+        let parts = [
+            ("Socket", size_of::<Socket>()),
+            ("session task future", size_of_val(&session)),
+            ("relay_live future", size_of_val(&relay)),
+            ("tokio Interval", size_of::<tokio::time::Interval>()),
+            ("Reader", size_of::<Reader>()),
+        ];
+        for (part, bytes) in parts {
+            println!("{part:<24} {bytes:>6} bytes");
+        }
+        assert!(size_of::<Socket>() <= 512, "{parts:?}");
+        assert!(size_of_val(&session) <= 4096, "{parts:?}");
+    }
 }

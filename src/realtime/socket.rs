@@ -327,19 +327,29 @@ impl Socket {
     }
 
     /// Remembers the posts written from now until `until`, and drops any
-    /// live post among them that comes again.
-    pub fn open_seam(&self, until: Instant) {
+    /// live post among them that comes again. True if no seam was open:
+    /// this call opened it, and nothing else relies on it yet.
+    pub fn open_seam(&self, until: Instant) -> bool {
         let mut out = self.outbox();
         match &mut out.seam {
-            Some(seam) => seam.until = seam.until.max(until),
-            None => {
+            Some(seam) if seam.until >= Instant::now() => {
+                seam.until = seam.until.max(until);
+                false
+            }
+            _ => {
                 out.seam = Some(Box::new(Seam {
                     written: HashSet::new(),
                     order: VecDeque::new(),
                     until,
                 }));
+                true
             }
         }
+    }
+
+    /// Closes the seam now: nothing will be read back for this socket.
+    pub fn close_seam(&self) {
+        self.outbox().seam = None;
     }
 
     /// Frees the seam's memory once it is over.

@@ -483,6 +483,47 @@ async fn a_post_written_while_the_binding_is_pending_arrives_once() {
     assert_eq!(b.metric("livefeed_broker_reconnects_total").await, 0);
 }
 
+/// A fresh socket is ready before its instance's broker binding is in
+/// place, and gets exactly the posts committed after its follows were read:
+/// a post committed just before it connected never, one committed while
+/// the binding is pending once (read back by commit order once the binding
+/// is in place), and the live ones after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_socket_is_ready_before_its_binding_and_gets_exactly_the_later_posts() {
+    let vhost = std::sync::Arc::new(Vhost::create().await);
+    let (proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let database = fresh_database().await;
+    // `a`, on RabbitMQ directly, is the outbox relay.
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    a.keep(vhost.clone());
+    let author = a.register("Автор", "Пунктуальный").await;
+    let reader = a.register("Читатель", "Свежий").await;
+    a.follow(&reader, &author).await;
+    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    instances_connected(&vhost, 2).await;
+
+    // Committed (and published) before the socket connects: never its.
+    let before = a.create_post(&author, "до подключения").await;
+    outbox_settles(&a, &[&a], 4).await;
+    // `b` cannot ask RabbitMQ for the author's binding: the socket is
+    // ready all the same (`connect` awaits its first pong).
+    proxy.freeze();
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    let during = a.create_post(&author, "пока привязка в пути").await;
+    outbox_settles(&a, &[&a], 6).await;
+    proxy.thaw();
+
+    // Had `before` come, it would be first.
+    assert_eq!(socket.next_post().await["postId"], during.as_str());
+    let after = a.create_post(&author, "после привязки").await;
+    // Had `during` come twice, its copy would be next.
+    assert_eq!(socket.next_post().await["postId"], after.as_str());
+    assert_ne!(before, during);
+    assert_eq!(b.metric("livefeed_binding_catch_up_posts_total").await, 1);
+    assert_eq!(b.metric("livefeed_recovered_posts_total").await, 0);
+    assert_eq!(b.metric("livefeed_broker_reconnects_total").await, 0);
+}
+
 /// Bucket routing on RabbitMQ: the follower's instance binds the bucket of
 /// the author it follows, not the author, so it also receives the posts of
 /// the other authors of that bucket, and must keep them from the follower.

@@ -99,6 +99,10 @@ async fn every_acknowledged_post_is_delivered_after_the_relay_restarts() {
     a.create_post(&author, "до сбоя").await;
     outbox_settles(&a, &[&a], 4).await;
     a.feed_settles_to(&reader, "", &["до сбоя"]).await;
+    // Settled, not only applied: an event A applied but had not acked when
+    // it stopped would come to B again and count there.
+    a.metric_reaches("livefeed_feed_events_settled_total", 2)
+        .await;
 
     proxy.cut();
     let texts: Vec<String> = (0..5).map(|n| format!("неопубликованный {n}")).collect();

@@ -1,0 +1,262 @@
+//! Reads back from PostgreSQL the posts a subscription could not get live:
+//! those routed elsewhere while its key's broker binding was on its way,
+//! and those that passed the hub between a fresh socket's read of its
+//! follows and its registration. Each recipient gets exactly the posts its
+//! [`Start`] admits; the seam the registry opened for it drops the copy of
+//! one that also came live. Never decides about seams, never waits for the
+//! broker before a socket is ready.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::codec::stored_post_frame;
+use super::registry::{Binding, Registry, Start};
+use super::socket::{CATCH_UP_LIMIT, Push, Socket};
+use crate::domain::{PostId, UserId};
+use crate::metrics::Metrics;
+use crate::store::{CommitMark, MarkedPost, Store, StoreError};
+
+/// Most posts one catch-up sends: those written in a window of
+/// milliseconds (seconds when thousands of sockets connect to a fresh
+/// instance at once). The socket's seam covers this many.
+const LIMIT: i64 = CATCH_UP_LIMIT as i64;
+/// Most posts of one author that can be in flight (inserted, not yet
+/// committed) at once: how far before a mark's sequence value a read looks.
+pub(super) const CONCURRENT_PER_AUTHOR: i64 = 16;
+/// A follow's time comes from the clock of the instance that made it; a
+/// post written up to this long before the follow may show up after it.
+const CLOCK_SKEW_MS: u64 = 1000;
+/// A catch-up that cannot read PostgreSQL tries again this many times, the
+/// delay doubling from [`RETRY_MIN`]: until it succeeds, posts are missing.
+const ATTEMPTS: u32 = 6;
+const RETRY_MIN: Duration = Duration::from_millis(200);
+
+/// Once `binding` is in place, sends its recipients what their authors
+/// wrote while it was pending. With `covered`, the caller reads those posts
+/// itself, in order, once the flag is set: a binding in place before that
+/// needs no catch-up.
+pub(super) fn after_binding(
+    binding: Binding,
+    registry: &Arc<Registry>,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+    covered: Option<Arc<AtomicBool>>,
+) -> JoinHandle<()> {
+    let (registry, store, metrics) = (registry.clone(), store.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let Some(pending) = registry.bound(binding).await else {
+            return;
+        };
+        if covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
+            return;
+        }
+        // One entry per socket: the earliest start wins.
+        let mut marked = HashMap::new();
+        let mut since = HashMap::new();
+        for (socket, start) in pending.recipients {
+            let key = Arc::as_ptr(&socket) as usize;
+            match start {
+                Start::Mark(mark) => {
+                    marked.insert(key, (socket, mark));
+                }
+                Start::Since(ms) => {
+                    let entry = since.entry(key).or_insert((socket, ms));
+                    entry.1 = entry.1.min(ms);
+                }
+            }
+        }
+        let authors = &pending.authors;
+        let mut sent = 0;
+        if let Some(seq) = marked.values().map(|(_, mark)| mark.seq).min() {
+            let read = || store.posts_after_mark(authors, seq, LIMIT, CONCURRENT_PER_AUTHOR);
+            if let Some(posts) = with_retries(read).await {
+                sent += send(
+                    &posts,
+                    marked.values(),
+                    &registry,
+                    &metrics,
+                    |mark, post| !mark.saw(post.written_by),
+                );
+            }
+        }
+        if let Some(ms) = since.values().map(|(_, ms)| *ms).min() {
+            let first = |ms: u64| PostId::first_at(ms.saturating_sub(CLOCK_SKEW_MS));
+            let read = || store.posts_by_authors_since(authors, first(ms), LIMIT);
+            if let Some(posts) = with_retries(read).await {
+                let posts: Vec<MarkedPost> = posts
+                    .into_iter()
+                    .map(|post| MarkedPost {
+                        post,
+                        written_by: None,
+                    })
+                    .collect();
+                sent += send(&posts, since.values(), &registry, &metrics, |ms, post| {
+                    post.post.id >= first(*ms)
+                });
+            }
+        }
+        metrics
+            .binding_catch_up_posts
+            .fetch_add(sent, Ordering::Relaxed);
+    })
+}
+
+/// Sends a fresh socket the posts of `authors` committed after `mark` that
+/// may have passed before it was registered.
+pub(super) fn for_socket(
+    socket: Arc<Socket>,
+    mark: Arc<CommitMark>,
+    authors: Vec<UserId>,
+    registry: &Arc<Registry>,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> JoinHandle<()> {
+    let (registry, store, metrics) = (registry.clone(), store.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let read = || store.posts_after_mark(&authors, mark.seq, LIMIT, CONCURRENT_PER_AUTHOR);
+        if let Some(posts) = with_retries(read).await {
+            let recipient = [(socket, mark)];
+            let sent = send(
+                &posts,
+                recipient.iter(),
+                &registry,
+                &metrics,
+                |mark, post| !mark.saw(post.written_by),
+            );
+            metrics
+                .subscribe_catch_up_posts
+                .fetch_add(sent, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Pushes each post (oldest first) to the recipients that follow its author
+/// and whose start `admits` it; returns how many posts went to any. Those
+/// are recorded as delivered: a broker gap's recovery that reads one back
+/// after the socket's seam has closed must not send it again.
+fn send<'a, S: 'a>(
+    posts: &[MarkedPost],
+    recipients: impl Iterator<Item = &'a (Arc<Socket>, S)> + Clone,
+    registry: &Registry,
+    metrics: &Metrics,
+    admits: impl Fn(&S, &MarkedPost) -> bool,
+) -> u64 {
+    let mut sent = 0;
+    for post in posts {
+        let author = post.post.author_user_id;
+        let frame = Arc::new(stored_post_frame(&post.post));
+        let mut delivered = false;
+        for (socket, start) in recipients.clone() {
+            if !admits(start, post) || !follows(socket, author) {
+                continue;
+            }
+            match socket.push(&frame) {
+                Push::Written | Push::Queued => {
+                    delivered = true;
+                    metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+                }
+                Push::Overflowed => {
+                    metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+                }
+                Push::Dropped => {}
+            }
+        }
+        if delivered {
+            registry
+                .delivered()
+                .first_time(post.post.id, Instant::now());
+            sent += 1;
+        }
+    }
+    sent
+}
+
+fn follows(socket: &Socket, author: UserId) -> bool {
+    socket
+        .follows
+        .lock()
+        .expect("follows lock")
+        .authors
+        .contains(&author)
+}
+
+/// Runs `read` until it succeeds, [`ATTEMPTS`] times at most.
+async fn with_retries<T, F>(read: impl Fn() -> F) -> Option<T>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = RETRY_MIN;
+    for attempt in 1..=ATTEMPTS {
+        match read().await {
+            Ok(value) => return Some(value),
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot read posts to catch up yet");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(error) => tracing::error!(%error, "gave up reading posts to catch up"),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::broker::{Broker, BrokerKind, MemoryBus};
+    use crate::domain::Post;
+
+    #[tokio::test]
+    async fn what_a_catch_up_sends_is_recorded_as_delivered() {
+        let (sink, _incoming) = mpsc::channel(16);
+        let (work, _work) = mpsc::channel(16);
+        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+        let registry = Registry::new(broker, "bucket:4".parse().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let stream = tokio::net::TcpStream::from_std(server).unwrap();
+        let socket = Arc::new(Socket::new(UserId::new_v7(), 16, stream));
+        socket.release();
+        let (followed, other) = (UserId::new_v7(), UserId::new_v7());
+        registry.subscribe(&socket, &[followed], None, registry.clock());
+        let post = |author| MarkedPost {
+            post: Post {
+                id: PostId::new_v7(),
+                text: "read back".into(),
+                author_user_id: author,
+            },
+            written_by: None,
+        };
+        let posts = [post(followed), post(other)];
+
+        let recipients = [(socket, ())];
+        let sent = send(
+            &posts,
+            recipients.iter(),
+            &registry,
+            &Metrics::default(),
+            |(), _| true,
+        );
+
+        assert_eq!(sent, 1, "only the followed author's post goes out");
+        let now = Instant::now();
+        let mut delivered = registry.delivered();
+        assert!(
+            !delivered.first_time(posts[0].post.id, now),
+            "sent: recorded"
+        );
+        assert!(
+            delivered.first_time(posts[1].post.id, now),
+            "not sent: not recorded"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Where a subscription starts, in PostgreSQL's commit order: which posts a
+//! socket must get (committed after it subscribed) and which it must not
+//! (committed before), whatever the writers' clocks say. Owns the reads a
+//! subscribing socket needs; never compares post ids or times.
+
+use std::collections::HashSet;
+
+use super::{Store, StoreError};
+use crate::domain::{Post, PostId, UserId};
+
+/// The moment a socket's follows were read: the snapshot of that read (who
+/// had committed by then) and the post sequence's value at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitMark {
+    /// Every post sequenced after this was inserted after the snapshot.
+    pub seq: i64,
+    xmin: u64,
+    xmax: u64,
+    in_progress: HashSet<u64>,
+}
+
+impl CommitMark {
+    pub fn new(seq: i64, xmin: i64, xmax: i64, in_progress: &[i64]) -> Self {
+        let xid = |x: i64| x as u64;
+        Self {
+            seq,
+            xmin: xid(xmin),
+            xmax: xid(xmax),
+            in_progress: in_progress.iter().copied().map(xid).collect(),
+        }
+    }
+
+    /// Whether the post written by transaction `xid` had committed when the
+    /// mark was taken, as `pg_visible_in_snapshot` says (a post's row exists,
+    /// so its transaction did not abort). A row written before migration V6
+    /// has no `xid`: it is older than any mark.
+    pub fn saw(&self, xid: Option<u64>) -> bool {
+        xid.is_none_or(|xid| {
+            xid < self.xmin || (xid < self.xmax && !self.in_progress.contains(&xid))
+        })
+    }
+}
+
+/// A post with the transaction that wrote it, for [`CommitMark::saw`].
+pub struct MarkedPost {
+    pub post: Post,
+    pub written_by: Option<u64>,
+}
+
+impl Store {
+    /// Everyone `user` follows, and the mark of that read.
+    pub async fn follows_and_mark(
+        &self,
+        user: UserId,
+    ) -> Result<(Vec<UserId>, CommitMark), StoreError> {
+        // One statement: the follows, the snapshot and the sequence value
+        // belong to the same moment. `last_value` is read after the
+        // statement's snapshot is taken, so a post numbered above it was
+        // inserted after the snapshot.
+        let (authors, mark) = self
+            .fetch_opt(
+                "SELECT ARRAY(SELECT friend_id FROM friends WHERE user_id = $1), \
+                        pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, \
+                        ARRAY(SELECT pg_snapshot_xip(s)::text::bigint), \
+                        (SELECT last_value FROM posts_seq_seq) \
+                 FROM pg_current_snapshot() AS s",
+                &[user.as_uuid()],
+                |row| {
+                    let authors: Vec<uuid::Uuid> = row.get(0);
+                    let in_progress: Vec<i64> = row.get(3);
+                    let mark = CommitMark::new(row.get(4), row.get(1), row.get(2), &in_progress);
+                    (authors, mark)
+                },
+            )
+            .await?
+            .expect("a SELECT from one function row returns one row");
+        Ok((authors.into_iter().map(UserId::from_uuid).collect(), mark))
+    }
+
+    /// The posts of `authors` a socket marked `seq` may not have seen, in
+    /// sequence order, at most `limit`: those sequenced after `seq`, and the
+    /// `concurrent` last ones of each author at or before it (inserted
+    /// before the mark but maybe committed after). The caller keeps those
+    /// the mark did not see.
+    pub async fn posts_after_mark(
+        &self,
+        authors: &[UserId],
+        seq: i64,
+        limit: i64,
+        concurrent: i64,
+    ) -> Result<Vec<MarkedPost>, StoreError> {
+        let authors: Vec<uuid::Uuid> = authors.iter().map(|a| *a.as_uuid()).collect();
+        self.fetch_all(
+            "SELECT p.id, p.text, p.author_id, p.written_by::text::bigint \
+             FROM unnest($1::uuid[]) AS a(author_id) \
+             CROSS JOIN LATERAL ( \
+                 (SELECT id, text, author_id, seq, written_by FROM posts \
+                  WHERE author_id = a.author_id AND seq > $2 ORDER BY seq LIMIT $3) \
+                 UNION ALL \
+                 (SELECT id, text, author_id, seq, written_by FROM posts \
+                  WHERE author_id = a.author_id AND seq <= $2 ORDER BY seq DESC LIMIT $4) \
+             ) p \
+             ORDER BY p.seq LIMIT $3",
+            &[&authors, &seq, &limit, &concurrent],
+            |row| MarkedPost {
+                post: Post {
+                    id: PostId::from_uuid(row.get(0)),
+                    text: row.get(1),
+                    author_user_id: UserId::from_uuid(row.get(2)),
+                },
+                written_by: row.get::<_, Option<i64>>(3).map(|xid| xid as u64),
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_sees_what_committed_before_it() {
+        let mark = CommitMark::new(7, 100, 105, &[101, 103]);
+        assert!(mark.saw(Some(99)));
+        assert!(
+            mark.saw(Some(100)),
+            "between xmin and xmax, not in progress"
+        );
+        assert!(!mark.saw(Some(101)), "in progress at the mark");
+        assert!(mark.saw(Some(102)));
+        assert!(!mark.saw(Some(103)));
+        assert!(!mark.saw(Some(105)), "started after the mark");
+        assert!(mark.saw(None), "written before V6");
+    }
+}
