@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -75,13 +75,9 @@ pub(super) fn after_binding(
         if let Some(seq) = marked.values().map(|(_, mark)| mark.seq).min() {
             let read = || store.posts_after_mark(authors, seq, LIMIT, CONCURRENT_PER_AUTHOR);
             if let Some(posts) = with_retries(read).await {
-                sent += send(
-                    &posts,
-                    marked.values(),
-                    &registry,
-                    &metrics,
-                    |mark, post| !mark.saw(post.written_by),
-                );
+                sent += send(&posts, marked.values(), &metrics, |mark, post| {
+                    !mark.saw(post.written_by)
+                });
             }
         }
         if let Some(ms) = since.values().map(|(_, ms)| *ms).min() {
@@ -95,7 +91,7 @@ pub(super) fn after_binding(
                         written_by: None,
                     })
                     .collect();
-                sent += send(&posts, since.values(), &registry, &metrics, |ms, post| {
+                sent += send(&posts, since.values(), &metrics, |ms, post| {
                     post.post.id >= first(*ms)
                 });
             }
@@ -112,22 +108,17 @@ pub(super) fn for_socket(
     socket: Arc<Socket>,
     mark: Arc<CommitMark>,
     authors: Vec<UserId>,
-    registry: &Arc<Registry>,
     store: &Store,
     metrics: &Arc<Metrics>,
 ) -> JoinHandle<()> {
-    let (registry, store, metrics) = (registry.clone(), store.clone(), metrics.clone());
+    let (store, metrics) = (store.clone(), metrics.clone());
     tokio::spawn(async move {
         let read = || store.posts_after_mark(&authors, mark.seq, LIMIT, CONCURRENT_PER_AUTHOR);
         if let Some(posts) = with_retries(read).await {
             let recipient = [(socket, mark)];
-            let sent = send(
-                &posts,
-                recipient.iter(),
-                &registry,
-                &metrics,
-                |mark, post| !mark.saw(post.written_by),
-            );
+            let sent = send(&posts, recipient.iter(), &metrics, |mark, post| {
+                !mark.saw(post.written_by)
+            });
             metrics
                 .subscribe_catch_up_posts
                 .fetch_add(sent, Ordering::Relaxed);
@@ -136,13 +127,10 @@ pub(super) fn for_socket(
 }
 
 /// Pushes each post (oldest first) to the recipients that follow its author
-/// and whose start `admits` it; returns how many posts went to any. Those
-/// are recorded as delivered: a broker gap's recovery that reads one back
-/// after the socket's seam has closed must not send it again.
+/// and whose start `admits` it; returns how many posts went to any.
 fn send<'a, S: 'a>(
     posts: &[MarkedPost],
     recipients: impl Iterator<Item = &'a (Arc<Socket>, S)> + Clone,
-    registry: &Registry,
     metrics: &Metrics,
     admits: impl Fn(&S, &MarkedPost) -> bool,
 ) -> u64 {
@@ -166,12 +154,7 @@ fn send<'a, S: 'a>(
                 Push::Dropped => {}
             }
         }
-        if delivered {
-            registry
-                .delivered()
-                .first_time(post.post.id, Instant::now());
-            sent += 1;
-        }
+        sent += u64::from(delivered);
     }
     sent
 }
@@ -203,60 +186,4 @@ where
         }
     }
     None
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::sync::mpsc;
-
-    use super::*;
-    use crate::broker::{Broker, BrokerKind, MemoryBus};
-    use crate::domain::Post;
-
-    #[tokio::test]
-    async fn what_a_catch_up_sends_is_recorded_as_delivered() {
-        let (sink, _incoming) = mpsc::channel(16);
-        let (work, _work) = mpsc::channel(16);
-        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
-        let registry = Registry::new(broker, "bucket:4".parse().unwrap());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        let stream = tokio::net::TcpStream::from_std(server).unwrap();
-        let socket = Arc::new(Socket::new(UserId::new_v7(), 16, stream));
-        socket.release();
-        let (followed, other) = (UserId::new_v7(), UserId::new_v7());
-        registry.subscribe(&socket, &[followed], None, registry.clock());
-        let post = |author| MarkedPost {
-            post: Post {
-                id: PostId::new_v7(),
-                text: "read back".into(),
-                author_user_id: author,
-            },
-            written_by: None,
-        };
-        let posts = [post(followed), post(other)];
-
-        let recipients = [(socket, ())];
-        let sent = send(
-            &posts,
-            recipients.iter(),
-            &registry,
-            &Metrics::default(),
-            |(), _| true,
-        );
-
-        assert_eq!(sent, 1, "only the followed author's post goes out");
-        let now = Instant::now();
-        let mut delivered = registry.delivered();
-        assert!(
-            !delivered.first_time(posts[0].post.id, now),
-            "sent: recorded"
-        );
-        assert!(
-            delivered.first_time(posts[1].post.id, now),
-            "not sent: not recorded"
-        );
-    }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catch_up;
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post};
-use super::recovery::recover;
+use super::recovery::{Delivered, recover};
 use super::registry::Registry;
 use super::socket::{Push, Socket};
 use super::unix_micros;
@@ -33,11 +33,12 @@ pub(super) async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let mut delivered = Delivered::default();
     while let Some(item) = incoming.recv().await {
         let delivery = match item {
             Incoming::Message(delivery) => delivery,
             Incoming::Gap(gap) => {
-                recover(gap, &registry, &store, &metrics, &stop).await;
+                recover(gap, &registry, &store, &metrics, &mut delivered, &stop).await;
                 continue;
             }
         };
@@ -45,15 +46,11 @@ pub(super) async fn run(
             Topic::Posts => match decode_post(delivery.body) {
                 Ok(frame) => {
                     metrics.broker_posts.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    delivered.forget_old(now);
                     // A post recovered after a gap, or published twice by a
                     // relay that failed over, goes out once.
-                    let first_time = {
-                        let mut delivered = registry.delivered();
-                        let now = Instant::now();
-                        delivered.forget_old(now);
-                        delivered.first_time(frame.post, now)
-                    };
-                    if first_time {
+                    if delivered.first_time(frame.post, now) {
                         broadcast(&registry, &metrics, Arc::new(frame)).await;
                     }
                 }

@@ -9,10 +9,9 @@
 //! the posts their authors wrote in the window they may have missed. No
 //! client has to reconnect.
 //!
-//! Every post that goes out here, live, read back by a catch-up or
-//! recovered, is recorded in [`Delivered`] (the registry's), so a post that
-//! arrives two ways goes out once. This module must never fan out a post
-//! without recording it there.
+//! Every post the hub fans out, live or recovered, passes through
+//! [`Delivered`], so a post that arrives both ways goes out once. This module
+//! must never fan out a post without recording it there.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -103,11 +102,12 @@ pub(super) async fn recover(
     registry: &Arc<Registry>,
     store: &Store,
     metrics: &Arc<Metrics>,
+    delivered: &mut Delivered,
     stop: &CancellationToken,
 ) {
     let mut delay = RETRY_MIN;
     loop {
-        match recover_once(gap, registry, store, metrics).await {
+        match recover_once(gap, registry, store, metrics, delivered).await {
             Ok(sent) => {
                 metrics.gap_recoveries.fetch_add(1, Ordering::Relaxed);
                 metrics.recovered_posts.fetch_add(sent, Ordering::Relaxed);
@@ -134,6 +134,7 @@ async fn recover_once(
     registry: &Arc<Registry>,
     store: &Store,
     metrics: &Arc<Metrics>,
+    delivered: &mut Delivered,
 ) -> Result<u64, StoreError> {
     let users = registry.users();
     if users.is_empty() {
@@ -188,11 +189,14 @@ async fn recover_once(
         posts.truncate(MAX_RECOVERED as usize);
     }
     let now = Instant::now();
-    posts.retain(|post| registry.delivered().first_time(post.id, now));
+    let mut sent = 0;
     for post in &posts {
-        fan_out(registry, metrics, Arc::new(stored_post_frame(post)));
+        if delivered.first_time(post.id, now) {
+            fan_out(registry, metrics, Arc::new(stored_post_frame(post)));
+            sent += 1;
+        }
     }
-    Ok(posts.len() as u64)
+    Ok(sent)
 }
 
 fn window_start_ms(gap: Gap) -> u64 {

@@ -197,7 +197,6 @@ async fn subscribe(
             socket.clone(),
             mark,
             subscribed.uncovered,
-            registry,
             store,
             metrics,
         ));

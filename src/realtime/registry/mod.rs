@@ -1,9 +1,8 @@
 //! Who on this instance wants whose posts.
 //!
 //! Lock order, always: a socket's `follows` mutex, then a `by_author` shard,
-//! then an author's `Subscribers` lock, then an `Interest` shard. The
-//! [`Delivered`] lock is taken with no other held. No lock is held across an
-//! `.await`. The hub clones an author's `Arc<Subscribers>`
+//! then an author's `Subscribers` lock, then an `Interest` shard. No lock is
+//! held across an `.await`. The hub clones an author's `Arc<Subscribers>`
 //! out of the map (releasing the shard) and pushes to each socket's queue
 //! under that author's read lock: pushing never blocks, so a slow client
 //! holds nobody up.
@@ -36,7 +35,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -48,7 +47,6 @@ mod interest;
 use interest::{Added, Interest};
 pub use interest::{Binding, Pending};
 
-use super::recovery::Delivered;
 use super::routing::Routing;
 use super::socket::Socket;
 use crate::broker::Broker;
@@ -105,8 +103,6 @@ pub struct Registry {
     /// Per author slot, the clock reading when the hub last looked up a
     /// post's subscribers.
     seen: Box<[AtomicU64]>,
-    /// The posts that went out here recently, live, read back or recovered.
-    delivered: Mutex<Delivered>,
 }
 
 /// Where a socket's stream of posts starts, for a catch-up to read from.
@@ -141,14 +137,7 @@ impl Registry {
                 clock: AtomicU64::new(0),
             },
             seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            delivered: Mutex::default(),
         }
-    }
-
-    /// The posts that went out here recently, so that one a broker gap's
-    /// recovery reads back goes out once, however it went out before.
-    pub(super) fn delivered(&self) -> MutexGuard<'_, Delivered> {
-        self.delivered.lock().expect("delivered lock")
     }
 
     /// The registry's clock: read it before the socket's follows are read,
