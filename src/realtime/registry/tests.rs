@@ -5,7 +5,7 @@ mod uncovered {
     use tokio::sync::mpsc;
 
     use super::super::*;
-    use crate::broker::{BrokerKind, MemoryBus};
+    use crate::broker::{BrokerKind, Incoming, MemoryBus, Work};
     use crate::realtime::codec::PostFrame;
     use crate::realtime::socket::Push;
 
@@ -17,14 +17,40 @@ mod uncovered {
         (Arc::new(Socket::new(UserId::new_v7(), 16, server)), client)
     }
 
+    /// A registry on the in-process broker (its receiving ends kept open),
+    /// a listener to make sockets with, and a fresh socket's start.
+    struct Fixture {
+        registry: Registry,
+        listener: std::net::TcpListener,
+        start: Start,
+        _incoming: mpsc::Receiver<Incoming>,
+        _work: mpsc::Receiver<Work>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let (sink, _incoming) = mpsc::channel(16);
+            let (work, _work) = mpsc::channel(16);
+            let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+            Self {
+                registry: Registry::new(broker, "bucket:4".parse().unwrap()),
+                listener: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+                start: Start::Mark(Arc::new(CommitMark::new(0, 1, 1, &[]))),
+                _incoming,
+                _work,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_post_or_a_bind_after_the_clock_read_is_read_back() {
-        let (sink, _incoming) = mpsc::channel(16);
-        let (work, _work) = mpsc::channel(16);
-        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
-        let registry = Registry::new(broker, "bucket:4".parse().unwrap());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let start = Start::Mark(Arc::new(CommitMark::new(0, 1, 1, &[])));
+        let Fixture {
+            registry,
+            listener,
+            start,
+            _incoming,
+            _work,
+        } = Fixture::new();
         let author = UserId::new_v7();
 
         // The first subscriber's key is bound after its clock read: what the
@@ -71,12 +97,13 @@ mod uncovered {
     /// broker gap's recovery reads it back.
     #[tokio::test]
     async fn a_snapshot_closes_only_the_seam_it_opened() {
-        let (sink, _incoming) = mpsc::channel(16);
-        let (work, _work) = mpsc::channel(16);
-        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
-        let registry = Registry::new(broker, "bucket:4".parse().unwrap());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let start = Start::Mark(Arc::new(CommitMark::new(0, 1, 1, &[])));
+        let Fixture {
+            registry,
+            listener,
+            start,
+            _incoming,
+            _work,
+        } = Fixture::new();
         let post = || {
             Arc::new(PostFrame {
                 author: UserId::new_v7(),
