@@ -77,6 +77,8 @@ pub struct Gauges {
 /// The connections to the stores, at scrape time.
 pub struct Pools {
     pub database: PoolUsage,
+    /// New posts handed to the group commit and not yet committed.
+    pub posts_waiting: usize,
     /// Redis errors (unreachable, timing out) that sent feed reads to
     /// PostgreSQL: Redis is one multiplexed connection, not a pool.
     pub redis_outages: u64,
@@ -331,6 +333,11 @@ fn register_pools(r: &mut Registry, pools: &Pools) {
         count(db.waiting),
     );
     r.register(
+        "livefeed_db_posts_waiting",
+        "New posts waiting for their group commit (queued or being written).",
+        count(pools.posts_waiting),
+    );
+    r.register(
         "livefeed_redis_outages",
         "Redis errors (unreachable, timing out) that sent feed reads to PostgreSQL.",
         ConstCounter::new(pools.redis_outages),
@@ -387,6 +394,7 @@ mod tests {
                     idle: 3,
                     waiting: 0,
                 },
+                posts_waiting: 3,
                 redis_outages: 2,
             },
         )

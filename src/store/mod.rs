@@ -6,6 +6,7 @@ mod connect;
 mod dialogs;
 mod error;
 mod friends;
+mod group_commit;
 mod idempotency;
 mod mark;
 mod migrate;
@@ -53,9 +54,12 @@ pub struct Store {
     /// For connections that cannot be pooled (the outbox relay's LISTEN).
     config: tokio_postgres::Config,
     tls: Tls,
+    /// Where new posts wait to be written together.
+    posts: group_commit::GroupCommit,
 }
 
 impl Store {
+    /// Must be called inside a Tokio runtime: it starts the post writer.
     pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
         let (mut pg, tls) = connection(&settings.database_url)?;
         pg.connect_timeout(settings.acquire_timeout);
@@ -79,6 +83,7 @@ impl Store {
             .build()
             .map_err(|e| StoreError::Config(e.to_string().into()))?;
         Ok(Self {
+            posts: group_commit::GroupCommit::start(pool.clone()),
             pool,
             config: pg,
             tls,
@@ -94,6 +99,11 @@ impl Store {
             idle: status.available,
             waiting: status.waiting,
         }
+    }
+
+    /// New posts waiting for their group commit, for `/metrics`.
+    pub fn posts_waiting(&self) -> usize {
+        self.posts.waiting()
     }
 
     /// One round trip to the database: what `/readyz` reports.

@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,22 +25,52 @@ pub(super) async fn enqueue(
     tx: &Transaction<'_>,
     messages: &[OutboxMessage],
 ) -> Result<(), StoreError> {
+    static INSERT: LazyLock<String> = LazyLock::new(|| insert_rows(1));
     if messages.is_empty() {
         return Ok(());
     }
-    let topics: Vec<i16> = messages.iter().map(OutboxMessage::topic_code).collect();
-    let keys: Vec<&str> = messages.iter().map(OutboxMessage::routing_key).collect();
-    let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body().as_ref()).collect();
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO outbox (topic, routing_key, body) \
-             SELECT topic, routing_key, body \
-             FROM unnest($1::smallint[], $2::text[], $3::bytea[]) WITH ORDINALITY \
-                 AS m(topic, routing_key, body, n) ORDER BY n",
-        )
+    let rows = OutboxRows::of(messages.iter());
+    let insert = tx.prepare_cached(&INSERT).await?;
+    tx.execute(&insert, &[&rows.topics, &rows.keys, &rows.bodies])
         .await?;
-    tx.execute(&insert, &[&topics, &keys, &bodies]).await?;
     Ok(())
+}
+
+/// The statement (or the tail of one) that writes [`OutboxRows`] bound as
+/// parameters `$first`, `$first + 1` and `$first + 2`, keeping their order.
+pub(super) fn insert_rows(first: usize) -> String {
+    format!(
+        "INSERT INTO outbox (topic, routing_key, body) \
+         SELECT topic, routing_key, body \
+         FROM unnest(${}::smallint[], ${}::text[], ${}::bytea[]) WITH ORDINALITY \
+             AS m(topic, routing_key, body, n) ORDER BY n",
+        first,
+        first + 1,
+        first + 2
+    )
+}
+
+/// Outbox messages as the three arrays [`insert_rows`] binds.
+pub(super) struct OutboxRows<'a> {
+    pub topics: Vec<i16>,
+    pub keys: Vec<&'a str>,
+    pub bodies: Vec<&'a [u8]>,
+}
+
+impl<'a> OutboxRows<'a> {
+    pub fn of(messages: impl Iterator<Item = &'a OutboxMessage>) -> Self {
+        let mut rows = Self {
+            topics: Vec::new(),
+            keys: Vec::new(),
+            bodies: Vec::new(),
+        };
+        for message in messages {
+            rows.topics.push(message.topic_code());
+            rows.keys.push(message.routing_key());
+            rows.bodies.push(message.body().as_ref());
+        }
+        rows
+    }
 }
 
 /// Any constant shared by every instance: whoever holds this advisory lock

@@ -8,20 +8,30 @@ use crate::outbox::OutboxMessage;
 
 impl Store {
     /// Stores the post and, in the same transaction, the events announcing
-    /// it (and its idempotency key, if any).
+    /// it (and its idempotency key, if any). Posts without a key are
+    /// written together with whatever other posts are waiting.
     pub async fn create_post(
         &self,
         post: &Post,
         events: &[OutboxMessage],
         once: Option<&Once<'_>>,
     ) -> Result<Outcome, StoreError> {
-        self.write_once(
-            "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
-            &[post.id.as_uuid(), post.author_user_id.as_uuid(), &post.text],
-            events,
-            once,
-        )
-        .await
+        match once {
+            None => self
+                .posts
+                .write(post, events)
+                .await
+                .map(|()| Outcome::Written),
+            Some(once) => {
+                self.write_once(
+                    "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
+                    &[post.id.as_uuid(), post.author_user_id.as_uuid(), &post.text],
+                    events,
+                    Some(once),
+                )
+                .await
+            }
+        }
         .map_err(missing_user)
     }
 

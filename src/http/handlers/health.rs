@@ -23,6 +23,7 @@ pub async fn metrics(app: &App) -> Response<Body> {
     let gauges = app.realtime.gauges().await;
     let pools = Pools {
         database: app.store.pool_usage(),
+        posts_waiting: app.store.posts_waiting(),
         redis_outages: app.feeds.redis_outages(),
     };
     let text = app.realtime.metrics().render(&gauges, &pools);
