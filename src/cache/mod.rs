@@ -249,7 +249,7 @@ impl Feeds {
         match event {
             FeedEvent::PostCreated { post } => self.apply_created(&[post]).await?,
             FeedEvent::PostUpdated { post: id } => match self.store.find_post(id).await? {
-                Some(post) => self.cache.put_posts(&[post]).await?,
+                Some(post) => self.cache.replace_post(&post).await?,
                 None => self.cache.delete_post(id).await?,
             },
             FeedEvent::PostDeleted { post, author } => {

@@ -548,3 +548,46 @@ async fn celebrities_become(database: &str, count: i64) {
     .await
     .unwrap_or_else(|_| panic!("{count} celebrities never"));
 }
+
+/// Sets (or, with `None`, deletes) the test's Redis key `name`.
+async fn set_key(app: &TestApp, name: &str, value: Option<String>) {
+    let key = format!("{}{name}", prefix(app));
+    let command = match value {
+        Some(value) => redis::cmd("SET").arg(key).arg(value).to_owned(),
+        None => redis::cmd("DEL").arg(key).to_owned(),
+    };
+    let _: () = command.query_async(&mut redis().await).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_changed_elsewhere_shows_once_its_token_changes() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Копируемый").await;
+    let reader = app.register("Читатель", "Внимательный").await;
+    app.follow(&reader, &author).await;
+    let id = app.create_post(&author, "оригинал").await;
+    app.feed_settles_to(&reader, "", &["оригинал"]).await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 1);
+    app.feed_settles_to(&reader, "", &["оригинал"]).await;
+    let body = |text: &str| json!({ "id": id, "text": text, "author_user_id": author.id });
+
+    // Another instance's update, as write.rs makes it: the body, then a
+    // fresh token. Until the token changes, this instance's copy stands.
+    let post = format!("post:{id}");
+    set_key(&app, &post, Some(body("правка").to_string())).await;
+    assert_eq!(texts(&app.feed(&reader, "").await), ["оригинал"]);
+    set_key(&app, "version:bodies", Some("another instance's".into())).await;
+    assert_eq!(texts(&app.feed(&reader, "").await), ["правка"]);
+
+    // Redis without a token (restarted, flushed): the next read names one
+    // and copies nothing it read before.
+    set_key(&app, "version:bodies", None).await;
+    set_key(&app, &post, Some(body("после рестарта").to_string())).await;
+    assert_eq!(texts(&app.feed(&reader, "").await), ["после рестарта"]);
+    let token: Option<String> = redis::cmd("GET")
+        .arg(format!("{}version:bodies", prefix(&app)))
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+    assert!(token.is_some(), "the read named a token");
+}

@@ -10,7 +10,9 @@
 //!   delete touches one key, not every feed;
 //! - `version:authors`: a token set afresh after every change to any
 //!   `author:` set, so instances may keep copies of those sets while the
-//!   token stands.
+//!   token stands;
+//! - `version:bodies`: the same for every change to an existing `post:`
+//!   body (an update or a delete), for the instances' copies of bodies.
 //!
 //! Every member of a sorted set has score 0, so members sort by their bytes:
 //! hyphenated UUIDv7 strings sort by time. Each sorted set also holds one
@@ -22,6 +24,7 @@
 //! outage; [`read`] serves pages and [`write`] builds and updates the sets.
 //! Nothing here reads PostgreSQL: callers hand in what to store.
 
+mod bodies;
 mod read;
 mod write;
 
@@ -79,6 +82,8 @@ pub struct RedisFeeds {
     started: Instant,
     /// Copies of celebrity timelines; see [`read`].
     timelines: std::sync::Mutex<read::Timelines>,
+    /// Copies of post bodies; see [`bodies`].
+    bodies: bodies::BodyCopies,
     add: Script,
     begin_build: Script,
     finish_build: Script,
@@ -99,6 +104,7 @@ impl RedisFeeds {
             outages: AtomicU64::new(0),
             started: Instant::now(),
             timelines: Default::default(),
+            bodies: Default::default(),
             add: Script::new(write::ADD),
             begin_build: Script::new(write::BEGIN_BUILD),
             finish_build: Script::new(write::FINISH_BUILD),
@@ -112,6 +118,11 @@ impl RedisFeeds {
     /// Set to a fresh token after every change to a celebrity's timeline.
     fn authors_version(&self) -> String {
         self.key("version", "authors")
+    }
+
+    /// Set to a fresh token after every change to an existing post body.
+    fn bodies_version(&self) -> String {
+        self.key("version", "bodies")
     }
 
     async fn call<T: redis::FromRedisValue>(

@@ -11,6 +11,16 @@ use bytes::Bytes;
 use super::{CacheError, RedisFeeds, parse_uuid};
 use crate::domain::{PostId, UserId};
 
+/// A page's first round trip: the feed's sentinel and newest ids, its
+/// celebrities, and the timelines' and the bodies' tokens.
+type PageReply = (
+    Vec<Bytes>,
+    Vec<Bytes>,
+    Vec<Bytes>,
+    Option<Bytes>,
+    Option<Bytes>,
+);
+
 /// What the cache could answer for a page of a feed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CachedPage {
@@ -26,13 +36,16 @@ pub enum CachedPage {
 
 impl RedisFeeds {
     /// The posts `offset..offset + limit` of `user`'s feed, celebrities
-    /// merged in, with plain commands in two round trips: the feed, its
-    /// celebrities and the timelines' version token in a MULTI (so a set
-    /// and its sentinel are read from one state), then MGET of the bodies.
-    /// The celebrities' timelines come from this instance's copy while the
-    /// token is unchanged ([`Timelines`]), else from one more MULTI. A
-    /// change between the round trips is a change between reads (a deleted
-    /// post's body is gone: the page falls back to SQL).
+    /// merged in, with plain commands: the feed, its celebrities and the
+    /// timelines' and bodies' version tokens in a MULTI (so a set and its
+    /// sentinel are read from one state), then the bodies, from this
+    /// instance's copies while their token stands
+    /// ([`BodyCopies`](super::bodies::BodyCopies)) and by
+    /// MGET for the rest. The celebrities' timelines come from this
+    /// instance's copy while their token is unchanged ([`Timelines`]), else
+    /// from one more MULTI. A change between the round trips is a change
+    /// between reads (a deleted post's body is gone: the page falls back to
+    /// SQL).
     pub async fn page(
         &self,
         user: UserId,
@@ -45,13 +58,11 @@ impl RedisFeeds {
         let mut pipe = redis::pipe();
         pipe.atomic();
         newest_commands(&mut pipe, &feed, wanted);
-        pipe.smembers(&celebs).get(self.authors_version());
-        let (sentinel, ids, celebrities, version): (
-            Vec<Bytes>,
-            Vec<Bytes>,
-            Vec<Bytes>,
-            Option<Bytes>,
-        ) = self.query(&pipe).await?;
+        pipe.smembers(&celebs)
+            .get(self.authors_version())
+            .get(self.bodies_version());
+        let (sentinel, ids, celebrities, version, bodies_version): PageReply =
+            self.query(&pipe).await?;
         let ids = match newest(sentinel, ids, wanted) {
             Ok(ids) => ids,
             Err(status) => return Ok(status),
@@ -84,13 +95,7 @@ impl RedisFeeds {
         if page.is_empty() {
             return Ok(CachedPage::Hit(Vec::new()));
         }
-        let keys: Vec<String> = page
-            .iter()
-            .map(|id| format!("{}post:{}", self.prefix, String::from_utf8_lossy(id)))
-            .collect();
-        let mut pipe = redis::pipe();
-        pipe.mget(keys);
-        let (bodies,): (Vec<Option<Bytes>>,) = self.query(&pipe).await?;
+        let bodies = self.bodies(page, bodies_version).await?;
         let mut posts = Vec::with_capacity(page.len());
         for (id, body) in page.iter().zip(bodies) {
             let Some(body) = body else {
@@ -99,6 +104,54 @@ impl RedisFeeds {
             posts.push((PostId::from_uuid(parse_uuid(id)?), body));
         }
         Ok(CachedPage::Hit(posts))
+    }
+
+    /// The bodies of `ids`, in order, `None` where Redis has none: this
+    /// instance's copies of those read under `version`, the rest by one
+    /// MGET, then copied. Redis without a token (restarted, flushed) is
+    /// given one first, in the same round trip, so the bodies are read
+    /// after the token they are copied under.
+    async fn bodies(
+        &self,
+        ids: &[Bytes],
+        version: Option<Bytes>,
+    ) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let mut bodies: Vec<Option<Bytes>> = match &version {
+            Some(version) => ids.iter().map(|id| self.bodies.get(version, id)).collect(),
+            None => vec![None; ids.len()],
+        };
+        let missing: Vec<usize> = (0..ids.len()).filter(|&i| bodies[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(bodies);
+        }
+        let keys: Vec<String> = missing
+            .iter()
+            .map(|&i| format!("{}post:{}", self.prefix, String::from_utf8_lossy(&ids[i])))
+            .collect();
+        let mut pipe = redis::pipe();
+        let (version, fetched) = match version {
+            Some(version) => {
+                pipe.mget(keys);
+                let (fetched,): (Vec<Option<Bytes>>,) = self.query(&pipe).await?;
+                (version, fetched)
+            }
+            None => {
+                pipe.cmd("SET")
+                    .arg(self.bodies_version())
+                    .arg(fresh_version())
+                    .arg("NX")
+                    .ignore();
+                pipe.get(self.bodies_version()).mget(keys);
+                self.query(&pipe).await?
+            }
+        };
+        for (i, body) in missing.into_iter().zip(fetched) {
+            if let Some(body) = &body {
+                self.bodies.put(&version, ids[i].clone(), body.clone());
+            }
+            bodies[i] = body;
+        }
+        Ok(bodies)
     }
 
     /// The timelines of `celebrities`, each read at least `wanted` deep:

@@ -132,10 +132,28 @@ impl RedisFeeds {
         self.run(&pipe).await
     }
 
+    /// Caches the new body of an updated post.
+    pub async fn replace_post(&self, post: &Post) -> Result<(), CacheError> {
+        let body = serde_json::to_vec(post).expect("posts serialise");
+        let mut pipe = redis::pipe();
+        pipe.set(self.key("post", post.id), body).ignore();
+        self.bodies_changed(&mut pipe);
+        self.run(&pipe).await
+    }
+
     pub async fn delete_post(&self, post: PostId) -> Result<(), CacheError> {
         let mut pipe = redis::pipe();
         pipe.del(self.key("post", post)).ignore();
+        self.bodies_changed(&mut pipe);
         self.run(&pipe).await
+    }
+
+    /// Makes every instance drop its copies of post bodies: queued after a
+    /// change to an existing body, in the same round trip (before it, a
+    /// copy read in between would outlive the change).
+    fn bodies_changed(&self, pipe: &mut redis::Pipeline) {
+        pipe.set(self.bodies_version(), super::read::fresh_version())
+            .ignore();
     }
 
     /// Caches new posts and adds each to the cached sets of its audience
