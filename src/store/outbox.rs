@@ -150,7 +150,10 @@ impl Store {
 
     /// Claims up to `limit` of the oldest unclaimed messages for `lease`. A
     /// relay that lost its lock mid-batch cannot publish rows the new relay
-    /// claimed, and rows it claimed are retried once the lease lapses.
+    /// claimed, and rows it claimed are retried once the lease lapses. The
+    /// ids come as an array (an init plan) so the update finds its rows by
+    /// the primary key: as `IN (subquery)` PostgreSQL joined them to a
+    /// sequential scan of the whole table, dead rows and all.
     pub async fn claim_outbox(
         &self,
         limit: i64,
@@ -159,11 +162,11 @@ impl Store {
         let rows = self
             .fetch_all(
                 "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2) \
-                 WHERE id IN ( \
+                 WHERE id = ANY(ARRAY( \
                      SELECT id FROM outbox \
                      WHERE claimed_until IS NULL OR claimed_until < now() \
                      ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED \
-                 ) RETURNING id, topic, routing_key, body",
+                 )) RETURNING id, topic, routing_key, body",
                 &[&limit, &lease.as_secs_f64()],
                 |row| {
                     let message = OutboxMessage::from_stored(
