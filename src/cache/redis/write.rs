@@ -159,8 +159,9 @@ impl RedisFeeds {
     /// Caches new posts and adds each to the cached sets of its audience
     /// (its followers' feeds, or a celebrity's timeline; uncached ones are
     /// left to be built from PostgreSQL when read), in order, in as few
-    /// round trips as the fan-out allows. A body goes ahead of its id, so
-    /// a reader who sees the id finds the body.
+    /// round trips as the fan-out allows, and one script call per post and
+    /// chunk of its audience. A body goes ahead of its id, so a reader who
+    /// sees the id finds the body.
     pub async fn add_new_posts(&self, posts: &[PostAudience]) -> Result<(), CacheError> {
         let mut pipe = self.add_pipeline();
         let mut adds = 0;
@@ -176,11 +177,14 @@ impl RedisFeeds {
                 }
                 Audience::Followers(users) => users.iter().map(|u| self.key("feed", u)).collect(),
             };
-            for key in keys {
-                pipe.invoke_script(self.add.key(key).arg(&id).arg(FEED_CAPACITY))
-                    .ignore();
-                adds += 1;
-                if adds == FAN_OUT_CHUNK {
+            for chunk in keys.chunks(FAN_OUT_CHUNK) {
+                let mut add = self.add.prepare_invoke();
+                for key in chunk {
+                    add.key(key);
+                }
+                pipe.invoke_script(add.arg(&id).arg(FEED_CAPACITY)).ignore();
+                adds += chunk.len();
+                if adds >= FAN_OUT_CHUNK {
                     self.run(&pipe).await?;
                     pipe = self.add_pipeline();
                     adds = 0;
@@ -280,20 +284,27 @@ fn finish_args(
     }
 }
 
-/// KEYS: a feed or author set. ARGV: post id, capacity.
+/// KEYS: feed or author sets. ARGV: post id, capacity. Adds the id to
+/// each set that exists (has a sentinel), trimming it to capacity.
 pub(super) const ADD: &str = r#"
-local sentinel = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
-if not sentinel then return 0 end
-redis.call('ZADD', KEYS[1], 0, ARGV[1])
-local extra = redis.call('ZCARD', KEYS[1]) - 1 - tonumber(ARGV[2])
-if extra > 0 then
-    redis.call('ZREMRANGEBYRANK', KEYS[1], 1, extra)
-    if sentinel == '!c' then
-        redis.call('ZREM', KEYS[1], '!c')
-        redis.call('ZADD', KEYS[1], 0, '!p')
+local capacity = tonumber(ARGV[2])
+local added = 0
+for _, key in ipairs(KEYS) do
+    local sentinel = redis.call('ZRANGE', key, 0, 0)[1]
+    if sentinel then
+        redis.call('ZADD', key, 0, ARGV[1])
+        local extra = redis.call('ZCARD', key) - 1 - capacity
+        if extra > 0 then
+            redis.call('ZREMRANGEBYRANK', key, 1, extra)
+            if sentinel == '!c' then
+                redis.call('ZREM', key, '!c')
+                redis.call('ZADD', key, 0, '!p')
+            end
+        end
+        added = added + 1
     end
 end
-return 1
+return added
 "#;
 
 /// KEYS: the set to build. ARGV: build timeout in ms.
