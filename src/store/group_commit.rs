@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -60,10 +61,13 @@ impl Drop for Waiting<'_> {
 }
 
 impl GroupCommit {
-    /// Starts the writer; must be called inside a Tokio runtime.
-    pub fn start(pool: Pool) -> Self {
+    /// Starts the writer; must be called inside a Tokio runtime. A write
+    /// that has not finished within `deadline` fails its posts with 503 and
+    /// frees its slot, so a database that stops answering (rather than
+    /// refusing) cannot hold every later post in the queue.
+    pub fn start(pool: Pool, deadline: Duration) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
-        tokio::spawn(batch_and_write(pool, pending));
+        tokio::spawn(batch_and_write(pool, deadline, pending));
         Self {
             queue,
             waiting: Arc::default(),
@@ -95,7 +99,7 @@ fn stopped() -> StoreError {
 
 /// Takes whatever has queued up since the last write began, up to
 /// [`MAX_BATCH`], whenever a write slot is free.
-async fn batch_and_write(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
+async fn batch_and_write(pool: Pool, deadline: Duration, mut pending: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
     while let Some(first) = pending.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -110,7 +114,7 @@ async fn batch_and_write(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
         }
         let pool = pool.clone();
         tokio::spawn(async move {
-            write_batch(&pool, batch).await;
+            write_batch(&pool, deadline, batch).await;
             drop(slot);
         });
     }
@@ -119,8 +123,8 @@ async fn batch_and_write(pool: Pool, mut pending: mpsc::Receiver<Pending>) {
 /// Writes `batch` in one statement and answers each post. A batch refused
 /// for one post's sake (its author was deleted meanwhile) is written again
 /// post by post, so only that post fails.
-async fn write_batch(pool: &Pool, batch: Vec<Pending>) {
-    match insert(pool, &batch).await {
+async fn write_batch(pool: &Pool, deadline: Duration, batch: Vec<Pending>) {
+    match insert(pool, deadline, &batch).await {
         Ok(()) => {
             for post in batch {
                 let _ = post.written.send(Ok(()));
@@ -142,16 +146,27 @@ async fn write_batch(pool: &Pool, batch: Vec<Pending>) {
         }
         Err(_) => {
             for post in batch {
-                let outcome = insert(pool, std::slice::from_ref(&post)).await;
+                let outcome = insert(pool, deadline, std::slice::from_ref(&post)).await;
                 let _ = post.written.send(outcome);
             }
         }
     }
 }
 
+/// [`insert_now`], failed as an outage if it takes longer than `deadline`.
+async fn insert(pool: &Pool, deadline: Duration, batch: &[Pending]) -> Result<(), StoreError> {
+    tokio::time::timeout(deadline, insert_now(pool, batch))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        })
+}
+
 /// One statement, so one transaction: the posts and their events commit
 /// together or not at all, in the order they were queued.
-async fn insert(pool: &Pool, batch: &[Pending]) -> Result<(), StoreError> {
+async fn insert_now(pool: &Pool, batch: &[Pending]) -> Result<(), StoreError> {
     static INSERT: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH written AS ( \

@@ -83,7 +83,10 @@ impl Store {
             .build()
             .map_err(|e| StoreError::Config(e.to_string().into()))?;
         Ok(Self {
-            posts: group_commit::GroupCommit::start(pool.clone()),
+            posts: group_commit::GroupCommit::start(
+                pool.clone(),
+                settings.acquire_timeout + settings.statement_timeout,
+            ),
             pool,
             config: pg,
             tls,

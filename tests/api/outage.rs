@@ -76,3 +76,59 @@ async fn the_service_answers_503_while_the_database_is_gone_and_recovers_by_itse
     .expect("the service recovers within 15 s of the database returning");
     assert_eq!(json_ok(recovered).await["id"], user.id.as_str());
 }
+
+#[tokio::test]
+async fn posts_get_503_while_the_database_stops_answering_and_are_taken_once_it_answers() {
+    let direct = fresh_database().await;
+    let mut postgres_url = url::Url::parse(&direct).unwrap();
+    let target: SocketAddr = format!(
+        "{}:{}",
+        postgres_url.host_str().unwrap(),
+        postgres_url.port().unwrap_or(5432)
+    )
+    .parse()
+    .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    postgres_url.set_port(Some(proxy.address().port())).unwrap();
+    let app = TestApp::spawn_with(
+        postgres_url.as_str(),
+        &["--db-timeout-ms", "500", "--statement-timeout-ms", "1000"],
+    )
+    .await;
+    let author = app.register("Терпеливый", "Автор").await;
+    app.create_post(&author, "до").await;
+
+    // Frozen, not refused: every write would wait forever. Each post of
+    // the writes in flight and of those queued behind them gets its 503
+    // (before the client's own 15 s timeout), none waits for the others.
+    proxy.freeze();
+    let create = |n: usize| {
+        app.call(
+            reqwest::Method::POST,
+            "/post/create",
+            Some(&author.token),
+            Some(serde_json::json!({ "text": format!("во время {n}") })),
+        )
+    };
+    let answers = futures_util::future::join_all((0..4).map(create)).await;
+    for answer in answers {
+        expect_unavailable(answer).await;
+    }
+
+    proxy.thaw();
+    let taken = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let response = create(99).await;
+            if response.status() == StatusCode::OK {
+                return;
+            }
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        taken.is_ok(),
+        "posts are taken again once the database answers"
+    );
+}
