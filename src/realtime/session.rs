@@ -155,6 +155,7 @@ async fn serve(
         Err(end) => return end,
     };
     if let Some(since) = since {
+        socket.client_has(since);
         // The ordered `?since=` read must come after the broker routes the
         // authors' posts here: from then on the live stream misses nothing.
         futures_util::future::join_all(bindings).await;
