@@ -109,12 +109,17 @@ impl Relay {
         let mut failing = FailingSince::default();
         loop {
             let attempt = Instant::now();
+            // After a failure the relay waits out its pause: woken by every
+            // commit it would claim and release the same rows each time a
+            // post is written, for as long as the broker is away.
+            let mut woken_by_writes = false;
             let pause = match self.publish_batch().await {
                 Ok(count) => {
                     failing.reset();
                     if count as i64 == BATCH {
                         continue;
                     }
+                    woken_by_writes = true;
                     IDLE_POLL
                 }
                 Err(RelayError::Broker(e))
@@ -132,7 +137,7 @@ impl Relay {
                 }
             };
             tokio::select! {
-                () = leader.written() => {}
+                () = leader.written(), if woken_by_writes => {}
                 () = tokio::time::sleep(pause) => {}
                 () = leader.lost() => {
                     tracing::warn!("lost the outbox relay lock");
