@@ -112,15 +112,13 @@ impl Relay {
             // After a failure the relay waits out its pause: woken by every
             // commit it would claim and release the same rows each time a
             // post is written, for as long as the broker is away.
-            let mut woken_by_writes = false;
-            let pause = match self.publish_batch().await {
+            let (pause, woken_by_writes) = match self.publish_batch().await {
                 Ok(count) => {
                     failing.reset();
                     if count as i64 == BATCH {
                         continue;
                     }
-                    woken_by_writes = true;
-                    IDLE_POLL
+                    (IDLE_POLL, true)
                 }
                 Err(RelayError::Broker(e))
                     if failing.failed(attempt, Instant::now()) >= STEP_DOWN_AFTER =>
@@ -133,7 +131,7 @@ impl Relay {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay: will retry");
-                    RETRY_AFTER_FAILURE
+                    (RETRY_AFTER_FAILURE, false)
                 }
             };
             tokio::select! {

@@ -139,10 +139,9 @@ async fn write_batch(pool: &Pool, deadline: Duration, batch: Vec<Pending>) {
             }
         }
         Err(e) if batch.len() == 1 => {
-            let _ = batch
-                .into_iter()
-                .next()
-                .map(|post| post.written.send(Err(e)));
+            if let Some(post) = batch.into_iter().next() {
+                let _ = post.written.send(Err(e));
+            }
         }
         Err(_) => {
             for post in batch {

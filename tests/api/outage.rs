@@ -19,6 +19,18 @@ async fn expect_unavailable(response: reqwest::Response) {
     expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
 }
 
+/// A fresh database reached through a proxy the test controls, and its URL
+/// through the proxy.
+async fn proxied_database() -> (TcpProxy, String) {
+    let mut url = url::Url::parse(&fresh_database().await).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .unwrap();
+    let proxy = TcpProxy::start(target).await;
+    url.set_port(Some(proxy.address().port())).unwrap();
+    (proxy, url.into())
+}
+
 #[tokio::test]
 async fn a_database_that_is_not_there_gives_503_with_retry_after() {
     let closed = {
@@ -40,18 +52,8 @@ async fn a_database_that_is_not_there_gives_503_with_retry_after() {
 
 #[tokio::test]
 async fn the_service_answers_503_while_the_database_is_gone_and_recovers_by_itself() {
-    let direct = fresh_database().await;
-    let mut postgres_url = url::Url::parse(&direct).unwrap();
-    let target: SocketAddr = format!(
-        "{}:{}",
-        postgres_url.host_str().unwrap(),
-        postgres_url.port().unwrap_or(5432)
-    )
-    .parse()
-    .unwrap();
-    let mut proxy = TcpProxy::start(target).await;
-    postgres_url.set_port(Some(proxy.address().port())).unwrap();
-    let app = TestApp::spawn_with(postgres_url.as_str(), &["--db-timeout-ms", "3000"]).await;
+    let (mut proxy, database) = proxied_database().await;
+    let app = TestApp::spawn_with(&database, &["--db-timeout-ms", "3000"]).await;
 
     let user = app.register("Живучий", "Сервисов").await;
     let profile = format!("/user/get/{}", user.id);
@@ -79,19 +81,9 @@ async fn the_service_answers_503_while_the_database_is_gone_and_recovers_by_itse
 
 #[tokio::test]
 async fn posts_get_503_while_the_database_stops_answering_and_are_taken_once_it_answers() {
-    let direct = fresh_database().await;
-    let mut postgres_url = url::Url::parse(&direct).unwrap();
-    let target: SocketAddr = format!(
-        "{}:{}",
-        postgres_url.host_str().unwrap(),
-        postgres_url.port().unwrap_or(5432)
-    )
-    .parse()
-    .unwrap();
-    let proxy = TcpProxy::start(target).await;
-    postgres_url.set_port(Some(proxy.address().port())).unwrap();
+    let (proxy, database) = proxied_database().await;
     let app = TestApp::spawn_with(
-        postgres_url.as_str(),
+        &database,
         &["--db-timeout-ms", "500", "--statement-timeout-ms", "1000"],
     )
     .await;
