@@ -99,6 +99,11 @@ impl App {
                 .clone()
                 .run_until_cancelled_owned(realtime.hub(incoming)),
         );
+        tasks.spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(realtime.heartbeat()),
+        );
         tasks.spawn(cache::run_worker(
             feeds.clone(),
             work_queue,

@@ -11,6 +11,7 @@
 
 mod catch_up;
 pub mod codec;
+mod heartbeat;
 mod hub;
 mod recovery;
 mod registry;
@@ -35,6 +36,7 @@ pub use hub::fan_out;
 pub use registry::Registry;
 pub use routing::Routing;
 pub use session::Upgraded;
+use socket::Ending;
 pub use socket::{Push, Socket};
 
 use crate::broker::{Broker, Incoming};
@@ -129,6 +131,12 @@ impl Realtime {
         )
     }
 
+    /// Pings every live socket once per ping interval and ends the silent
+    /// ones; runs until dropped.
+    pub fn heartbeat(&self) -> impl Future<Output = ()> + use<> {
+        heartbeat::run(self.registry.clone(), self.settings.ping_interval)
+    }
+
     /// Reserves a socket place for `user`, unless the instance or the user
     /// holds as many as allowed already: one account cannot take every
     /// place of an instance.
@@ -198,6 +206,9 @@ impl Realtime {
     /// Closes every socket with 1001, waiting until `deadline` at most.
     pub async fn close_sockets(&self, deadline: Instant) {
         self.shutdown.cancel();
+        for socket in self.registry.sockets_where(|_| true) {
+            socket.end(Ending::Shutdown);
+        }
         self.sessions.close();
         if tokio::time::timeout_at(deadline, self.sessions.wait())
             .await

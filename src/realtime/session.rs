@@ -25,17 +25,20 @@
 //! (Numbering posts at commit would need one lock every post commit waits
 //! on; numbering them as the relay publishes would tie the outbox to posts.)
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::catch_up;
 use super::codec::stored_post_frame;
 use super::registry::Start;
-use super::socket::{CATCH_UP_LIMIT, Flushed, Socket};
+use super::socket::{CATCH_UP_LIMIT, Ending, Flushed, Socket};
 use super::wire::{self, ClientFrame, ReadError, Reader};
 use super::{Realtime, unix_micros};
 use crate::domain::{PostId, UserId};
@@ -94,6 +97,16 @@ impl End {
     }
 }
 
+impl From<Ending> for End {
+    fn from(ending: Ending) -> Self {
+        match ending {
+            Ending::Slow => Self::SlowConsumer,
+            Ending::Silent => Self::PingTimeout,
+            Ending::Shutdown => Self::Shutdown,
+        }
+    }
+}
+
 impl From<ReadError> for End {
     fn from(e: ReadError) -> Self {
         match e {
@@ -115,6 +128,11 @@ pub(super) async fn run(
     };
     let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity, stream));
     realtime.registry.attach(&socket);
+    // Shutdown ends the sockets it finds attached; this one may have come
+    // after it looked.
+    if realtime.shutdown.is_cancelled() {
+        socket.end(Ending::Shutdown);
+    }
     let end = serve(&realtime, &socket, since, early).await;
     realtime.registry.detach(&socket);
     match &end {
@@ -136,7 +154,9 @@ pub(super) async fn run(
             End::SlowConsumer => write_timeout,
             _ => CLOSE_TIMEOUT.min(write_timeout),
         };
-        let _ = drain(&realtime, &socket, close_wait).await;
+        // Boxed, like every wait that only a closing socket reaches: the
+        // task of an open socket is sized by the largest of its waits.
+        let _ = Box::pin(drain(&realtime, &socket, close_wait)).await;
     }
     socket.shut();
 }
@@ -250,79 +270,90 @@ fn flush(realtime: &Realtime, socket: &Socket) -> Flushed {
 }
 
 async fn relay_live(realtime: &Realtime, socket: &Socket, early: Vec<u8>) -> End {
-    let shutdown = realtime.shutdown.clone();
-    let deadline = realtime.settings.write_timeout;
-    let mut ping = tokio::time::interval(realtime.settings.ping_interval);
-    ping.reset();
-    let mut awaiting_pong = false;
     let mut reader = Reader::new(MAX_CLIENT_MESSAGE);
-    let answer = |frame: ClientFrame, awaiting_pong: &mut bool| match frame {
+    let answer = |frame: ClientFrame| match frame {
         // Answered through the outbox: after the posts before it.
         ClientFrame::Ping(payload) => {
             socket.send(wire::pong(&payload));
             None
         }
         ClientFrame::Pong => {
-            *awaiting_pong = false;
+            socket.ponged();
             None
         }
         ClientFrame::Close(code) => Some(End::ClientClosed(code)),
     };
-    if let Err(end) = read_frames(&mut reader, &early, |f| answer(f, &mut awaiting_pong)) {
+    if let Err(end) = read_frames(&mut reader, &early, answer) {
         return end;
     }
     drop(early);
-    // Set while the kernel's buffer is full: since when nothing was taken.
-    let mut blocked_since: Option<tokio::time::Instant> = None;
+    // Armed while the kernel's buffer is full, from when nothing was taken;
+    // boxed, so an idle socket holds no timer.
+    let mut write_deadline: Option<Pin<Box<Sleep>>> = None;
     loop {
         match flush(realtime, socket) {
-            Flushed::Done => blocked_since = None,
+            Flushed::Done => write_deadline = None,
             Flushed::Gone => return End::ClientLeft,
             Flushed::Blocked => {
-                blocked_since.get_or_insert_with(tokio::time::Instant::now);
+                write_deadline.get_or_insert_with(|| {
+                    Box::pin(tokio::time::sleep(realtime.settings.write_timeout))
+                });
             }
         }
-        if socket.is_slow() {
-            return End::SlowConsumer;
+        if let Some(ending) = socket.ending() {
+            return ending.into();
         }
-        let write_deadline = blocked_since.map(|since| since + deadline);
-        tokio::select! {
-            () = socket.needs_writing() => {}
-            writable = socket.stream().writable(), if blocked_since.is_some() => {
-                if writable.is_err() {
-                    return End::ClientLeft;
-                }
-                // Progress restarts the deadline; none keeps it running.
-                blocked_since = None;
-            }
-            () = sleep_until(write_deadline), if write_deadline.is_some() => {
-                return End::WriteTimeout;
-            }
-            readable = socket.stream().readable() => {
-                if readable.is_err() {
-                    return End::ClientLeft;
-                }
-                if let Err(end) = read_available(socket, &mut reader, |f| answer(f, &mut awaiting_pong)) {
+        match next_event(socket, write_deadline.as_mut()).await {
+            Event::NeedsWriting => {}
+            // Progress restarts the deadline; none keeps it running.
+            Event::Writable => write_deadline = None,
+            Event::WriteDeadline => return End::WriteTimeout,
+            Event::Readable => {
+                if let Err(end) = read_available(socket, &mut reader, answer) {
                     return end;
                 }
             }
-            _ = ping.tick() => {
-                if awaiting_pong {
-                    return End::PingTimeout;
-                }
-                awaiting_pong = true;
-                socket.send(wire::ping());
-                socket.close_expired_seam(Instant::now());
-            }
-            () = shutdown.cancelled() => return End::Shutdown,
+            Event::Failed => return End::ClientLeft,
         }
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline).await;
-    }
+/// What woke an idle session.
+enum Event {
+    NeedsWriting,
+    Readable,
+    Writable,
+    WriteDeadline,
+    Failed,
+}
+
+/// Waits for the next thing the session must act on: the outbox, the
+/// client's bytes, and while the kernel's buffer is full (`write_deadline`
+/// armed), room in it or the deadline. Polls readiness in place instead of
+/// holding a future per source, so a parked session is a few words.
+async fn next_event(socket: &Socket, mut write_deadline: Option<&mut Pin<Box<Sleep>>>) -> Event {
+    let ready = |ready: std::io::Result<()>, event| match ready {
+        Ok(()) => Poll::Ready(event),
+        Err(_) => Poll::Ready(Event::Failed),
+    };
+    std::future::poll_fn(|cx| {
+        if socket.poll_needs_writing(cx).is_ready() {
+            return Poll::Ready(Event::NeedsWriting);
+        }
+        if let Poll::Ready(readable) = socket.stream().poll_read_ready(cx) {
+            return ready(readable, Event::Readable);
+        }
+        if let Some(deadline) = write_deadline.as_mut() {
+            if let Poll::Ready(writable) = socket.stream().poll_write_ready(cx) {
+                return ready(writable, Event::Writable);
+            }
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::WriteDeadline);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Reads what the client sent until the socket has nothing more.
@@ -417,11 +448,11 @@ mod memory {
             None,
         );
         let relay = relay_live(&realtime, &socket, Vec::new());
+
         let parts = [
             ("Socket", size_of::<Socket>()),
             ("session task future", size_of_val(&session)),
             ("relay_live future", size_of_val(&relay)),
-            ("tokio Interval", size_of::<tokio::time::Interval>()),
             ("Reader", size_of::<Reader>()),
         ];
         for (part, bytes) in parts {

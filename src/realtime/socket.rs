@@ -11,19 +11,24 @@
 //!
 //! Nothing here awaits, and the outbox lock is held only around a
 //! non-blocking write, so a slow client holds nobody up. An idle socket
-//! holds no buffer: an empty `VecDeque` allocates nothing.
+//! holds no buffer (an empty `VecDeque` allocates nothing) and no timer:
+//! its pings come from the instance's one heartbeat ([`Socket::heartbeat`]),
+//! and its session waits on a waker slot, not a future of its own.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use super::codec::PostFrame;
+use super::wire;
 use crate::domain::{PostId, UserId};
 
 /// Frames written with one `writev` when the outbox drains: a backlog goes
@@ -61,6 +66,17 @@ pub enum Flushed {
     Blocked,
     /// The peer is gone.
     Gone,
+}
+
+/// Why a socket is to be closed by a decision made outside its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its outbox overflowed: the client fell too far behind.
+    Slow,
+    /// It did not answer the previous ping within a ping interval.
+    Silent,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// What [`Socket::try_admit`] made of a live post.
@@ -104,9 +120,11 @@ pub struct Socket {
     stream: TcpStream,
     capacity: usize,
     out: Mutex<Outbox>,
-    /// Woken when the outbox needs the session: frames wait in it, it
-    /// overflowed, or the peer is gone.
-    wake: Notify,
+    /// Set, and the session's waker woken, when the outbox needs the
+    /// session: frames wait in it, the peer is gone, or the socket is
+    /// ending. Stays set until the session sees it, like a permit.
+    woken: AtomicBool,
+    session: AtomicWaker,
     /// Authors this socket is subscribed to. Held only for short, sync
     /// registry updates; it serialises follow changes of this socket.
     pub(super) follows: Mutex<Follows>,
@@ -133,7 +151,9 @@ struct Outbox {
     /// arrived meanwhile, which must follow the catch-up.
     held: Option<Vec<Arc<PostFrame>>>,
     seam: Option<Box<Seam>>,
-    slow: bool,
+    /// A ping went out that no pong has answered yet.
+    awaiting_pong: bool,
+    ending: Option<Ending>,
     gone: bool,
 }
 
@@ -195,7 +215,8 @@ impl Socket {
                 held: Some(Vec::new()),
                 ..Outbox::default()
             }),
-            wake: Notify::new(),
+            woken: AtomicBool::new(false),
+            session: AtomicWaker::new(),
             follows: Mutex::new(Follows {
                 authors: HashSet::new(),
                 changed_while_subscribing: Some(HashMap::new()),
@@ -234,7 +255,7 @@ impl Socket {
     /// Decides what becomes of a live post: refused, held, queued behind
     /// what waits, or (`Direct`) written into the kernel by the caller.
     fn admit<'a>(&'a self, mut out: MutexGuard<'a, Outbox>, frame: &Arc<PostFrame>) -> Admit<'a> {
-        if out.slow || out.gone {
+        if out.ending.is_some() || out.gone {
             return Admit::Settled(Push::Dropped);
         }
         if let Some(held) = &mut out.held {
@@ -261,8 +282,8 @@ impl Socket {
     }
 
     fn overflow(&self, out: &mut Outbox) -> Push {
-        out.slow = true;
-        self.wake.notify_one();
+        out.ending = Some(Ending::Slow);
+        self.wake();
         Push::Overflowed
     }
 
@@ -290,11 +311,11 @@ impl Socket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
                 out.gone = true;
-                self.wake.notify_one();
+                self.wake();
                 return Push::Dropped;
             }
         };
-        self.wake.notify_one();
+        self.wake();
         Self::queue(out, bytes.slice(written..), published_at_micros)
     }
 
@@ -359,12 +380,37 @@ impl Socket {
         self.outbox().seam = None;
     }
 
-    /// Frees the seam's memory once it is over.
-    pub fn close_expired_seam(&self, now: Instant) {
+    /// The heartbeat's visit: a live socket that has not answered the
+    /// previous ping is ended as silent, any other gets a ping. A socket
+    /// still subscribing is left alone (its session reads nothing yet, so
+    /// could not see a pong). Frees the seam's memory once it is over.
+    pub fn heartbeat(&self, now: Instant) {
         let mut out = self.outbox();
         if out.seam.as_ref().is_some_and(|seam| seam.until < now) {
             out.seam = None;
         }
+        if out.gone || out.ending.is_some() || out.held.is_some() {
+            return;
+        }
+        if out.awaiting_pong {
+            out.ending = Some(Ending::Silent);
+            self.wake();
+            return;
+        }
+        out.awaiting_pong = true;
+        self.write_or_queue(&mut out, wire::ping(), 0);
+    }
+
+    /// The client answered a ping.
+    pub fn ponged(&self) {
+        self.outbox().awaiting_pong = false;
+    }
+
+    /// Has the session close the socket for `why`, unless another
+    /// reason came first.
+    pub fn end(&self, why: Ending) {
+        self.outbox().ending.get_or_insert(why);
+        self.wake();
     }
 
     /// Ends holding: the live posts held so far go out (those the catch-up
@@ -433,14 +479,28 @@ impl Socket {
         self.outbox().gone = true;
     }
 
-    pub fn is_slow(&self) -> bool {
-        self.outbox().slow
+    /// Why the socket is to be closed, if something outside its session
+    /// decided it should be.
+    pub fn ending(&self) -> Option<Ending> {
+        self.outbox().ending
     }
 
-    /// Completes once the outbox needs the session (or at once if it did
-    /// since the last wait: `Notify` keeps a permit).
-    pub async fn needs_writing(&self) {
-        self.wake.notified().await;
+    /// Ready once the outbox needs the session (at once if it did since
+    /// the last ready: the flag keeps it). Only the session polls this.
+    pub fn poll_needs_writing(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.session.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.session.wake();
     }
 
     pub(super) fn stream(&self) -> &TcpStream {
@@ -456,7 +516,6 @@ pub(super) mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::realtime::wire;
 
     async fn pair(capacity: usize) -> (Socket, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -512,7 +571,7 @@ pub(super) mod tests {
             assert!(sent.len() < 10_000, "the kernel's buffers are not endless");
         };
         assert_eq!(overflowed, Push::Overflowed);
-        assert!(socket.is_slow());
+        assert_eq!(socket.ending(), Some(Ending::Slow));
         assert_eq!(socket.push(&frame("late")), Push::Dropped);
         let expected: Vec<u8> = sent.iter().flat_map(|f| f.wire.to_vec()).collect();
         let reading =
@@ -540,6 +599,35 @@ pub(super) mod tests {
         socket.release();
         assert_eq!(socket.flush(|_| {}), Flushed::Gone, "not waiting to write");
         assert_eq!(socket.push(&frame("later")), Push::Dropped);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_misses_a_ping_is_ended_as_silent_and_one_that_answers_is_kept() {
+        let (socket, mut client) = pair(8).await;
+        let now = Instant::now();
+        socket.heartbeat(now);
+        socket.release();
+        let ping = wire::ping();
+        for _ in 0..2 {
+            socket.heartbeat(now);
+            assert_eq!(read_exactly(&mut client, ping.len()).await, &ping[..]);
+            assert_eq!(socket.ending(), None);
+            socket.ponged();
+        }
+        socket.heartbeat(now);
+        assert_eq!(read_exactly(&mut client, ping.len()).await, &ping[..]);
+        socket.heartbeat(now);
+        assert_eq!(
+            socket.ending(),
+            Some(Ending::Silent),
+            "the third ping went unanswered"
+        );
+        assert_eq!(
+            client.try_read(&mut [0; 16]).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock),
+            "no ping while subscribing, none to a silent socket"
+        );
+        assert_eq!(socket.push(&frame("late")), Push::Dropped);
     }
 
     #[tokio::test]

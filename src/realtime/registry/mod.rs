@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use indexmap::IndexMap;
 
 mod interest;
 
@@ -61,37 +60,45 @@ pub(super) const SEAM_WINDOW: Duration = Duration::from_secs(30);
 /// share a slot by their id's low bits, which only costs a needless read.
 const SEEN_SLOTS: usize = 1024;
 
-/// The local sockets subscribed to one author. Keyed by the socket's
-/// address, so a subscribe or an unsubscribe is O(1) however popular the
-/// author (an `IndexMap` removes by swapping with the last entry) and
-/// iterating stays a walk over contiguous memory.
+/// The local sockets subscribed to one author: a plain list of pointers,
+/// 8 bytes a subscription, because most authors have a few subscribers
+/// and every socket holds one entry per author its user follows. An
+/// unsubscribe scans for the socket (a few µs for the most followed
+/// authors, once per socket closed) and swaps the last entry in.
 #[derive(Default)]
-pub struct Subscribers(RwLock<IndexMap<usize, Arc<Socket>>>);
+pub struct Subscribers(RwLock<Vec<Arc<Socket>>>);
 
 impl Subscribers {
     pub fn for_each(&self, mut visit: impl FnMut(&Arc<Socket>)) {
-        for socket in self.0.read().expect("subscribers lock").values() {
+        for socket in self.0.read().expect("subscribers lock").iter() {
             visit(socket);
         }
     }
 
+    /// Adds `socket`, which the caller knows is not among them.
     fn insert(&self, socket: &Arc<Socket>) {
         self.0
             .write()
             .expect("subscribers lock")
-            .insert(key(socket), socket.clone());
+            .push(socket.clone());
     }
 
     /// Removes `socket`; true if none are left.
     fn remove(&self, socket: &Arc<Socket>) -> bool {
         let mut sockets = self.0.write().expect("subscribers lock");
-        sockets.swap_remove(&key(socket));
-        sockets.is_empty()
+        if let Some(at) = sockets.iter().position(|s| Arc::ptr_eq(s, socket)) {
+            sockets.swap_remove(at);
+        }
+        if sockets.is_empty() {
+            // Freed with the entry by the caller.
+            return true;
+        }
+        let left = sockets.len();
+        if left * 4 <= sockets.capacity() {
+            sockets.shrink_to(left * 2);
+        }
+        false
     }
-}
-
-fn key(socket: &Arc<Socket>) -> usize {
-    Arc::as_ptr(socket) as usize
 }
 
 pub struct Registry {
@@ -331,6 +338,16 @@ impl Registry {
             .get(&user)
             .map(|entry| entry.value().clone())
             .unwrap_or_default()
+    }
+
+    /// The open sockets of the users `pick` chooses, collected first so
+    /// that no shard stays locked while the caller writes to them.
+    pub fn sockets_where(&self, pick: impl Fn(UserId) -> bool) -> Vec<Arc<Socket>> {
+        self.by_user
+            .iter()
+            .filter(|entry| pick(*entry.key()))
+            .flat_map(|entry| entry.value().clone())
+            .collect()
     }
 
     /// Users with at least one open socket here.
