@@ -55,7 +55,7 @@ pub async fn upgrade(
             }
         }
     };
-    app.realtime.spawn_session(slot, ws, user, query.since);
+    app.realtime.spawn_session(slot, ws, query.since);
 
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

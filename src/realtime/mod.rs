@@ -71,6 +71,20 @@ pub struct Realtime {
     per_user: Arc<DashMap<UserId, u32>>,
 }
 
+/// The whole life of one websocket's task, as spawned: while the socket
+/// is open the task holds this future, so its size is an idle socket's
+/// cost (measured in `session`'s memory test).
+fn session_task(
+    realtime: Arc<Realtime>,
+    slot: SocketSlot,
+    ws: impl Future<Output = Option<Upgraded>> + Send + 'static,
+    since: Option<PostId>,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Boxed: a future the task holds by value stays in the task's memory
+    // after it completed, for as long as the socket is open.
+    session::run(realtime, slot, Box::pin(ws), since)
+}
+
 /// Why a websocket was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -85,6 +99,12 @@ pub struct SocketSlot {
     metrics: Arc<Metrics>,
     per_user: Arc<DashMap<UserId, u32>>,
     user: UserId,
+}
+
+impl SocketSlot {
+    pub fn user(&self) -> UserId {
+        self.user
+    }
 }
 
 impl Drop for SocketSlot {
@@ -187,20 +207,10 @@ impl Realtime {
         self: &Arc<Self>,
         slot: SocketSlot,
         ws: impl Future<Output = Option<Upgraded>> + Send + 'static,
-        user: UserId,
         since: Option<PostId>,
     ) {
-        let realtime = self.clone();
-        // Boxed: a future the task holds by value stays in the task's
-        // memory after it completed, for as long as the socket is open.
-        // Awaited inside `run`, which holds the websocket once, rather than
-        // here, where the upgrade's result was held beside `run`'s future.
-        let ws = Box::pin(ws);
-        self.sessions.spawn(async move {
-            session::run(realtime, ws, user, since).await;
-            drop(slot);
-            crate::memory::session_ended();
-        });
+        self.sessions
+            .spawn(session_task(self.clone(), slot, ws, since));
     }
 
     /// Closes every socket with 1001, waiting until `deadline` at most.

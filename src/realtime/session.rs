@@ -40,8 +40,8 @@ use super::codec::stored_post_frame;
 use super::registry::Start;
 use super::socket::{CATCH_UP_LIMIT, Ending, Flushed, Socket};
 use super::wire::{self, ClientFrame, ReadError, Reader};
-use super::{Realtime, unix_micros};
-use crate::domain::{PostId, UserId};
+use super::{Realtime, SocketSlot, unix_micros};
+use crate::domain::PostId;
 
 /// A close frame to a client that is not reading must not hold the task
 /// (nor shutdown) for a whole write deadline.
@@ -116,24 +116,44 @@ impl From<ReadError> for End {
     }
 }
 
-/// Runs the websocket `upgrade` completes with, if it does.
+/// Runs the websocket `upgrade` completes with, if it does, and gives
+/// back its place (`slot`) when it ends.
+///
+/// This is the socket task's whole future, and an open socket's task is
+/// sized by its largest wait: what is held for the socket's whole life
+/// (the arguments here and the idle wait's state) is kept to a few words,
+/// and every wait that holds more (the upgrade, subscribing, a catch-up,
+/// closing) is boxed, freed once it completes.
 pub(super) async fn run(
     realtime: Arc<Realtime>,
-    upgrade: impl Future<Output = Option<Upgraded>>,
-    user: UserId,
+    slot: SocketSlot,
+    upgrade: Pin<Box<dyn Future<Output = Option<Upgraded>> + Send>>,
     since: Option<PostId>,
 ) {
-    let Some(Upgraded { stream, early }) = upgrade.await else {
-        return;
+    let mut reader = Reader::new(MAX_CLIENT_MESSAGE);
+    // Scoped, so that what opening needs is not kept beside the idle wait.
+    let (socket, opened) = {
+        let Some(Upgraded { stream, early }) = upgrade.await else {
+            return;
+        };
+        let socket = Arc::new(Socket::new(
+            slot.user(),
+            realtime.settings.queue_capacity,
+            stream,
+        ));
+        realtime.registry.attach(&socket);
+        // Shutdown ends the sockets it finds attached; this one may have
+        // come after it looked.
+        if realtime.shutdown.is_cancelled() {
+            socket.end(Ending::Shutdown);
+        }
+        let opened = Box::pin(open(&realtime, &socket, &mut reader, since, early)).await;
+        (socket, opened.err())
     };
-    let socket = Arc::new(Socket::new(user, realtime.settings.queue_capacity, stream));
-    realtime.registry.attach(&socket);
-    // Shutdown ends the sockets it finds attached; this one may have come
-    // after it looked.
-    if realtime.shutdown.is_cancelled() {
-        socket.end(Ending::Shutdown);
-    }
-    let end = serve(&realtime, &socket, since, early).await;
+    let end = match opened {
+        None => relay_live(&realtime, &socket, &mut reader).await,
+        Some(end) => end,
+    };
     realtime.registry.detach(&socket);
     match &end {
         End::WriteTimeout => {
@@ -142,8 +162,10 @@ pub(super) async fn run(
                 .socket_write_timeouts
                 .fetch_add(1, Ordering::Relaxed);
         }
-        End::Failed(error) => tracing::warn!(%user, %error, "websocket session failed"),
-        other => tracing::debug!(%user, end = ?other, "websocket closed"),
+        End::Failed(error) => {
+            tracing::warn!(user = %socket.user, %error, "websocket session failed")
+        }
+        other => tracing::debug!(user = %socket.user, end = ?other, "websocket closed"),
     }
     if let Some(frame) = end.close_frame() {
         socket.send(frame);
@@ -154,37 +176,34 @@ pub(super) async fn run(
             End::SlowConsumer => write_timeout,
             _ => CLOSE_TIMEOUT.min(write_timeout),
         };
-        // Boxed, like every wait that only a closing socket reaches: the
-        // task of an open socket is sized by the largest of its waits.
         let _ = Box::pin(drain(&realtime, &socket, close_wait)).await;
     }
     socket.shut();
+    drop(slot);
+    crate::memory::session_ended();
 }
 
-async fn serve(
+/// Everything before the socket goes live: the frames the client sent
+/// with its upgrade (`early`), the subscriptions, and for a `?since=`
+/// reconnect its catch-up.
+async fn open(
     realtime: &Realtime,
     socket: &Arc<Socket>,
+    reader: &mut Reader,
     since: Option<PostId>,
     early: Vec<u8>,
-) -> End {
-    // Subscribing and catching up hold database futures of kilobytes; boxed,
-    // they are freed once done instead of sizing the task of every idle
-    // socket for as long as it is open.
-    let bindings = match Box::pin(subscribe(realtime, socket, since.is_none())).await {
-        Ok(bindings) => bindings,
-        Err(end) => return end,
-    };
+) -> Result<(), End> {
+    read_frames(socket, reader, &early)?;
+    let bindings = subscribe(realtime, socket, since.is_none()).await?;
     if let Some(since) = since {
         socket.client_has(since);
         // The ordered `?since=` read must come after the broker routes the
         // authors' posts here: from then on the live stream misses nothing.
         futures_util::future::join_all(bindings).await;
-        if let Err(end) = Box::pin(catch_up(realtime, socket, since)).await {
-            return end;
-        }
+        catch_up(realtime, socket, since).await?;
     }
     socket.release();
-    relay_live(realtime, socket, early).await
+    Ok(())
 }
 
 /// Subscribes to everyone the user follows. A fresh socket (`fresh`) is
@@ -269,24 +288,7 @@ fn flush(realtime: &Realtime, socket: &Socket) -> Flushed {
     })
 }
 
-async fn relay_live(realtime: &Realtime, socket: &Socket, early: Vec<u8>) -> End {
-    let mut reader = Reader::new(MAX_CLIENT_MESSAGE);
-    let answer = |frame: ClientFrame| match frame {
-        // Answered through the outbox: after the posts before it.
-        ClientFrame::Ping(payload) => {
-            socket.send(wire::pong(&payload));
-            None
-        }
-        ClientFrame::Pong => {
-            socket.ponged();
-            None
-        }
-        ClientFrame::Close(code) => Some(End::ClientClosed(code)),
-    };
-    if let Err(end) = read_frames(&mut reader, &early, answer) {
-        return end;
-    }
-    drop(early);
+async fn relay_live(realtime: &Realtime, socket: &Socket, reader: &mut Reader) -> End {
     // Armed while the kernel's buffer is full, from when nothing was taken;
     // boxed, so an idle socket holds no timer.
     let mut write_deadline: Option<Pin<Box<Sleep>>> = None;
@@ -309,7 +311,7 @@ async fn relay_live(realtime: &Realtime, socket: &Socket, early: Vec<u8>) -> End
             Event::Writable => write_deadline = None,
             Event::WriteDeadline => return End::WriteTimeout,
             Event::Readable => {
-                if let Err(end) = read_available(socket, &mut reader, answer) {
+                if let Err(end) = read_available(socket, reader) {
                     return end;
                 }
             }
@@ -357,36 +359,43 @@ async fn next_event(socket: &Socket, mut write_deadline: Option<&mut Pin<Box<Sle
 }
 
 /// Reads what the client sent until the socket has nothing more.
-fn read_available(
-    socket: &Socket,
-    reader: &mut Reader,
-    mut on_frame: impl FnMut(ClientFrame) -> Option<End>,
-) -> Result<(), End> {
+fn read_available(socket: &Socket, reader: &mut Reader) -> Result<(), End> {
     let mut chunk = [0u8; READ_CHUNK];
     loop {
         match socket.stream().try_read(&mut chunk) {
             Ok(0) => return Err(End::ClientLeft),
-            Ok(n) => read_frames(reader, &chunk[..n], &mut on_frame)?,
+            Ok(n) => read_frames(socket, reader, &chunk[..n])?,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(_) => return Err(End::ClientLeft),
         }
     }
 }
 
-/// Runs `on_frame` on each control frame in `input`; the first that ends
-/// the session ends it.
-fn read_frames(
-    reader: &mut Reader,
-    input: &[u8],
-    mut on_frame: impl FnMut(ClientFrame) -> Option<End>,
-) -> Result<(), End> {
+/// Answers each control frame in `input`; the first that ends the session
+/// ends it.
+fn read_frames(socket: &Socket, reader: &mut Reader, input: &[u8]) -> Result<(), End> {
     let mut end = None;
     reader.feed(input, |frame| {
         if end.is_none() {
-            end = on_frame(frame);
+            end = answer(socket, frame);
         }
     })?;
     end.map_or(Ok(()), Err)
+}
+
+fn answer(socket: &Socket, frame: ClientFrame) -> Option<End> {
+    match frame {
+        // Answered through the outbox: after the posts before it.
+        ClientFrame::Ping(payload) => {
+            socket.send(wire::pong(&payload));
+            None
+        }
+        ClientFrame::Pong => {
+            socket.ponged();
+            None
+        }
+        ClientFrame::Close(code) => Some(End::ClientClosed(code)),
+    }
 }
 
 /// What one idle socket holds in memory, by part: printed with
@@ -401,6 +410,7 @@ mod memory {
 
     use super::*;
     use crate::broker::{Broker, BrokerKind, MemoryBus};
+    use crate::domain::UserId;
     use crate::metrics::Metrics;
     use crate::realtime::{RealtimeSettings, Routing};
     use crate::store::{Store, StoreSettings};
@@ -441,14 +451,15 @@ mod memory {
             16,
             TcpStream::from_std(server).unwrap(),
         ));
-        let session = run(
+        let slot = realtime.admit(UserId::new_v7()).unwrap();
+        let session = crate::realtime::session_task(
             realtime.clone(),
+            slot,
             std::future::ready(None::<Upgraded>),
-            UserId::new_v7(),
             None,
         );
-        let relay = relay_live(&realtime, &socket, Vec::new());
-
+        let mut reader = Reader::new(MAX_CLIENT_MESSAGE);
+        let relay = relay_live(&realtime, &socket, &mut reader);
         let parts = [
             ("Socket", size_of::<Socket>()),
             ("session task future", size_of_val(&session)),
