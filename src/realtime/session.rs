@@ -124,6 +124,10 @@ impl From<ReadError> for End {
 /// (the arguments here and the idle wait's state) is kept to a few words,
 /// and every wait that holds more (the upgrade, subscribing, a catch-up,
 /// closing) is boxed, freed once it completes.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments"
+)]
 pub(super) fn run(
     realtime: Arc<Realtime>,
     slot: SocketSlot,
@@ -294,6 +298,10 @@ fn flush(realtime: &Realtime, socket: &Socket) -> Flushed {
 
 /// The live socket's loop: the session's idle wait. Not an `async fn`, for
 /// the same reason as [`run`].
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps a second copy of its arguments"
+)]
 fn relay_live<'a>(
     realtime: &'a Realtime,
     socket: &'a Socket,
