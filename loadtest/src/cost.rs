@@ -76,10 +76,7 @@ impl Servers {
             pids: pids.to_vec(),
             stores: stores.iter().map(Store::find).collect::<Result<_, _>>()?,
             bases: targets.iter().map(|t| t.base.clone()).collect(),
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(METRICS_TIMEOUT)
-                .build()?,
+            http: crate::http::client(METRICS_TIMEOUT, usize::MAX)?,
         })
     }
 

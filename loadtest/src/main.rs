@@ -13,6 +13,7 @@ mod cost;
 mod fanout;
 mod fleet;
 mod floor;
+mod http;
 mod marker;
 mod nchan;
 mod opts;

@@ -181,11 +181,7 @@ impl Publisher {
                 .or_insert_with(|| minter.mint(users[author as usize]));
         }
         Ok(Self {
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(REQUEST_TIMEOUT)
-                .pool_max_idle_per_host(MAX_IN_FLIGHT)
-                .build()?,
+            http: crate::http::client(REQUEST_TIMEOUT, MAX_IN_FLIGHT)?,
             bases: targets.iter().map(|t| t.base.clone()).collect(),
             run: run.to_owned(),
             text_bytes,

@@ -191,9 +191,10 @@ pub(super) fn run(
     }
 }
 
-/// Everything before the socket goes live: the frames the client sent
-/// with its upgrade (`early`), the subscriptions, and for a `?since=`
-/// reconnect its catch-up.
+/// Everything before the socket goes live: the subscriptions, for a
+/// `?since=` reconnect its catch-up, then the frames the client sent with
+/// its upgrade (`early`). A ping among them is answered only now: a pong
+/// tells the client it is subscribed.
 async fn open(
     realtime: &Realtime,
     socket: &Arc<Socket>,
@@ -201,7 +202,6 @@ async fn open(
     since: Option<PostId>,
     early: Vec<u8>,
 ) -> Result<(), End> {
-    read_frames(socket, reader, &early)?;
     let bindings = subscribe(realtime, socket, since.is_none()).await?;
     if let Some(since) = since {
         socket.client_has(since);
@@ -211,7 +211,7 @@ async fn open(
         catch_up(realtime, socket, since).await?;
     }
     socket.release();
-    Ok(())
+    read_frames(socket, reader, &early)
 }
 
 /// Subscribes to everyone the user follows. A fresh socket (`fresh`) is

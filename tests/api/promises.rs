@@ -1,11 +1,13 @@
 //! Promises of the README and the spec that no other test held to: tokens
-//! on the websocket, tokens whose user is gone, the ping timeout, the
-//! catch-up cap, and timeouts answered as 503.
+//! on the websocket, tokens whose user is gone, the ping timeout, a ping
+//! answered only once subscribed, the catch-up cap, and timeouts answered
+//! as 503.
 
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
     FeedClient, SECRET, TestApp, expect_error_code, forged_and_expired, fresh_database, json_ok,
@@ -143,6 +145,123 @@ async fn a_silent_socket_is_closed_at_the_ping_timeout_and_an_answering_one_is_k
     assert_eq!(post["postId"], id.as_str());
     // A peer that does not answer pings gets no close frame, just the end.
     assert!(silent.closed().await.is_none());
+}
+
+/// A ping the client sends in the same write as its upgrade request
+/// reaches the server with the request; it is still answered only once the
+/// socket is subscribed and caught up: after the catch-up's posts.
+#[tokio::test]
+async fn a_ping_sent_with_the_upgrade_request_is_answered_after_the_catch_up() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Торопливый").await;
+    let reader = app.register("Читатель", "Нетерпеливый").await;
+    app.follow(&reader, &author).await;
+    let seen = app.create_post(&author, "видел").await;
+    let mut missed = Vec::new();
+    for text in ["раз", "два", "три"] {
+        missed.push(app.create_post(&author, text).await);
+    }
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut request = format!(
+        "GET /post/feed/posted?since={seen} HTTP/1.1\r\nHost: {address}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        reader.token
+    )
+    .into_bytes();
+    let mask = [7u8, 1, 2, 9];
+    request.extend([0x89, 0x80 | 6]);
+    request.extend(mask);
+    request.extend(
+        b"ready?"
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(b, m)| b ^ m),
+    );
+    stream.write_all(&request).await.unwrap();
+
+    let mut frames = ServerFrames::after_101(stream).await;
+    let mut texts = Vec::new();
+    loop {
+        let (opcode, payload) = frames.next().await;
+        match opcode {
+            0x1 => {
+                let post: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                texts.push(post["postId"].as_str().unwrap().to_owned());
+            }
+            0xA => {
+                assert_eq!(payload, b"ready?");
+                break;
+            }
+            other => panic!("unexpected frame {other:#x}"),
+        }
+    }
+    assert_eq!(texts, missed, "the pong came after the whole catch-up");
+}
+
+/// Reads a server's unmasked websocket frames off a raw stream.
+struct ServerFrames {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl ServerFrames {
+    /// Reads the handshake's answer (a 101) and keeps what follows it.
+    async fn after_101(stream: tokio::net::TcpStream) -> Self {
+        let mut frames = Self {
+            stream,
+            buffer: Vec::new(),
+        };
+        let end = loop {
+            if let Some(at) = frames.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            frames.fill().await;
+        };
+        assert!(
+            frames.buffer.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&frames.buffer)
+        );
+        frames.buffer.drain(..end);
+        frames
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("the server sends within 10 s")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        self.buffer.extend_from_slice(&chunk[..n]);
+    }
+
+    /// The next frame's opcode and payload.
+    async fn next(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buffer.len() >= 2 {
+                let (header, len) = match self.buffer[1] & 0x7f {
+                    126 if self.buffer.len() >= 4 => (
+                        4,
+                        usize::from(u16::from_be_bytes([self.buffer[2], self.buffer[3]])),
+                    ),
+                    126 => (usize::MAX, 0),
+                    127 => panic!("a frame over 64 KiB"),
+                    short => (2, usize::from(short)),
+                };
+                if header != usize::MAX && self.buffer.len() >= header + len {
+                    let opcode = self.buffer[0] & 0x0f;
+                    let payload = self.buffer[header..header + len].to_vec();
+                    self.buffer.drain(..header + len);
+                    return (opcode, payload);
+                }
+            }
+            self.fill().await;
+        }
+    }
 }
 
 /// Inserts `count` posts of `authors` in turn, texts `c1`, `c2`..., each

@@ -252,11 +252,7 @@ async fn traffic(
     let minter = Minter::new(&args.common.jwt_secret)?;
     let servers = Servers::new(&args.common.server_pids, &args.common.stores, targets)?;
     let context = Arc::new(Caller {
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(args.concurrency as usize)
-            .build()
+        http: crate::http::client(REQUEST_TIMEOUT, args.concurrency as usize)
             .context("building the HTTP client")?,
         bases: targets.iter().map(|t| t.base.clone()).collect(),
         users: population.users.clone(),
