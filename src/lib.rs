@@ -17,7 +17,7 @@
 //! - [`broker`]: carries those events between instances (RabbitMQ, or an
 //!   in-process bus for a single instance).
 //! - [`realtime`]: the live feed: sockets, their subscriptions, fan-out,
-//!   recovery of missed posts (`?since=`), admission limits.
+//!   recovery of missed posts (`?since=`), pings, admission limits.
 //! - [`cache`]: the feed in Redis, materialised by the feed worker, with
 //!   PostgreSQL behind it whenever Redis cannot answer; `warm-cache`.
 //! - [`metrics`]: the `/metrics` counters; [`memory`]: returning freed
