@@ -6,7 +6,7 @@
 //! one that also came live. Never decides about seams, never waits for the
 //! broker before a socket is ready.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,25 +73,32 @@ pub(super) fn after_binding(
         let authors = &pending.authors;
         let mut sent = 0;
         if let Some(seq) = marked.values().map(|(_, mark)| mark.seq).min() {
+            let readers = readers(marked.values());
             let read = || store.posts_after_mark(authors, seq, LIMIT, CONCURRENT_PER_AUTHOR);
-            if let Some(posts) = with_retries(read).await {
-                sent += send(&posts, marked.values(), &metrics, |mark, post| {
+            if let Some(read) = read_back(&store, &readers, read).await {
+                sent += send(&read, marked.values(), &metrics, |mark, post| {
                     !mark.saw(post.written_by)
                 });
             }
         }
         if let Some(ms) = since.values().map(|(_, ms)| *ms).min() {
             let first = |ms: u64| PostId::first_at(ms.saturating_sub(CLOCK_SKEW_MS));
-            let read = || store.posts_by_authors_since(authors, first(ms), LIMIT);
-            if let Some(posts) = with_retries(read).await {
-                let posts: Vec<MarkedPost> = posts
+            let readers = readers(since.values());
+            let store = &store;
+            let read = || async move {
+                let posts = store
+                    .posts_by_authors_since(authors, first(ms), LIMIT)
+                    .await?;
+                Ok(posts
                     .into_iter()
                     .map(|post| MarkedPost {
                         post,
                         written_by: None,
                     })
-                    .collect();
-                sent += send(&posts, since.values(), &metrics, |ms, post| {
+                    .collect())
+            };
+            if let Some(read) = read_back(store, &readers, read).await {
+                sent += send(&read, since.values(), &metrics, |ms, post| {
                     post.post.id >= first(*ms)
                 });
             }
@@ -114,9 +121,9 @@ pub(super) fn for_socket(
     let (store, metrics) = (store.clone(), metrics.clone());
     tokio::spawn(async move {
         let read = || store.posts_after_mark(&authors, mark.seq, LIMIT, CONCURRENT_PER_AUTHOR);
-        if let Some(posts) = with_retries(read).await {
+        if let Some(read) = read_back(&store, &[socket.user], read).await {
             let recipient = [(socket, mark)];
-            let sent = send(&posts, recipient.iter(), &metrics, |mark, post| {
+            let sent = send(&read, recipient.iter(), &metrics, |mark, post| {
                 !mark.saw(post.written_by)
             });
             metrics
@@ -126,21 +133,70 @@ pub(super) fn for_socket(
     })
 }
 
-/// Pushes each post (oldest first) to the recipients that follow its author
-/// and whose start `admits` it; returns how many posts went to any.
+/// Posts read back, and which of their recipients' users followed their
+/// authors in a read made after them.
+struct ReadBack {
+    posts: Vec<MarkedPost>,
+    follows: HashSet<(UserId, UserId)>,
+}
+
+/// The users of `recipients`, once each.
+fn readers<'a, S: 'a>(recipients: impl Iterator<Item = &'a (Arc<Socket>, S)>) -> Vec<UserId> {
+    let users: HashSet<UserId> = recipients.map(|(socket, _)| socket.user).collect();
+    users.into_iter().collect()
+}
+
+/// Reads posts with `read`, then which of `readers` follow their authors.
+///
+/// A socket learns of an unfollow when the hub applies it, and that may
+/// come after a post its author wrote after the unfollow is read back
+/// here: the live path orders the two (the relay publishes the unfollow
+/// first), a read-back does not. The follows are read after the posts, so
+/// they show every unfollow that committed before any post read: a post
+/// goes to a reader who still follows its author there.
+async fn read_back<F>(store: &Store, readers: &[UserId], read: impl Fn() -> F) -> Option<ReadBack>
+where
+    F: Future<Output = Result<Vec<MarkedPost>, StoreError>>,
+{
+    let read = &read;
+    with_retries(|| async move {
+        let posts = read().await?;
+        if posts.is_empty() {
+            return Ok(ReadBack {
+                posts,
+                follows: HashSet::new(),
+            });
+        }
+        let authors: HashSet<UserId> = posts.iter().map(|p| p.post.author_user_id).collect();
+        let authors: Vec<UserId> = authors.into_iter().collect();
+        let follows = store.follows_among(readers, &authors).await?;
+        Ok(ReadBack {
+            posts,
+            follows: follows.into_iter().collect(),
+        })
+    })
+    .await
+}
+
+/// Pushes each post (oldest first) to the recipients that follow its author,
+/// here and in the read after the posts, and whose start `admits` it;
+/// returns how many posts went to any.
 fn send<'a, S: 'a>(
-    posts: &[MarkedPost],
+    read: &ReadBack,
     recipients: impl Iterator<Item = &'a (Arc<Socket>, S)> + Clone,
     metrics: &Metrics,
     admits: impl Fn(&S, &MarkedPost) -> bool,
 ) -> u64 {
     let mut sent = 0;
-    for post in posts {
+    for post in &read.posts {
         let author = post.post.author_user_id;
         let frame = Arc::new(stored_post_frame(&post.post));
         let mut delivered = false;
         for (socket, start) in recipients.clone() {
-            if !admits(start, post) || !follows(socket, author) {
+            if !admits(start, post)
+                || !read.follows.contains(&(socket.user, author))
+                || !follows(socket, author)
+            {
                 continue;
             }
             match socket.push(&frame) {

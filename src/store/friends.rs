@@ -94,14 +94,36 @@ impl Store {
         .await
     }
 
+    /// Which of `users` follow which of `authors`, as (follower, author)
+    /// pairs.
+    pub async fn follows_among(
+        &self,
+        users: &[UserId],
+        authors: &[UserId],
+    ) -> Result<Vec<(UserId, UserId)>, StoreError> {
+        let users: Vec<uuid::Uuid> = users.iter().map(|u| *u.as_uuid()).collect();
+        let authors: Vec<uuid::Uuid> = authors.iter().map(|a| *a.as_uuid()).collect();
+        self.fetch_all(
+            "SELECT user_id, friend_id FROM friends \
+             WHERE user_id = ANY($1) AND friend_id = ANY($2)",
+            &[&users, &authors],
+            follow_pair,
+        )
+        .await
+    }
+
     /// Who each of `users` follows, as (follower, author) pairs.
     pub async fn follows_of(&self, users: &[UserId]) -> Result<Vec<(UserId, UserId)>, StoreError> {
         let users: Vec<uuid::Uuid> = users.iter().map(|u| *u.as_uuid()).collect();
         self.fetch_all(
             "SELECT user_id, friend_id FROM friends WHERE user_id = ANY($1)",
             &[&users],
-            |row| (UserId::from_uuid(row.get(0)), UserId::from_uuid(row.get(1))),
+            follow_pair,
         )
         .await
     }
+}
+
+fn follow_pair(row: &tokio_postgres::Row) -> (UserId, UserId) {
+    (UserId::from_uuid(row.get(0)), UserId::from_uuid(row.get(1)))
 }

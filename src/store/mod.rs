@@ -29,7 +29,7 @@ pub use error::StoreError;
 pub use idempotency::{Endpoint, Once, Outcome, StoredResponse};
 pub use mark::{CommitMark, MarkedPost};
 pub use migrate::{create_database_if_missing, migrate};
-pub use outbox::{ClaimedMessage, OutboxLeader};
+pub use outbox::{ClaimedMessage, OutboxLeader, RELAY_LOCK};
 pub use posts::{Audience, FeedIds, FeedSource, PostAudience};
 
 /// How the service talks to PostgreSQL.

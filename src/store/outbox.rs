@@ -74,8 +74,9 @@ impl<'a> OutboxRows<'a> {
 }
 
 /// Any constant shared by every instance: whoever holds this advisory lock
-/// is the one relay, so events are published in a single order.
-const RELAY_LOCK: i64 = 0x6c66_5f72_656c_6179; // "lf_relay"
+/// is the one relay, so events are published in a single order. Public so
+/// that an operator (or a test) can see or hold it.
+pub const RELAY_LOCK: i64 = 0x6c66_5f72_656c_6179; // "lf_relay"
 
 /// This instance's turn as the outbox relay, held by a dedicated connection:
 /// if it dies, PostgreSQL releases the lock and another instance takes over.

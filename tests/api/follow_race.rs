@@ -1,12 +1,18 @@
 //! A socket that connects while its user unfollows someone: whichever of
-//! the socket's read of the follows and the unfollow reaching its instance
-//! comes first, the socket ends up not subscribed to the unfollowed author.
+//! the socket's read of the follows, the unfollow reaching its instance and
+//! the catch-ups of its subscriptions comes first, the unfollowed author's
+//! later posts do not reach it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use livefeed::store::RELAY_LOCK;
 use uuid::Uuid;
 
-use crate::support::{FeedClient, TestApp, sql};
+use crate::support::{
+    FeedClient, TestApp, Vhost, fresh_database, instances_connected, proxied_rabbit, rabbit_broker,
+    sql,
+};
 
 /// Users the reader follows besides the two authors of the test: they make
 /// the socket's subscription long enough for an unfollow to land inside it.
@@ -67,4 +73,61 @@ async fn an_unfollow_racing_a_connecting_socket_always_wins() {
         );
         socket.close().await;
     }
+}
+
+/// The other side of the race, made certain: a socket's broker bindings are
+/// held back (RabbitMQ frozen) and the relay is kept from publishing (the
+/// test holds its lock) while its user unfollows an author who then posts.
+/// When the bindings land, their catch-ups read both authors' posts back
+/// from PostgreSQL before the hub could have heard of the unfollow; the
+/// unfollowed author's post must still not reach the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_read_back_after_an_unfollow_the_hub_has_not_heard_of_is_not_sent() {
+    let vhost = Arc::new(Vhost::create().await);
+    let (proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let database = fresh_database().await;
+    let relay_lock = sql(&database).await;
+    relay_lock
+        .execute("SELECT pg_advisory_lock($1)", &[&RELAY_LOCK])
+        .await
+        .unwrap();
+    let mut app = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    instances_connected(&vhost, 1).await;
+    app.keep(vhost);
+    let reader = app.register("Читатель", "Передумавший").await;
+    let kept = app.register("Автор", "Оставленный").await;
+    let dropped = app.register("Автор", "Брошенный").await;
+    // Followed in SQL: nothing is relayed while the test holds the lock.
+    let db = sql(&database).await;
+    for author in [&kept, &dropped] {
+        let (reader_id, author_id): (Uuid, Uuid) =
+            (reader.id.parse().unwrap(), author.id.parse().unwrap());
+        db.execute(
+            "INSERT INTO friends (user_id, friend_id) VALUES ($1, $2)",
+            &[&reader_id, &author_id],
+        )
+        .await
+        .unwrap();
+    }
+
+    proxy.freeze();
+    // A fresh socket is ready without waiting for its bindings.
+    let mut socket = FeedClient::connect(&app, &reader.token).await;
+    app.unfollow(&reader, &dropped).await;
+    app.create_post(&dropped, "уже не для тебя").await;
+    let read_back = app.create_post(&kept, "прочитан из базы").await;
+    proxy.thaw();
+    assert_eq!(socket.next_post().await["postId"], read_back.as_str());
+
+    // Now the unfollow and the posts are relayed, in that order.
+    relay_lock
+        .execute("SELECT pg_advisory_unlock($1)", &[&RELAY_LOCK])
+        .await
+        .unwrap();
+    let live = app.create_post(&kept, "живьём").await;
+    assert_eq!(
+        socket.next_post().await["postId"],
+        live.as_str(),
+        "neither the unfollowed author's post nor a second copy of the one read back"
+    );
 }
