@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub use self::events::FeedEvent;
-pub use self::redis::{CacheError, FEED_CAPACITY};
+pub use self::redis::{CacheError, FEED_CAPACITY, SetState, StoredSet, unpack_users};
 use self::redis::{CachedPage, RedisFeeds};
 pub use self::warm::{WarmOptions, WarmReport, warm};
 pub use self::worker::run as run_worker;

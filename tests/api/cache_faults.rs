@@ -10,7 +10,7 @@ use bytes::Bytes;
 use livefeed::broker::{Broker, BrokerKind, Incoming, MemoryBus, Topic};
 use tokio::sync::mpsc;
 
-use crate::feed_cache::{prefix, redis, redis_url};
+use crate::feed_cache::{cached_feed, prefix, redis, redis_url};
 use crate::support::{
     Brokers, FeedClient, Rabbitmqctl, TcpProxy, TestApp, TestUser, Vhost, fresh_database,
     instances_connected, rabbit_broker,
@@ -143,24 +143,6 @@ impl Deployment {
     }
 }
 
-/// The ids in the cached feed of `user` (sentinels left out), or `None`
-/// while it is not cached.
-async fn cached_ids(app: &TestApp, user: &TestUser) -> Option<Vec<String>> {
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{}feed:{}", prefix(app), user.id))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis().await)
-        .await
-        .unwrap_or_default();
-    members.iter().any(|m| m == "!c" || m == "!p").then(|| {
-        members
-            .into_iter()
-            .filter(|m| !m.starts_with('!'))
-            .collect()
-    })
-}
-
 /// Reads `reader`'s feed (which builds it when missing) until the cached
 /// feed holds exactly `expected` ids.
 async fn cache_holds(app: &TestApp, reader: &TestUser, expected: &[String]) {
@@ -170,7 +152,7 @@ async fn cache_holds(app: &TestApp, reader: &TestUser, expected: &[String]) {
     let held = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             app.feed(reader, "?limit=1").await;
-            last = cached_ids(app, reader).await;
+            last = cached_feed(app, reader).await;
             if last.as_deref() == Some(&want[..]) {
                 return;
             }
@@ -254,9 +236,9 @@ async fn bad_feed_events_are_dead_lettered_and_the_rest_go_on(brokers: Brokers) 
     // A feed key of the wrong type: every update of it fails, however
     // often it is retried.
     let broken_key = format!("{}feed:{}", prefix(app), broken.id);
-    let () = redis::cmd("SET")
+    let _: i64 = redis::cmd("RPUSH")
         .arg(&broken_key)
-        .arg("not a sorted set")
+        .arg("not a feed")
         .query_async(&mut redis().await)
         .await
         .unwrap();

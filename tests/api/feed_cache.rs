@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use livefeed::cache::{SetState, StoredSet};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use reqwest::{Method, StatusCode};
@@ -60,25 +61,36 @@ pub(crate) async fn cached_feed_len(app: &TestApp, user: &TestUser) -> usize {
 /// How many post ids the cached set `key` holds, once it is built. Reading
 /// `reader`'s feed meanwhile is what makes missing sets get built.
 async fn cached_len(app: &TestApp, reader: &TestUser, key: &str) -> usize {
-    let mut redis = redis().await;
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             app.feed(reader, "").await;
-            let members: Vec<String> = redis::cmd("ZRANGE")
-                .arg(key)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            if members.iter().any(|m| m == "!c" || m == "!p") {
-                return members.iter().filter(|m| !m.starts_with('!')).count();
+            if let Some(ids) = cached_set(key).await {
+                return ids.len();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await
     .expect("the feed gets cached")
+}
+
+/// The ids of `user`'s cached feed, oldest first, or `None` while it is
+/// missing or being built.
+pub(crate) async fn cached_feed(app: &TestApp, user: &TestUser) -> Option<Vec<String>> {
+    cached_set(&format!("{}feed:{}", prefix(app), user.id)).await
+}
+
+/// The ids of the cached set `key`, oldest first, or `None` while it is
+/// missing or being built.
+async fn cached_set(key: &str) -> Option<Vec<String>> {
+    let raw: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut redis().await)
+        .await
+        .unwrap();
+    let set = StoredSet::decode(&raw?).expect("a cached set is well formed");
+    (set.state != SetState::Building)
+        .then(|| set.ids.iter().rev().map(|id| id.to_string()).collect())
 }
 
 async fn update(app: &TestApp, author: &TestUser, id: &str, text: &str) {

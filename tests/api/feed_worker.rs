@@ -9,15 +9,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use livefeed::broker::{Settled, Work};
 use livefeed::cache::{CacheSettings, FeedEvent, Feeds, run_worker};
-use livefeed::domain::PostId;
+use livefeed::domain::{PostId, UserId};
 use livefeed::metrics::Metrics;
 use livefeed::store::{Store, StoreSettings};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::feed_cache::{cached_feed_len, prefix, redis, redis_url};
-use crate::support::{TestApp, TestUser, sql, texts};
+use crate::feed_cache::{cached_feed, cached_feed_len, prefix, redis, redis_url};
+use crate::support::{TestApp, sql, texts};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -62,10 +62,19 @@ impl Worker {
 
     /// Queues one `PostCreated` per post; their settlements, in order.
     async fn queue(&self, posts: &[PostId]) -> Vec<oneshot::Receiver<Settled>> {
+        let created = posts.iter().map(|&post| FeedEvent::PostCreated { post });
+        self.send(created).await
+    }
+
+    /// Queues `events`; their settlements, in order.
+    async fn send(
+        &self,
+        events: impl IntoIterator<Item = FeedEvent>,
+    ) -> Vec<oneshot::Receiver<Settled>> {
         let mut settled = Vec::new();
-        for post in posts {
+        for event in events {
             let (done, receiver) = oneshot::channel();
-            let body: Bytes = FeedEvent::PostCreated { post: *post }.encode();
+            let body: Bytes = event.encode();
             self.work.send(Work { body, done }).await.expect("queued");
             settled.push(receiver);
         }
@@ -98,21 +107,6 @@ async fn all_applied(settled: Vec<oneshot::Receiver<Settled>>) {
             .expect("settled, not handed back");
         assert_eq!(settled, Settled::Applied);
     }
-}
-
-/// The members of `reader`'s cached feed, sentinel aside.
-async fn cached_ids(app: &TestApp, reader: &TestUser) -> Vec<String> {
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{}feed:{}", prefix(app), reader.id))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis().await)
-        .await
-        .unwrap();
-    members
-        .into_iter()
-        .filter(|m| !m.starts_with('!'))
-        .collect()
 }
 
 async fn body_cached(app: &TestApp, post: PostId) -> bool {
@@ -155,7 +149,7 @@ async fn a_batch_skips_a_post_deleted_before_it_and_a_replay_changes_nothing() {
     worker.start();
     all_applied(settled).await;
     let expected = vec![first, posts[0].to_string(), posts[2].to_string()];
-    assert_eq!(cached_ids(&app, &reader).await, expected);
+    assert_eq!(cached_feed(&app, &reader).await, Some(expected.clone()));
     assert!(body_cached(&app, posts[2]).await);
     assert!(!body_cached(&app, posts[1]).await, "a deleted post's body");
     app.feed_settles_to(&reader, "", &["третий", "второй", "первый"])
@@ -164,7 +158,7 @@ async fn a_batch_skips_a_post_deleted_before_it_and_a_replay_changes_nothing() {
     // RabbitMQ hands the batch out again when the instance that applied it
     // died before its ack: applying it twice changes nothing.
     all_applied(worker.queue(&posts).await).await;
-    assert_eq!(cached_ids(&app, &reader).await, expected);
+    assert_eq!(cached_feed(&app, &reader).await, Some(expected.clone()));
     let feed = app.feed(&reader, "").await;
     assert_eq!(texts(&feed), ["третий", "второй", "первый"]);
     assert_eq!(
@@ -174,4 +168,63 @@ async fn a_batch_skips_a_post_deleted_before_it_and_a_replay_changes_nothing() {
             .load(std::sync::atomic::Ordering::Relaxed),
         6
     );
+}
+
+/// Group commit can commit a later id first, so the relay may announce
+/// posts out of id order: the cached feed holds them in id order all the
+/// same, a replay adds nothing, and a delete takes out its id alone.
+#[tokio::test]
+async fn posts_announced_out_of_order_are_cached_in_order_and_a_delete_takes_out_only_its_id() {
+    let app = TestApp::spawn().await;
+    let author = app.register("Автор", "Непоследовательный").await;
+    let reader = app.register("Читатель", "Упорядоченный").await;
+    app.follow(&reader, &author).await;
+    let first = app.create_post(&author, "первый").await;
+    app.feed_settles_to(&reader, "", &["первый"]).await;
+    assert_eq!(cached_feed_len(&app, &reader).await, 1, "cached");
+
+    let posts: Vec<PostId> = (0..4).map(|_| PostId::new_v7()).collect();
+    let db = sql(&app.database_url).await;
+    let author_id: Uuid = author.id.parse().unwrap();
+    for (post, text) in posts.iter().zip(["a", "b", "c", "d"]) {
+        db.execute(
+            "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
+            &[post.as_uuid(), &author_id, &text],
+        )
+        .await
+        .unwrap();
+    }
+    let mut worker = Worker::new(&app);
+    worker.start();
+    // One batch each: a batch is applied in id order.
+    for post in [posts[2], posts[0], posts[3], posts[1], posts[0]] {
+        all_applied(worker.queue(&[post]).await).await;
+    }
+    let mut expected = vec![first];
+    expected.extend(posts.iter().map(PostId::to_string));
+    assert_eq!(cached_feed(&app, &reader).await, Some(expected.clone()));
+    app.feed_settles_to(&reader, "", &["d", "c", "b", "a", "первый"])
+        .await;
+
+    // A removal overwrites the id's slot with a neighbour: a middle id, then
+    // the one now in two slots, then the oldest (its three slots take the
+    // newer neighbour).
+    let first_id: PostId = expected[0].parse().unwrap();
+    for (gone, left) in [
+        (posts[1], vec!["d", "c", "a", "первый"]),
+        (posts[0], vec!["d", "c", "первый"]),
+        (first_id, vec!["d", "c"]),
+    ] {
+        db.execute("DELETE FROM posts WHERE id = $1", &[gone.as_uuid()])
+            .await
+            .unwrap();
+        let deleted = FeedEvent::PostDeleted {
+            post: gone,
+            author: UserId::from_uuid(author_id),
+        };
+        all_applied(worker.send([deleted]).await).await;
+        expected.retain(|id| *id != gone.to_string());
+        assert_eq!(cached_feed(&app, &reader).await, Some(expected.clone()));
+        app.feed_settles_to(&reader, "", &left).await;
+    }
 }

@@ -3,6 +3,7 @@
 //! and the warmed feeds equal a one-reader build.
 
 use super::*;
+use livefeed::cache::{SetState, StoredSet, unpack_users};
 
 /// `cache/generate_data.sh` builds every feed; then the real server on
 /// port 0 against the seeded database: a seeded user logs in with the
@@ -179,13 +180,15 @@ pub(super) async fn api_serves_the_seeded_users(database_url: &str, db: &tokio_p
             format!("{prefix}feed:{id}"),
             format!("{prefix}author:{author}"),
         ] {
-            let score: Option<f64> = redis::cmd("ZSCORE")
+            let raw: Option<Vec<u8>> = redis::cmd("GET")
                 .arg(&key)
-                .arg(post_id)
                 .query_async(&mut redis)
                 .await
                 .unwrap();
-            if score.is_some() {
+            let held = raw
+                .and_then(|raw| StoredSet::decode(&raw))
+                .is_some_and(|set| set.ids.iter().any(|id| id.to_string() == post_id));
+            if held {
                 holders.push(key);
             }
         }
@@ -231,16 +234,20 @@ async fn warmed_feeds_are_the_truth(
             .iter()
             .map(|row| row.get(0))
             .collect();
-        let sentinel = if posts.len() > 1000 { "!p" } else { "!c" };
-        let mut expected: Vec<String> = posts.into_iter().take(1000).collect();
-        expected.push(sentinel.to_owned());
-        let cached: Vec<String> = redis::cmd("ZREVRANGE")
+        let state = if posts.len() > 1000 {
+            SetState::Partial
+        } else {
+            SetState::Complete
+        };
+        let expected: Vec<String> = posts.into_iter().take(1000).collect();
+        let raw: Vec<u8> = redis::cmd("GET")
             .arg(format!("{prefix}feed:{reader}"))
-            .arg(0)
-            .arg(-1)
             .query_async(redis)
             .await
             .unwrap();
+        let stored = StoredSet::decode(&raw).expect("a warmed feed is well formed");
+        assert_eq!(stored.state, state, "the warmed feed of {reader}");
+        let cached: Vec<String> = stored.ids.iter().map(|id| id.to_string()).collect();
         assert_eq!(cached, expected, "the warmed feed of {reader}");
 
         let mut celebrities: Vec<String> = db
@@ -255,13 +262,17 @@ async fn warmed_feeds_are_the_truth(
             .map(|row| row.get(0))
             .collect();
         with_celebrities += usize::from(!celebrities.is_empty());
-        celebrities.push("!".to_owned());
         celebrities.sort();
-        let mut cached: Vec<String> = redis::cmd("SMEMBERS")
+        let raw: Vec<u8> = redis::cmd("GET")
             .arg(format!("{prefix}celebs:{reader}"))
             .query_async(redis)
             .await
             .unwrap();
+        let mut cached: Vec<String> = unpack_users(&raw)
+            .expect("whole ids")
+            .iter()
+            .map(|id| id.to_string())
+            .collect();
         cached.sort();
         assert_eq!(cached, celebrities, "the warmed celebrities of {reader}");
     }

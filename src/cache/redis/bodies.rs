@@ -10,6 +10,8 @@ use bytes::Bytes;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
+use crate::domain::PostId;
+
 /// Memory for copies (ids, bodies and tokens, plus an estimate of the
 /// cache's own overhead per entry): the bodies of the newest posts of a
 /// busy instance's readers' authors, ≈ 100,000 of 300 bytes.
@@ -26,14 +28,14 @@ struct Copy {
 #[derive(Clone)]
 struct Size;
 
-impl Weighter<Bytes, Copy> for Size {
-    fn weight(&self, id: &Bytes, copy: &Copy) -> u64 {
-        (id.len() + copy.version.len() + copy.body.len()) as u64 + OVERHEAD_PER_COPY
+impl Weighter<PostId, Copy> for Size {
+    fn weight(&self, _: &PostId, copy: &Copy) -> u64 {
+        (size_of::<PostId>() + copy.version.len() + copy.body.len()) as u64 + OVERHEAD_PER_COPY
     }
 }
 
 pub(super) struct BodyCopies {
-    copies: Cache<Bytes, Copy, Size>,
+    copies: Cache<PostId, Copy, Size>,
 }
 
 impl Default for BodyCopies {
@@ -51,15 +53,15 @@ impl BodyCopies {
     }
 
     /// The body of post `id` if it was copied under `version`.
-    pub fn get(&self, version: &Bytes, id: &Bytes) -> Option<Bytes> {
+    pub fn get(&self, version: &Bytes, id: PostId) -> Option<Bytes> {
         self.copies
-            .get(id)
+            .get(&id)
             .filter(|copy| copy.version == *version)
             .map(|copy| copy.body)
     }
 
     /// Keeps `body`, read from Redis after `version` was.
-    pub fn put(&self, version: &Bytes, id: Bytes, body: Bytes) {
+    pub fn put(&self, version: &Bytes, id: PostId, body: Bytes) {
         let copy = Copy {
             version: version.clone(),
             body,
@@ -76,13 +78,13 @@ mod tests {
     fn a_copy_answers_only_under_the_token_it_was_read_with() {
         let copies = BodyCopies::default();
         let (v1, v2) = (Bytes::from_static(b"v1"), Bytes::from_static(b"v2"));
-        let id = Bytes::from_static(b"post");
-        copies.put(&v1, id.clone(), Bytes::from_static(b"old"));
-        assert_eq!(copies.get(&v1, &id).as_deref(), Some(&b"old"[..]));
-        assert_eq!(copies.get(&v2, &id), None, "the body may have changed");
-        copies.put(&v2, id.clone(), Bytes::from_static(b"new"));
-        assert_eq!(copies.get(&v2, &id).as_deref(), Some(&b"new"[..]));
-        assert_eq!(copies.get(&v1, &id), None);
+        let id = PostId::first_at(1);
+        copies.put(&v1, id, Bytes::from_static(b"old"));
+        assert_eq!(copies.get(&v1, id).as_deref(), Some(&b"old"[..]));
+        assert_eq!(copies.get(&v2, id), None, "the body may have changed");
+        copies.put(&v2, id, Bytes::from_static(b"new"));
+        assert_eq!(copies.get(&v2, id).as_deref(), Some(&b"new"[..]));
+        assert_eq!(copies.get(&v1, id), None);
     }
 
     #[test]
@@ -90,8 +92,7 @@ mod tests {
         let copies = BodyCopies::with_capacity(64 << 10);
         let version = Bytes::from_static(b"v");
         for n in 0..10_000 {
-            let id = Bytes::from(format!("{n:036}"));
-            copies.put(&version, id, Bytes::from(vec![b'x'; 300]));
+            copies.put(&version, PostId::first_at(n), Bytes::from(vec![b'x'; 300]));
         }
         assert!(copies.copies.weight() <= 64 << 10);
         assert!(

@@ -1,11 +1,12 @@
 //! The feed cache in Redis.
 //!
 //! Keys (under a configurable prefix):
-//! - `feed:<user>`: sorted set of the ids of the newest posts (at most
-//!   [`FEED_CAPACITY`]) of the non-celebrity authors the user follows;
-//! - `celebs:<user>`: set of the celebrities the user follows (merged in at
-//!   read time), with a `!` member so an empty set still exists;
-//! - `author:<celebrity>`: sorted set of a celebrity's newest post ids;
+//! - `feed:<user>`: the ids of the newest posts (at most [`FEED_CAPACITY`],
+//!   give or take an untrimmed few) of the non-celebrity authors the user
+//!   follows, as one string laid out as [`stored`] says;
+//! - `celebs:<user>`: the celebrities the user follows (merged in at read
+//!   time), 16 bytes each, an empty string for none;
+//! - `author:<celebrity>`: a celebrity's newest post ids, laid out the same;
 //! - `post:<id>`: the post as the API shows it (JSON), so an update or a
 //!   delete touches one key, not every feed;
 //! - `version:authors`: a token set afresh after every change to any
@@ -14,21 +15,22 @@
 //! - `version:bodies`: the same for every change to an existing `post:`
 //!   body (an update or a delete), for the instances' copies of bodies.
 //!
-//! Every member of a sorted set has score 0, so members sort by their bytes:
-//! hyphenated UUIDv7 strings sort by time. Each sorted set also holds one
-//! sentinel, which sorts before any id: `!b` while it is being built, `!c`
-//! when it holds every post there is, `!p` when older posts exist beyond it.
-//! A missing sentinel means a missing (never built, evicted or invalidated)
-//! set, which the reader rebuilds from PostgreSQL.
+//! A set's state byte says whether it is being built, holds every post
+//! there is, or has older posts beyond it; a missing set (never built,
+//! evicted or invalidated) is rebuilt from PostgreSQL by its reader.
+//! (Up to 2026-12 sets were sorted sets of hyphenated ids: a Redis that
+//! holds those must be flushed before this version serves from it.)
 //! This module owns the connection, the key names and the back-off after an
 //! outage; [`read`] serves pages and [`write`] builds and updates the sets.
 //! Nothing here reads PostgreSQL: callers hand in what to store.
 
 mod bodies;
 mod read;
+mod stored;
 mod write;
 
 pub use read::CachedPage;
+pub use stored::{SetState, StoredSet, unpack_users};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -85,8 +87,8 @@ pub struct RedisFeeds {
     /// Copies of post bodies; see [`bodies`].
     bodies: bodies::BodyCopies,
     add: Script,
-    begin_build: Script,
     finish_build: Script,
+    remove: Script,
 }
 
 impl RedisFeeds {
@@ -105,9 +107,9 @@ impl RedisFeeds {
             started: Instant::now(),
             timelines: Default::default(),
             bodies: Default::default(),
-            add: Script::new(write::ADD),
-            begin_build: Script::new(write::BEGIN_BUILD),
-            finish_build: Script::new(write::FINISH_BUILD),
+            add: script(write::ADD),
+            finish_build: script(write::FINISH_BUILD),
+            remove: script(write::REMOVE),
         })
     }
 
@@ -180,6 +182,10 @@ impl RedisFeeds {
     }
 }
 
+fn script(body: &str) -> Script {
+    Script::new(&format!("{}{body}", write::HELPERS))
+}
+
 /// A client for `url`; `rediss://` is TLS (rustls), trusting the CA file of
 /// [`crate::tls`] when one is set, else the system's CA store.
 fn client(url: &str) -> Result<Client, CacheError> {
@@ -194,9 +200,4 @@ fn client(url: &str) -> Result<Client, CacheError> {
         )?,
         _ => Client::open(url)?,
     })
-}
-
-fn parse_uuid(raw: &[u8]) -> Result<uuid::Uuid, CacheError> {
-    uuid::Uuid::try_parse_ascii(raw)
-        .map_err(|_| CacheError::Reply(format!("not an id: {}", String::from_utf8_lossy(raw))))
 }

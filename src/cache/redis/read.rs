@@ -1,6 +1,6 @@
 //! Reading a page of a feed from Redis with plain commands, celebrities'
 //! timelines merged in here from this instance's copies of them. Never
-//! writes, except to drop a feed whose celebrities set was evicted and to
+//! writes, except to drop a feed whose celebrities key was evicted and to
 //! name the timelines' version when Redis has none.
 
 use std::collections::HashMap;
@@ -8,18 +8,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{CacheError, RedisFeeds, parse_uuid};
+use super::stored::{self, ID_BYTES, SetState, Tail};
+use super::{CacheError, RedisFeeds};
 use crate::domain::{PostId, UserId};
 
-/// A page's first round trip: the feed's sentinel and newest ids, its
+/// A page's first round trip: the feed's state and newest ids, its
 /// celebrities, and the timelines' and the bodies' tokens.
-type PageReply = (
-    Vec<Bytes>,
-    Vec<Bytes>,
-    Vec<Bytes>,
-    Option<Bytes>,
-    Option<Bytes>,
-);
+type PageReply = (Bytes, Bytes, Option<Bytes>, Option<Bytes>, Option<Bytes>);
 
 /// What the cache could answer for a page of a feed.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,23 +53,24 @@ impl RedisFeeds {
         let mut pipe = redis::pipe();
         pipe.atomic();
         newest_commands(&mut pipe, &feed, wanted);
-        pipe.smembers(&celebs)
+        pipe.get(&celebs)
             .get(self.authors_version())
             .get(self.bodies_version());
-        let (sentinel, ids, celebrities, version, bodies_version): PageReply =
+        let (head, tail, celebrities, version, bodies_version): PageReply =
             self.query(&pipe).await?;
-        let ids = match newest(sentinel, ids, wanted) {
+        let ids = match newest(&head, &tail, wanted) {
             Ok(ids) => ids,
             Err(status) => return Ok(status),
         };
         // The pair is built together; an eviction can take one alone.
         // Without the celebrities the feed cannot be read, and a rebuild
         // would find it present: drop it so the next read rebuilds both.
-        if celebrities.is_empty() {
+        let Some(celebrities) = celebrities else {
             self.run(redis::pipe().del(&feed).ignore()).await?;
             return Ok(CachedPage::MissingFeed);
-        }
-        let celebrities: Vec<Bytes> = celebrities.into_iter().filter(|c| &c[..] != b"!").collect();
+        };
+        let celebrities = stored::unpack_users(&celebrities)
+            .ok_or_else(|| CacheError::Reply("a celebrities key that is not ids".into()))?;
         let ids = if celebrities.is_empty() {
             ids
         } else {
@@ -97,11 +93,11 @@ impl RedisFeeds {
         }
         let bodies = self.bodies(page, bodies_version).await?;
         let mut posts = Vec::with_capacity(page.len());
-        for (id, body) in page.iter().zip(bodies) {
+        for (&id, body) in page.iter().zip(bodies) {
             let Some(body) = body else {
                 return Ok(CachedPage::Incomplete);
             };
-            posts.push((PostId::from_uuid(parse_uuid(id)?), body));
+            posts.push((id, body));
         }
         Ok(CachedPage::Hit(posts))
     }
@@ -113,21 +109,18 @@ impl RedisFeeds {
     /// after the token they are copied under.
     async fn bodies(
         &self,
-        ids: &[Bytes],
+        ids: &[PostId],
         version: Option<Bytes>,
     ) -> Result<Vec<Option<Bytes>>, CacheError> {
         let mut bodies: Vec<Option<Bytes>> = match &version {
-            Some(version) => ids.iter().map(|id| self.bodies.get(version, id)).collect(),
+            Some(version) => ids.iter().map(|&id| self.bodies.get(version, id)).collect(),
             None => vec![None; ids.len()],
         };
         let missing: Vec<usize> = (0..ids.len()).filter(|&i| bodies[i].is_none()).collect();
         if missing.is_empty() {
             return Ok(bodies);
         }
-        let keys: Vec<String> = missing
-            .iter()
-            .map(|&i| format!("{}post:{}", self.prefix, String::from_utf8_lossy(&ids[i])))
-            .collect();
+        let keys: Vec<String> = missing.iter().map(|&i| self.key("post", ids[i])).collect();
         let mut pipe = redis::pipe();
         let (version, fetched) = match version {
             Some(version) => {
@@ -147,7 +140,7 @@ impl RedisFeeds {
         };
         for (i, body) in missing.into_iter().zip(fetched) {
             if let Some(body) = &body {
-                self.bodies.put(&version, ids[i].clone(), body.clone());
+                self.bodies.put(&version, ids[i], body.clone());
             }
             bodies[i] = body;
         }
@@ -159,7 +152,7 @@ impl RedisFeeds {
     /// rest read in one MULTI (which names the token if Redis lost it).
     async fn timelines(
         &self,
-        celebrities: &[Bytes],
+        celebrities: &[UserId],
         version: Option<Bytes>,
         wanted: usize,
     ) -> Result<Result<Vec<Arc<Timeline>>, CachedPage>, CacheError> {
@@ -170,9 +163,9 @@ impl RedisFeeds {
             for celebrity in celebrities {
                 let copy = version
                     .as_ref()
-                    .and_then(|version| copies.get(version, celebrity, wanted));
+                    .and_then(|version| copies.get(version, *celebrity, wanted));
                 if copy.is_none() {
-                    stale.push(celebrity);
+                    stale.push(*celebrity);
                 }
                 found.push(copy);
             }
@@ -190,29 +183,21 @@ impl RedisFeeds {
             .ignore();
         pipe.get(self.authors_version());
         for celebrity in &stale {
-            let key = format!(
-                "{}author:{}",
-                self.prefix,
-                String::from_utf8_lossy(celebrity)
-            );
-            newest_commands(&mut pipe, &key, depth);
+            newest_commands(&mut pipe, &self.key("author", celebrity), depth);
         }
         let reply: Vec<redis::Value> = self.query(&pipe).await?;
         let mut reply = reply.into_iter();
         let version: Option<Bytes> = parse(reply.next().unwrap_or(redis::Value::Nil))?;
         let version = version.unwrap_or_default();
-        let mut reply = reply.map(parse::<Vec<Bytes>>);
+        let mut reply = reply.map(parse::<Bytes>);
         let mut read = Vec::with_capacity(stale.len());
         for celebrity in stale {
-            let (Some(sentinel), Some(ids)) = (reply.next(), reply.next()) else {
+            let (Some(head), Some(tail)) = (reply.next(), reply.next()) else {
                 return Err(CacheError::Reply("short timelines reply".into()));
             };
-            match Timeline::read(sentinel?, ids?, depth) {
-                Some(timeline) => read.push((celebrity.clone(), Arc::new(timeline))),
-                None => {
-                    let author = UserId::from_uuid(parse_uuid(celebrity)?);
-                    return Ok(Err(CachedPage::MissingAuthor(author)));
-                }
+            match Timeline::read(&head?, &tail?, depth) {
+                Some(timeline) => read.push((celebrity, Arc::new(timeline))),
+                None => return Ok(Err(CachedPage::MissingAuthor(celebrity))),
             }
         }
         let mut read = read.into_iter();
@@ -244,19 +229,19 @@ const TIMELINE_DEPTH: usize = 64;
 #[derive(Default)]
 pub(super) struct Timelines {
     version: Bytes,
-    authors: HashMap<Bytes, Arc<Timeline>>,
+    authors: HashMap<UserId, Arc<Timeline>>,
 }
 
 impl Timelines {
-    fn get(&self, version: &Bytes, celebrity: &Bytes, wanted: usize) -> Option<Arc<Timeline>> {
+    fn get(&self, version: &Bytes, celebrity: UserId, wanted: usize) -> Option<Arc<Timeline>> {
         if *version != self.version {
             return None;
         }
-        let timeline = self.authors.get(celebrity)?;
+        let timeline = self.authors.get(&celebrity)?;
         timeline.answers(wanted).then(|| timeline.clone())
     }
 
-    fn put(&mut self, version: &Bytes, celebrity: Bytes, timeline: Arc<Timeline>) {
+    fn put(&mut self, version: &Bytes, celebrity: UserId, timeline: Arc<Timeline>) {
         if *version != self.version {
             self.authors.clear();
             self.version = version.clone();
@@ -268,53 +253,38 @@ impl Timelines {
 /// The newest ids of a celebrity's timeline as read from Redis.
 #[derive(Debug)]
 struct Timeline {
-    /// Newest first, without the sentinel.
-    ids: Vec<Bytes>,
-    /// No older posts exist beyond the cached set (sentinel `!c`).
-    complete: bool,
-    /// How many ids were asked for: `ids` is the whole set if it holds fewer.
+    tail: Tail,
+    /// How many ids were asked for.
     depth: usize,
 }
 
 impl Timeline {
     /// From the replies of [`newest_commands`] asked `depth` deep; `None`
     /// if the set is missing or being built.
-    fn read(sentinel: Vec<Bytes>, mut ids: Vec<Bytes>, depth: usize) -> Option<Self> {
-        let sentinel = sentinel.into_iter().next()?;
-        if &sentinel[..] == b"!b" {
-            return None;
-        }
-        if ids.last() == Some(&sentinel) {
-            ids.pop();
-        }
-        ids.truncate(depth);
-        Some(Self {
-            ids,
-            complete: &sentinel[..] == b"!c",
-            depth,
-        })
+    fn read(head: &[u8], tail: &[u8], depth: usize) -> Option<Self> {
+        let tail = Tail::read(head, tail)?;
+        (tail.state != SetState::Building).then_some(Self { tail, depth })
     }
 
     fn answers(&self, wanted: usize) -> bool {
-        wanted <= self.depth || self.ids.len() < self.depth
+        wanted <= self.depth || self.tail.whole()
     }
 
     /// The newest `wanted` ids (fewer if that is every post there is), or
     /// `None` if older posts exist that the cached set does not reach.
-    fn newest(&self, wanted: usize) -> Option<&[Bytes]> {
-        let ids = &self.ids[..wanted.min(self.ids.len())];
-        (ids.len() == wanted || self.complete).then_some(ids)
+    fn newest(&self, wanted: usize) -> Option<&[PostId]> {
+        self.tail.newest(wanted)
     }
 }
 
 /// The newest `wanted` ids of `sources`, each newest first: a k-way merge
 /// of their heads. A post in two sources (around a celebrity change) is
 /// kept once: equal ids meet as consecutive picks.
-fn merge(sources: &[&[Bytes]], wanted: usize) -> Vec<Bytes> {
+fn merge(sources: &[&[PostId]], wanted: usize) -> Vec<PostId> {
     let mut next = vec![0; sources.len()];
-    let mut page: Vec<Bytes> = Vec::with_capacity(wanted);
+    let mut page: Vec<PostId> = Vec::with_capacity(wanted);
     while page.len() < wanted {
-        let mut best: Option<(usize, &Bytes)> = None;
+        let mut best: Option<(usize, &PostId)> = None;
         for (i, source) in sources.iter().enumerate() {
             if let Some(id) = source.get(next[i])
                 && best.is_none_or(|(_, best)| id > best)
@@ -327,7 +297,7 @@ fn merge(sources: &[&[Bytes]], wanted: usize) -> Vec<Bytes> {
         };
         next[from] += 1;
         if page.last() != Some(id) {
-            page.push(id.clone());
+            page.push(*id);
         }
     }
     page
@@ -342,86 +312,93 @@ pub(super) fn fresh_version() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Queues the reads [`newest`] needs of a sorted set: its sentinel (the
-/// lowest member) and its newest `wanted + 1` members.
+/// Slots read beyond the ids a page wants, so that a few removed ids (whose
+/// slots repeat a neighbour, see [`stored`]) do not cut the page short.
+const REMOVED_SLACK: usize = 16;
+
+/// Queues the reads [`newest`] needs of a set: its state byte and its
+/// newest `wanted` ids and a few more (the whole string if it holds fewer).
 fn newest_commands(pipe: &mut redis::Pipeline, key: &str, wanted: usize) {
-    pipe.zrange(key, 0, 0).zrevrange(key, 0, wanted as isize);
+    let bytes = (ID_BYTES * (wanted + REMOVED_SLACK)) as isize;
+    pipe.getrange(key, 0, 0).getrange(key, -bytes, -1);
 }
 
-/// The newest `wanted` ids of a sorted set (fewer if it holds every post
-/// there is), or why the cache cannot answer from it.
-fn newest(
-    sentinel: Vec<Bytes>,
-    mut ids: Vec<Bytes>,
-    wanted: usize,
-) -> Result<Vec<Bytes>, CachedPage> {
-    let Some(sentinel) = sentinel.into_iter().next() else {
-        return Err(CachedPage::MissingFeed);
+/// The newest `wanted` ids of a set (fewer if it holds every post there
+/// is), or why the cache cannot answer from it.
+fn newest(head: &[u8], tail: &[u8], wanted: usize) -> Result<Vec<PostId>, CachedPage> {
+    let tail = match Tail::read(head, tail) {
+        Some(tail) if tail.state != SetState::Building => tail,
+        _ => return Err(CachedPage::MissingFeed),
     };
-    if &sentinel[..] == b"!b" {
-        return Err(CachedPage::MissingFeed);
+    match tail.newest(wanted) {
+        Some(ids) => Ok(ids.to_vec()),
+        None => Err(CachedPage::Incomplete),
     }
-    if ids.last() == Some(&sentinel) {
-        ids.pop();
-    }
-    ids.truncate(wanted);
-    if ids.len() < wanted && &sentinel[..] != b"!c" {
-        return Err(CachedPage::Incomplete);
-    }
-    Ok(ids)
 }
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
+    use super::super::stored::pack;
     use super::{Timeline, merge, newest};
+    use crate::domain::PostId;
 
-    fn ids(names: &[&'static str]) -> Vec<Bytes> {
-        names
+    /// Ids whose order is their number's.
+    fn ids(numbers: &[u64]) -> Vec<PostId> {
+        numbers
             .iter()
-            .map(|n| Bytes::from_static(n.as_bytes()))
+            .map(|&n| PostId::first_at(n * 1000))
             .collect()
+    }
+
+    /// A stored set as Redis would hold it, with `state` and these ids
+    /// (newest first).
+    fn set(state: u8, newest_first: &[u64]) -> Vec<u8> {
+        let mut raw = vec![state];
+        raw.extend(pack(ids(newest_first).into_iter()));
+        raw
     }
 
     #[test]
     fn merge_takes_the_newest_of_all_sources_once() {
-        let feed = ids(&["9", "6", "3"]);
-        let star = ids(&["8", "6", "2"]);
-        let other = ids(&["7", "5"]);
+        let feed = ids(&[9, 6, 3]);
+        let star = ids(&[8, 6, 2]);
+        let other = ids(&[7, 5]);
         let sources = [&feed[..], &star[..], &other[..]];
-        assert_eq!(merge(&sources, 5), ids(&["9", "8", "7", "6", "5"]));
-        assert_eq!(
-            merge(&sources, 20),
-            ids(&["9", "8", "7", "6", "5", "3", "2"])
-        );
-        assert_eq!(merge(&[&[][..], &star[..]], 2), ids(&["8", "6"]));
+        assert_eq!(merge(&sources, 5), ids(&[9, 8, 7, 6, 5]));
+        assert_eq!(merge(&sources, 20), ids(&[9, 8, 7, 6, 5, 3, 2]));
+        assert_eq!(merge(&[&[][..], &star[..]], 2), ids(&[8, 6]));
         assert!(merge(&[&[][..], &[][..]], 3).is_empty());
     }
 
     #[test]
     fn a_timeline_answers_only_as_deep_as_it_was_read() {
-        // Read 3 deep from a set holding more: ZREVRANGE 0 3 gave 4 ids.
-        let deep = Timeline::read(ids(&["!p"]), ids(&["9", "8", "7", "6"]), 3).unwrap();
-        assert_eq!(deep.newest(2).unwrap(), &ids(&["9", "8"])[..]);
+        // Read 3 deep from a set holding more: the last 3 slots.
+        let raw = set(b'p', &[9, 8, 7, 6]);
+        let deep = Timeline::read(&raw[..1], &raw[raw.len() - 48..], 3).unwrap();
+        assert_eq!(deep.newest(2).unwrap(), &ids(&[9, 8])[..]);
         assert!(deep.answers(3) && !deep.answers(4));
         // The whole set (fewer than asked for), with older posts beyond it.
-        let partial = Timeline::read(ids(&["!p"]), ids(&["9", "!p"]), 3).unwrap();
+        let raw = set(b'p', &[9]);
+        let partial = Timeline::read(&raw[..1], &raw, 3).unwrap();
         assert!(partial.answers(50));
-        assert_eq!(partial.newest(1).unwrap(), &ids(&["9"])[..]);
+        assert_eq!(partial.newest(1).unwrap(), &ids(&[9])[..]);
         assert!(partial.newest(2).is_none(), "older posts are not cached");
         // The whole set, and every post there is.
-        let complete = Timeline::read(ids(&["!c"]), ids(&["9", "!c"]), 3).unwrap();
-        assert_eq!(complete.newest(10).unwrap(), &ids(&["9"])[..]);
+        let raw = set(b'c', &[9]);
+        let complete = Timeline::read(&raw[..1], &raw, 3).unwrap();
+        assert_eq!(complete.newest(10).unwrap(), &ids(&[9])[..]);
         // Missing, or being built: no timeline to merge.
-        assert!(Timeline::read(Vec::new(), Vec::new(), 3).is_none());
-        assert!(Timeline::read(ids(&["!b"]), ids(&["9", "!b"]), 3).is_none());
+        assert!(Timeline::read(b"", b"", 3).is_none());
+        let raw = set(b'b', &[9]);
+        assert!(Timeline::read(&raw[..1], &raw, 3).is_none());
     }
 
     #[test]
     fn newest_reads_a_feed_set_like_a_timeline() {
-        assert_eq!(newest(ids(&["!c"]), ids(&["9", "!c"]), 5), Ok(ids(&["9"])));
-        assert!(newest(ids(&["!p"]), ids(&["9", "!p"]), 5).is_err());
-        assert!(newest(Vec::new(), Vec::new(), 5).is_err());
+        let raw = set(b'c', &[9]);
+        assert_eq!(newest(&raw[..1], &raw, 5), Ok(ids(&[9])));
+        let raw = set(b'p', &[9]);
+        assert!(newest(&raw[..1], &raw, 5).is_err());
+        assert!(newest(b"", b"", 5).is_err());
     }
 }
