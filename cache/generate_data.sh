@@ -19,7 +19,7 @@
 # --concurrency          LIVEFEED_WARM_CONCURRENCY       4 chunks of 500 feeds built at once
 #
 # Progress (feeds, rate, time left) goes to stderr; the exit status is non-zero if any feed failed.
-# The default data set (1,000,000 users, ~253M feed ids) took 6 min 15 s on 2 cores and
-# 5.2 GiB of Redis (BENCHMARKS.md §20).
+# The default data set (1,000,000 users, ~253M feed ids) took 6 min 31 s on 2 cores and
+# 4.8 GiB of Redis (BENCHMARKS.md §20).
 set -euo pipefail
 exec "$(dirname "${BASH_SOURCE[0]}")/../scripts/run-livefeed" warm-cache "$@"

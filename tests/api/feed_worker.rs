@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::feed_cache::{cached_feed, cached_feed_len, prefix, redis, redis_url};
-use crate::support::{TestApp, sql, texts};
+use crate::support::{TestApp, TestUser, sql, texts};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -117,29 +117,56 @@ async fn body_cached(app: &TestApp, post: PostId) -> bool {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_batch_skips_a_post_deleted_before_it_and_a_replay_changes_nothing() {
-    let app = TestApp::spawn().await;
+/// A reader whose cached feed holds one post of an author ("первый"),
+/// and posts of that author written behind the app's back (no outbox rows:
+/// only a test's own worker hears of them).
+struct Unannounced {
+    reader: TestUser,
+    author: UserId,
+    first: String,
+    posts: Vec<PostId>,
+    db: tokio_postgres::Client,
+}
+
+async fn unannounced_posts(app: &TestApp, texts: &[&str]) -> Unannounced {
     let author = app.register("Автор", "Пакетный").await;
     let reader = app.register("Читатель", "Пакетный").await;
     app.follow(&reader, &author).await;
     let first = app.create_post(&author, "первый").await;
     app.feed_settles_to(&reader, "", &["первый"]).await;
-    assert_eq!(cached_feed_len(&app, &reader).await, 1, "cached");
+    assert_eq!(cached_feed_len(app, &reader).await, 1, "cached");
 
-    // Written behind the app's back (no outbox rows): only this test's
-    // worker hears of them, in one batch, after the middle one is gone.
-    let posts: Vec<PostId> = (0..3).map(|_| PostId::new_v7()).collect();
+    let posts: Vec<PostId> = texts.iter().map(|_| PostId::new_v7()).collect();
     let db = sql(&app.database_url).await;
-    let author_id: Uuid = author.id.parse().unwrap();
-    for (post, text) in posts.iter().zip(["второй", "удалённый", "третий"]) {
+    let author: Uuid = author.id.parse().unwrap();
+    for (post, text) in posts.iter().zip(texts) {
         db.execute(
             "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
-            &[post.as_uuid(), &author_id, &text],
+            &[post.as_uuid(), &author, text],
         )
         .await
         .unwrap();
     }
+    Unannounced {
+        reader,
+        author: UserId::from_uuid(author),
+        first,
+        posts,
+        db,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_skips_a_post_deleted_before_it_and_a_replay_changes_nothing() {
+    let app = TestApp::spawn().await;
+    // The worker hears of them in one batch, after the middle one is gone.
+    let Unannounced {
+        reader,
+        first,
+        posts,
+        db,
+        ..
+    } = unannounced_posts(&app, &["второй", "удалённый", "третий"]).await;
     db.execute("DELETE FROM posts WHERE id = $1", &[posts[1].as_uuid()])
         .await
         .unwrap();
@@ -176,24 +203,13 @@ async fn a_batch_skips_a_post_deleted_before_it_and_a_replay_changes_nothing() {
 #[tokio::test]
 async fn posts_announced_out_of_order_are_cached_in_order_and_a_delete_takes_out_only_its_id() {
     let app = TestApp::spawn().await;
-    let author = app.register("Автор", "Непоследовательный").await;
-    let reader = app.register("Читатель", "Упорядоченный").await;
-    app.follow(&reader, &author).await;
-    let first = app.create_post(&author, "первый").await;
-    app.feed_settles_to(&reader, "", &["первый"]).await;
-    assert_eq!(cached_feed_len(&app, &reader).await, 1, "cached");
-
-    let posts: Vec<PostId> = (0..4).map(|_| PostId::new_v7()).collect();
-    let db = sql(&app.database_url).await;
-    let author_id: Uuid = author.id.parse().unwrap();
-    for (post, text) in posts.iter().zip(["a", "b", "c", "d"]) {
-        db.execute(
-            "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, $3)",
-            &[post.as_uuid(), &author_id, &text],
-        )
-        .await
-        .unwrap();
-    }
+    let Unannounced {
+        reader,
+        author,
+        first,
+        posts,
+        db,
+    } = unannounced_posts(&app, &["a", "b", "c", "d"]).await;
     let mut worker = Worker::new(&app);
     worker.start();
     // One batch each: a batch is applied in id order.
@@ -218,10 +234,7 @@ async fn posts_announced_out_of_order_are_cached_in_order_and_a_delete_takes_out
         db.execute("DELETE FROM posts WHERE id = $1", &[gone.as_uuid()])
             .await
             .unwrap();
-        let deleted = FeedEvent::PostDeleted {
-            post: gone,
-            author: UserId::from_uuid(author_id),
-        };
+        let deleted = FeedEvent::PostDeleted { post: gone, author };
         all_applied(worker.send([deleted]).await).await;
         expected.retain(|id| *id != gone.to_string());
         assert_eq!(cached_feed(&app, &reader).await, Some(expected.clone()));
