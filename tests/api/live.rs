@@ -205,18 +205,6 @@ async fn a_slow_consumer_is_closed_and_others_keep_receiving(brokers: Brokers) {
 
     const POSTS: usize = 60;
     let mut fast = FeedClient::connect(&b, &fast_reader.token).await;
-    let fast_reads = tokio::spawn(async move {
-        let mut ids = Vec::with_capacity(POSTS);
-        for _ in 0..POSTS {
-            ids.push(
-                fast.next_post().await["postId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-            );
-        }
-        ids
-    });
     // The slow client never reads: its few kilobytes of buffers fill with
     // the first big posts, then its queue overflows.
     let (mut slow, _) = FeedClient::open(&b, Some(&slow_reader.token), "", Some(4096))
@@ -241,17 +229,19 @@ async fn a_slow_consumer_is_closed_and_others_keep_receiving(brokers: Brokers) {
             }
         })
     };
+    // Each post is written once the fast reader has the one before, so
+    // only a reader that stops reading can fall behind: a burst of posts
+    // on a loaded machine (deliveries held up, then handed over at once)
+    // must not overflow the fast reader's queue of 16 instead.
     let text = "x".repeat(9_000);
-    let mut ids = Vec::with_capacity(POSTS);
     for _ in 0..POSTS {
-        ids.push(a.create_post(&author, &text).await);
+        let id = a.create_post(&author, &text).await;
+        assert_eq!(
+            fast.next_post().await["postId"],
+            id.as_str(),
+            "the fast reader gets every post, in order"
+        );
     }
-
-    assert_eq!(
-        fast_reads.await.unwrap(),
-        ids,
-        "the fast reader got everything"
-    );
     let metrics = b.get("/metrics", None).await.text().await.unwrap();
     assert!(
         metrics.contains("livefeed_slow_consumer_closes_total 1\n"),
