@@ -118,6 +118,10 @@ async fn a_post_read_back_after_an_unfollow_the_hub_has_not_heard_of_is_not_sent
     let read_back = app.create_post(&kept, "прочитан из базы").await;
     proxy.thaw();
     assert_eq!(socket.next_post().await["postId"], read_back.as_str());
+    // Read back, not relayed: counted and timed as a live delivery is.
+    app.metric_reaches("livefeed_deliveries_total", 1).await;
+    app.metric_reaches("livefeed_publish_to_send_seconds_count", 1)
+        .await;
 
     // Now the unfollow and the posts are relayed, in that order.
     relay_lock
