@@ -581,6 +581,12 @@ async fn a_body_changed_elsewhere_shows_once_its_token_changes() {
     app.feed_settles_to(&reader, "", &["оригинал"]).await;
     assert_eq!(cached_feed_len(&app, &reader).await, 1);
     app.feed_settles_to(&reader, "", &["оригинал"]).await;
+    // The feed worker writes a new post's body when it applies its event,
+    // which can come after the feed was built from PostgreSQL on a read:
+    // once both events (the follow, the post) are applied, nothing but
+    // this test writes the body.
+    app.metric_reaches("livefeed_feed_events_settled_total", 2)
+        .await;
     let body = |text: &str| json!({ "id": id, "text": text, "author_user_id": author.id });
 
     // Another instance's update, as write.rs makes it: the body, then a
