@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::codec::stored_post_frame;
 use super::registry::{Binding, Registry, Start};
 use super::socket::{CATCH_UP_LIMIT, Push, Socket};
-use super::unix_micros;
+use super::time_written;
 use crate::domain::{PostId, UserId};
 use crate::metrics::Metrics;
 use crate::store::{CommitMark, MarkedPost, Store, StoreError};
@@ -204,11 +204,8 @@ fn send<'a, S: 'a>(
                 pushed @ (Push::Written | Push::Queued) => {
                     delivered = true;
                     metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-                    // Timed as the hub times what it writes; a queued frame
-                    // is timed when the session writes it.
                     if matches!(pushed, Push::Written) {
-                        let latency = unix_micros().saturating_sub(frame.published_at_micros);
-                        metrics.observe_latency_micros(latency, 1);
+                        time_written(metrics, frame.published_at_micros, 1);
                     }
                 }
                 Push::Overflowed => {

@@ -13,7 +13,7 @@ use super::codec::{FollowChange, PostFrame, decode_follow, decode_post};
 use super::recovery::{Delivered, recover};
 use super::registry::Registry;
 use super::socket::{Push, Socket};
-use super::unix_micros;
+use super::time_written;
 use super::uring;
 use crate::broker::{Incoming, Topic};
 use crate::metrics::Metrics;
@@ -130,8 +130,7 @@ fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, metrics: &Metrics) {
     }
     if written > 0 {
         // One clock read for the piece: its frames were written within it.
-        let latency = unix_micros().saturating_sub(frame.published_at_micros);
-        metrics.observe_latency_micros(latency, written);
+        time_written(metrics, frame.published_at_micros, written);
     }
 }
 

@@ -240,6 +240,14 @@ impl Realtime {
     }
 }
 
+/// Times `frames` frames of a post published at `published_at_micros` as
+/// written to their sockets now: the hub and a catch-up time what they
+/// write at once, a session what it flushes later, so every delivery is
+/// timed once.
+fn time_written(metrics: &Metrics, published_at_micros: u64, frames: u64) {
+    metrics.observe_latency_micros(unix_micros().saturating_sub(published_at_micros), frames);
+}
+
 pub(crate) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -40,7 +40,7 @@ use super::codec::stored_post_frame;
 use super::registry::Start;
 use super::socket::{CATCH_UP_LIMIT, Ending, Flushed, Socket};
 use super::wire::{self, ClientFrame, ReadError, Reader};
-use super::{Realtime, SocketSlot, unix_micros};
+use super::{Realtime, SocketSlot, time_written};
 use crate::domain::PostId;
 
 /// A close frame to a client that is not reading must not hold the task
@@ -292,7 +292,7 @@ async fn drain(realtime: &Realtime, socket: &Socket, deadline: Duration) -> Resu
 fn flush(realtime: &Realtime, socket: &Socket) -> Flushed {
     let metrics = &realtime.metrics;
     socket.flush(|published_at| {
-        metrics.observe_latency_micros(unix_micros().saturating_sub(published_at), 1);
+        time_written(metrics, published_at, 1);
     })
 }
 

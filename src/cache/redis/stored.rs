@@ -2,7 +2,7 @@
 //! byte then the ids as 16 raw bytes each, oldest first. A new post (nearly
 //! always the newest) is one `APPEND`, a page is one `GETRANGE` from the end,
 //! and an id costs 16 bytes instead of the ≈ 140 of a sorted-set member, so
-//! every user's feed fits in memory (issue 11: 1,000,000 feeds, ≈ 247 M ids).
+//! every user's feed fits in memory (issue 11: 1,000,000 feeds, 253 M ids).
 //! A removed id's slots hold a copy of a neighbouring id (so a removal
 //! writes 16 bytes instead of the set): ids repeat, in order, and readers
 //! keep each once.
@@ -57,15 +57,12 @@ pub struct StoredSet {
 impl StoredSet {
     /// `None` for a missing (empty) or malformed string.
     pub fn decode(raw: &[u8]) -> Option<Self> {
-        let (&state, ids) = raw.split_first()?;
-        Some(Self {
-            state: SetState::from_byte(state)?,
-            ids: newest_first(ids)?,
-        })
+        let Tail { state, ids, whole } = Tail::read(raw, raw)?;
+        whole.then_some(Self { state, ids })
     }
 }
 
-/// The ids of `build`'s argument: newest first in, oldest first packed.
+/// Ids as a build hands them to Redis: newest first in, oldest first packed.
 pub fn pack(newest_first: impl DoubleEndedIterator<Item = PostId>) -> Vec<u8> {
     newest_first
         .rev()
