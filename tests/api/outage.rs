@@ -124,3 +124,40 @@ async fn posts_get_503_while_the_database_stops_answering_and_are_taken_once_it_
         "posts are taken again once the database answers"
     );
 }
+
+/// The proxy every outage test relies on: cut, its port refuses
+/// connections yet stays reserved (CI once saw a browser's outgoing
+/// connection take a cut port, and restoring failed with EADDRINUSE);
+/// restored, it forwards again on the same port.
+#[tokio::test]
+async fn a_cut_proxy_refuses_connections_and_keeps_its_port_for_the_restore() {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut proxy = TcpProxy::start(target.local_addr().unwrap()).await;
+
+    proxy.cut();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tokio::net::TcpStream::connect(proxy.address()).await {
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                // The aborted listener may still take (and then reset) a
+                // connection until its task is dropped.
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("the cut port refuses connections");
+    let taken = std::net::TcpListener::bind(proxy.address())
+        .expect_err("nothing else can bind the cut port");
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+
+    proxy.restore().await;
+    let client = tokio::net::TcpStream::connect(proxy.address())
+        .await
+        .unwrap();
+    let (forwarded, _) = tokio::time::timeout(Duration::from_secs(5), target.accept())
+        .await
+        .expect("the restored proxy forwards")
+        .unwrap();
+    drop((client, forwarded));
+}

@@ -13,7 +13,12 @@ pub struct TcpProxy {
     address: SocketAddr,
     target: SocketAddr,
     receive_buffer: Option<u32>,
-    forwarding: Option<JoinHandle<()>>,
+    forwarding: JoinHandle<()>,
+    /// While cut: the port, bound but not listening, so that connecting
+    /// is refused as by a stopped server and nothing else on the machine
+    /// (a browser's outgoing connection, another test's listener) can take
+    /// the port before [`TcpProxy::restore`] listens on it again.
+    reserved: Option<TcpSocket>,
     frozen: watch::Sender<bool>,
 }
 
@@ -26,18 +31,23 @@ impl TcpProxy {
     /// of `receive_buffer` bytes when given: frozen, it then stops taking
     /// the target's writes after a few kilobytes.
     pub async fn start_with(target: SocketAddr, receive_buffer: Option<u32>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
+        let socket = port("127.0.0.1:0".parse().unwrap());
+        let address = socket.local_addr().unwrap();
         let (frozen, _) = watch::channel(false);
-        let mut proxy = Self {
+        let forwarding = tokio::spawn(forward(
+            socket.listen(1024).unwrap(),
+            target,
+            receive_buffer,
+            frozen.subscribe(),
+        ));
+        Self {
             address,
             target,
             receive_buffer,
-            forwarding: None,
+            forwarding,
+            reserved: None,
             frozen,
-        };
-        proxy.listen(listener);
-        proxy
+        }
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -45,17 +55,32 @@ impl TcpProxy {
     }
 
     /// Closes the listening port and every forwarded connection, as a
-    /// stopped server would.
+    /// stopped server would, keeping the port reserved for
+    /// [`TcpProxy::restore`].
     pub fn cut(&mut self) {
-        if let Some(forwarding) = self.forwarding.take() {
-            forwarding.abort();
+        if self.reserved.is_none() {
+            // SO_REUSEPORT lets the reservation bind while the aborted
+            // listener may still be open (an abort completes later).
+            self.reserved = Some(port(self.address));
         }
+        self.forwarding.abort();
     }
 
     /// Listens again on the same port.
     pub async fn restore(&mut self) {
-        let listener = TcpListener::bind(self.address).await.unwrap();
-        self.listen(listener);
+        let socket = self
+            .reserved
+            .take()
+            .expect("a proxy is cut before it is restored");
+        // The old listener must be closed first, or it would share the
+        // port's connections with the new one.
+        drop((&mut self.forwarding).await);
+        self.forwarding = tokio::spawn(forward(
+            socket.listen(1024).unwrap(),
+            self.target,
+            self.receive_buffer,
+            self.frozen.subscribe(),
+        ));
     }
 
     /// Stops forwarding in both directions but keeps every connection open,
@@ -70,21 +95,24 @@ impl TcpProxy {
     pub fn thaw(&self) {
         self.frozen.send_replace(false);
     }
-
-    fn listen(&mut self, listener: TcpListener) {
-        self.forwarding = Some(tokio::spawn(forward(
-            listener,
-            self.target,
-            self.receive_buffer,
-            self.frozen.subscribe(),
-        )));
-    }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.cut();
+        self.forwarding.abort();
     }
+}
+
+/// A socket bound to `address` that may share it with the proxy's other
+/// sockets on that port (the listener, the reservation made while cut, the
+/// forwarded connections an abort has not closed yet) through SO_REUSEPORT.
+/// Not SO_REUSEADDR: with it, any other socket asking for SO_REUSEADDR
+/// (std's and tokio's listeners do) could bind the reserved port.
+fn port(address: SocketAddr) -> TcpSocket {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_reuseport(true).unwrap();
+    socket.bind(address).unwrap();
+    socket
 }
 
 /// Dropping this future (abort) drops the JoinSet, which aborts every
