@@ -14,6 +14,8 @@
 //! connections, waiting); the tests are in `broker/`: `routing.rs`,
 //! `connection.rs` (cuts, gaps, shutdown) and `work.rs` (the work queue).
 
+#[path = "api/support/ports.rs"]
+mod ports;
 #[path = "api/support/proxy.rs"]
 #[allow(dead_code, reason = "freezing a proxy serves the api tests only")]
 mod proxy;
@@ -379,8 +381,5 @@ fn owned<'a>(keys: impl IntoIterator<Item = &'a String>) -> HashSet<String> {
 
 /// A local address nothing listens on.
 fn dead_address() -> SocketAddr {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = closed.local_addr().expect("bound address");
-    drop(closed);
-    address
+    ports::free_local_port()
 }

@@ -24,7 +24,8 @@ use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use serde_json::{Value, json};
 
-use nginx::{Nginx, free_local_port};
+use nginx::Nginx;
+use support::free_local_port;
 use support::{Brokers, PASSWORD, TcpProxy, TestApp, TestUser};
 use webdriver::{Browser, Chromedriver};
 

@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use serde_norway::Value;
 
-use nginx::{Nginx, free_local_port};
+use nginx::Nginx;
 use stack::{ROOT, app_services, compose, depends_on, environment, read, services, strings};
 use support::TestApp;
+use support::free_local_port;
 
 /// Bound on one healthcheck command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);

@@ -23,7 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
-use support::{TestApp, fresh_database};
+use support::{TestApp, free_local_port, fresh_database};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -140,11 +140,6 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Kills the child it owns when dropped.
 struct Server(Child);
 
@@ -184,7 +179,7 @@ fn redis_cli(port: u16, tls: bool, args: &[&str]) -> Result<String, String> {
 #[tokio::test]
 async fn feeds_are_cached_in_redis_over_tls() {
     let certs = certs();
-    let port = free_port();
+    let port = free_local_port().port();
     let _redis = Server(
         Command::new("redis-server")
             .args(["--port", "0", "--tls-port", &port.to_string()])
@@ -251,7 +246,7 @@ impl PrivatePostgres {
             true,
         );
         let data = dir.join("data").display().to_string();
-        let port = free_port();
+        let port = free_local_port().port();
         let run = |args: &[&str]| as_postgres(args, false);
         run(&[
             "chmod",

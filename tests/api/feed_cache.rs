@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::support::{TestApp, TestUser, fresh_database, sql, texts};
+use crate::support::{TestApp, TestUser, free_local_port, fresh_database, sql, texts};
 
 pub(crate) fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -262,10 +262,7 @@ async fn feeds_come_back_identical_after_redis_is_flushed() {
 
 #[tokio::test]
 async fn feeds_are_served_from_postgresql_while_redis_is_unreachable() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = free_local_port().port();
     let redis_url = format!("redis://127.0.0.1:{closed}");
     let app = TestApp::spawn_with(&fresh_database().await, &["--redis-url", &redis_url]).await;
     let author = app.register("Автор", "Независимый").await;

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::support::{TcpProxy, TestApp, expect_error, fresh_database, json_ok};
+use crate::support::{TcpProxy, TestApp, expect_error, free_local_port, fresh_database, json_ok};
 
 /// Asserts a 503 that carries Retry-After and the spec's error body.
 async fn expect_unavailable(response: reqwest::Response) {
@@ -33,10 +33,7 @@ async fn proxied_database() -> (TcpProxy, String) {
 
 #[tokio::test]
 async fn a_database_that_is_not_there_gives_503_with_retry_after() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = free_local_port().port();
     let url = format!("postgres://postgres@127.0.0.1:{closed}/livefeed");
     let app = TestApp::spawn_with(&url, &["--db-timeout-ms", "3000"]).await;
 

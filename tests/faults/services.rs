@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
 
-use crate::nginx::free_local_port;
+use crate::support::free_local_port;
 
 /// Bound on a server starting (initdb excluded) or stopping.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::support::free_local_port;
+
 /// The binary of Debian's `nginx` package.
 pub const NGINX: &str = "/usr/sbin/nginx";
 
@@ -119,11 +121,4 @@ impl Drop for Nginx {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A local address nobody listens on (bound and released: another process
-/// could take it meanwhile, which would fail the start clearly).
-pub fn free_local_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
 }

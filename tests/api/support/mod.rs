@@ -3,6 +3,7 @@
 
 mod client;
 mod live;
+mod ports;
 mod proxy;
 mod tokens;
 pub mod vhost;
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 
 pub use client::{ApiClient, TestUser};
 pub use live::{Brokers, FeedClient, instances_connected, proxied_rabbit, rabbit_broker};
+pub use ports::free_local_port;
 pub use proxy::TcpProxy;
 pub use vhost::{Rabbitmqctl, Vhost};
 
