@@ -104,6 +104,11 @@ impl App {
                 .clone()
                 .run_until_cancelled_owned(realtime.heartbeat()),
         );
+        tasks.spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(realtime.catch_ups()),
+        );
         tasks.spawn(cache::run_worker(
             feeds.clone(),
             work_queue,

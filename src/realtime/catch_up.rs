@@ -2,20 +2,29 @@
 //! those routed elsewhere while its key's broker binding was on its way,
 //! and those that passed the hub between a fresh socket's read of its
 //! follows and its registration. Each recipient gets exactly the posts its
-//! [`Start`] admits; the seam the registry opened for it drops the copy of
-//! one that also came live. Never decides about seams, never waits for the
-//! broker before a socket is ready.
+//! [`Start`] admits, of the authors its own catch-up asked for; the seam the
+//! registry opened for it drops the copy of one that also came live. Never
+//! decides about seams, never waits for the broker before a socket is
+//! ready.
+//!
+//! One reader per instance runs the catch-ups: those that queued up while
+//! it read share its next read. A cold instance starts up to 1,024
+//! bindings and as many socket catch-ups within a second, each one query
+//! (or two) of its own before; beside the sockets' own follows reads on the
+//! same pooled connections they were half of the connect storm's
+//! PostgreSQL statements (BENCHMARKS.md §21).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::codec::stored_post_frame;
-use super::registry::{Binding, Registry, Start};
+use super::registry::{Binding, Pending, Registry, Start};
 use super::socket::{CATCH_UP_LIMIT, Push, Socket};
 use super::time_written;
 use crate::domain::{PostId, UserId};
@@ -36,30 +45,38 @@ const CLOCK_SKEW_MS: u64 = 1000;
 /// delay doubling from [`RETRY_MIN`]: until it succeeds, posts are missing.
 const ATTEMPTS: u32 = 6;
 const RETRY_MIN: Duration = Duration::from_millis(200);
+/// Most authors one shared read asks for: bounds one statement's work.
+const BATCH_AUTHORS: usize = 4096;
 
-/// Once `binding` is in place, sends its recipients what their authors
-/// wrote while it was pending. With `covered`, the caller reads those posts
-/// itself, in order, once the flag is set: a binding in place before that
-/// needs no catch-up.
-pub(super) fn after_binding(
-    binding: Binding,
-    registry: &Arc<Registry>,
-    store: &Store,
-    metrics: &Arc<Metrics>,
-    covered: Option<Arc<AtomicBool>>,
-) -> JoinHandle<()> {
-    let (registry, store, metrics) = (registry.clone(), store.clone(), metrics.clone());
-    tokio::spawn(async move {
-        let Some(pending) = registry.bound(binding).await else {
-            return;
-        };
-        if covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
-            return;
-        }
-        // One entry per socket: the earliest start wins.
+/// The queue of catch-ups waiting for the instance's reader
+/// ([`CatchUps::run`]).
+pub struct CatchUps {
+    queue: mpsc::UnboundedSender<Job>,
+    /// Taken by the reader when it starts.
+    waiting: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+}
+
+/// One catch-up: the posts of `authors` its recipients' starts admit.
+struct Job {
+    authors: HashSet<UserId>,
+    /// One entry per socket: the earliest start of each kind wins.
+    marked: Vec<(Arc<Socket>, Arc<CommitMark>)>,
+    since: Vec<(Arc<Socket>, u64)>,
+    /// Where the posts it sent are counted.
+    counter: fn(&Metrics) -> &AtomicU64,
+    /// Fires once its posts are sent (or given up on).
+    done: oneshot::Sender<()>,
+}
+
+impl Job {
+    fn new(
+        authors: impl IntoIterator<Item = UserId>,
+        recipients: Vec<(Arc<Socket>, Start)>,
+        counter: fn(&Metrics) -> &AtomicU64,
+    ) -> (Self, oneshot::Receiver<()>) {
         let mut marked = HashMap::new();
         let mut since = HashMap::new();
-        for (socket, start) in pending.recipients {
+        for (socket, start) in recipients {
             let key = Arc::as_ptr(&socket) as usize;
             match start {
                 Start::Mark(mark) => {
@@ -71,42 +88,94 @@ pub(super) fn after_binding(
                 }
             }
         }
-        let authors = &pending.authors;
-        let mut sent = 0;
-        if let Some(seq) = marked.values().map(|(_, mark)| mark.seq).min() {
-            let readers = readers(marked.values());
-            let read = || store.posts_after_mark(authors, seq, LIMIT, CONCURRENT_PER_AUTHOR);
-            if let Some(read) = read_back(&store, &readers, read).await {
-                sent += send(&read, marked.values(), &metrics, |mark, post| {
-                    !mark.saw(post.written_by)
-                });
-            }
+        let (done, finished) = oneshot::channel();
+        let job = Self {
+            authors: authors.into_iter().collect(),
+            marked: marked.into_values().collect(),
+            since: since.into_values().collect(),
+            counter,
+            done,
+        };
+        (job, finished)
+    }
+}
+
+impl Default for CatchUps {
+    fn default() -> Self {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        Self {
+            queue,
+            waiting: Mutex::new(Some(waiting)),
         }
-        if let Some(ms) = since.values().map(|(_, ms)| *ms).min() {
-            let first = |ms: u64| PostId::first_at(ms.saturating_sub(CLOCK_SKEW_MS));
-            let readers = readers(since.values());
-            let store = &store;
-            let read = || async move {
-                let posts = store
-                    .posts_by_authors_since(authors, first(ms), LIMIT)
-                    .await?;
-                Ok(posts
-                    .into_iter()
-                    .map(|post| MarkedPost {
-                        post,
-                        written_by: None,
-                    })
-                    .collect())
+    }
+}
+
+impl CatchUps {
+    /// The instance's reader: runs the queued catch-ups, those that queued
+    /// up together in one read, until the queue's sender is dropped.
+    pub fn run(&self, store: Store, metrics: Arc<Metrics>) -> impl Future<Output = ()> + use<> {
+        let waiting = self.waiting.lock().expect("catch-up queue lock").take();
+        async move {
+            let Some(mut waiting) = waiting else {
+                return;
             };
-            if let Some(read) = read_back(store, &readers, read).await {
-                sent += send(&read, since.values(), &metrics, |ms, post| {
-                    post.post.id >= first(*ms)
-                });
+            while let Some(first) = waiting.recv().await {
+                let mut authors = first.authors.len();
+                let mut batch = vec![first];
+                while authors < BATCH_AUTHORS {
+                    let Ok(job) = waiting.try_recv() else { break };
+                    authors += job.authors.len();
+                    batch.push(job);
+                }
+                if !read_and_send(&store, &metrics, &batch).await {
+                    // Together, the posts were more than one read returns:
+                    // each alone gets what a catch-up of its own would.
+                    for job in &batch {
+                        read_and_send(&store, &metrics, std::slice::from_ref(job)).await;
+                    }
+                }
+                for job in batch {
+                    let _ = job.done.send(());
+                }
             }
         }
-        metrics
-            .binding_catch_up_posts
-            .fetch_add(sent, Ordering::Relaxed);
+    }
+
+    /// Queues `job`; resolves once its posts are sent. A reader that is
+    /// gone (the instance is stopping) completes it with nothing sent.
+    async fn submit(&self, job: Job, finished: oneshot::Receiver<()>) {
+        if self.queue.send(job).is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+/// Once `binding` is in place, sends its recipients what their authors
+/// wrote while it was pending. With `covered`, the caller reads those posts
+/// itself, in order, once the flag is set: a binding in place before that
+/// needs no catch-up.
+pub(super) fn after_binding(
+    binding: Binding,
+    registry: &Arc<Registry>,
+    catch_ups: &Arc<CatchUps>,
+    covered: Option<Arc<AtomicBool>>,
+) -> JoinHandle<()> {
+    let (registry, catch_ups) = (registry.clone(), catch_ups.clone());
+    tokio::spawn(async move {
+        let Some(Pending {
+            authors,
+            recipients,
+        }) = registry.bound(binding).await
+        else {
+            return;
+        };
+        if covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
+            return;
+        }
+        let (job, finished) = Job::new(authors, recipients, |metrics| {
+            &metrics.binding_catch_up_posts
+        });
+        catch_ups.submit(job, finished).await;
     })
 }
 
@@ -116,22 +185,93 @@ pub(super) fn for_socket(
     socket: Arc<Socket>,
     mark: Arc<CommitMark>,
     authors: Vec<UserId>,
-    store: &Store,
-    metrics: &Arc<Metrics>,
+    catch_ups: &Arc<CatchUps>,
 ) -> JoinHandle<()> {
-    let (store, metrics) = (store.clone(), metrics.clone());
+    let catch_ups = catch_ups.clone();
     tokio::spawn(async move {
-        let read = || store.posts_after_mark(&authors, mark.seq, LIMIT, CONCURRENT_PER_AUTHOR);
-        if let Some(read) = read_back(&store, &[socket.user], read).await {
-            let recipient = [(socket, mark)];
-            let sent = send(&read, recipient.iter(), &metrics, |mark, post| {
+        let recipient = vec![(socket, Start::Mark(mark))];
+        let (job, finished) = Job::new(authors, recipient, |metrics| {
+            &metrics.subscribe_catch_up_posts
+        });
+        catch_ups.submit(job, finished).await;
+    })
+}
+
+/// One read for all of `jobs` (one per kind of start), then each job's
+/// posts to its recipients. Returns false, having sent nothing, when the
+/// jobs were several and a read returned as many posts as it may: some of
+/// theirs may be missing from it.
+async fn read_and_send(store: &Store, metrics: &Metrics, jobs: &[Job]) -> bool {
+    let authors = |pick: fn(&Job) -> bool| -> Vec<UserId> {
+        let authors: HashSet<UserId> = jobs
+            .iter()
+            .filter(|job| pick(job))
+            .flat_map(|job| job.authors.iter().copied())
+            .collect();
+        authors.into_iter().collect()
+    };
+    let first = |ms: u64| PostId::first_at(ms.saturating_sub(CLOCK_SKEW_MS));
+
+    let marked = authors(|job| !job.marked.is_empty());
+    let marked_read = if marked.is_empty() {
+        None
+    } else {
+        let readers = readers(jobs.iter().flat_map(|job| &job.marked));
+        let marks = || {
+            jobs.iter()
+                .flat_map(|job| &job.marked)
+                .map(|(_, mark)| &**mark)
+        };
+        let read = || store.posts_after_marks(&marked, marks(), LIMIT, CONCURRENT_PER_AUTHOR);
+        read_back(store, &readers, read).await
+    };
+
+    let since = authors(|job| !job.since.is_empty());
+    let earliest = jobs
+        .iter()
+        .flat_map(|job| &job.since)
+        .map(|(_, ms)| *ms)
+        .min();
+    let since_read = match earliest {
+        Some(ms) if !since.is_empty() => {
+            let readers = readers(jobs.iter().flat_map(|job| &job.since));
+            let read = || async {
+                let posts = store
+                    .posts_by_authors_since(&since, first(ms), LIMIT)
+                    .await?;
+                Ok(posts
+                    .into_iter()
+                    .map(|post| MarkedPost {
+                        post,
+                        written_by: None,
+                    })
+                    .collect())
+            };
+            read_back(store, &readers, read).await
+        }
+        _ => None,
+    };
+
+    let full =
+        |read: &Option<ReadBack>| read.as_ref().is_some_and(|r| r.posts.len() as i64 >= LIMIT);
+    if jobs.len() > 1 && (full(&marked_read) || full(&since_read)) {
+        return false;
+    }
+    for job in jobs {
+        let mut sent = 0;
+        if let Some(read) = &marked_read {
+            sent += send(read, job, &job.marked, metrics, |mark, post| {
                 !mark.saw(post.written_by)
             });
-            metrics
-                .subscribe_catch_up_posts
-                .fetch_add(sent, Ordering::Relaxed);
         }
-    })
+        if let Some(read) = &since_read {
+            sent += send(read, job, &job.since, metrics, |ms, post| {
+                post.post.id >= first(*ms)
+            });
+        }
+        (job.counter)(metrics).fetch_add(sent, Ordering::Relaxed);
+    }
+    true
 }
 
 /// Posts read back, and which of their recipients' users followed their
@@ -142,8 +282,11 @@ struct ReadBack {
 }
 
 /// The users of `recipients`, once each.
-fn readers<'a, S: 'a>(recipients: impl Iterator<Item = &'a (Arc<Socket>, S)>) -> Vec<UserId> {
-    let users: HashSet<UserId> = recipients.map(|(socket, _)| socket.user).collect();
+fn readers<'a, S: 'a>(recipients: impl IntoIterator<Item = &'a (Arc<Socket>, S)>) -> Vec<UserId> {
+    let users: HashSet<UserId> = recipients
+        .into_iter()
+        .map(|(socket, _)| socket.user)
+        .collect();
     users.into_iter().collect()
 }
 
@@ -179,21 +322,25 @@ where
     .await
 }
 
-/// Pushes each post (oldest first) to the recipients that follow its author,
-/// here and in the read after the posts, and whose start `admits` it;
-/// returns how many posts went to any.
-fn send<'a, S: 'a>(
+/// Pushes each post of `job`'s authors (oldest first) to the recipients
+/// that follow its author, here and in the read after the posts, and whose
+/// start `admits` it; returns how many posts went to any.
+fn send<S>(
     read: &ReadBack,
-    recipients: impl Iterator<Item = &'a (Arc<Socket>, S)> + Clone,
+    job: &Job,
+    recipients: &[(Arc<Socket>, S)],
     metrics: &Metrics,
     admits: impl Fn(&S, &MarkedPost) -> bool,
 ) -> u64 {
     let mut sent = 0;
     for post in &read.posts {
         let author = post.post.author_user_id;
+        if recipients.is_empty() || !job.authors.contains(&author) {
+            continue;
+        }
         let frame = Arc::new(stored_post_frame(&post.post));
         let mut delivered = false;
-        for (socket, start) in recipients.clone() {
+        for (socket, start) in recipients {
             if !admits(start, post)
                 || !read.follows.contains(&(socket.user, author))
                 || !follows(socket, author)

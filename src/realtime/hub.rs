@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::catch_up;
+use super::catch_up::{self, CatchUps};
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post};
 use super::recovery::{Delivered, recover};
 use super::registry::Registry;
@@ -29,6 +29,7 @@ const PIECES_PER_WORKER: usize = 2;
 pub(super) async fn run(
     mut incoming: mpsc::Receiver<Incoming>,
     registry: Arc<Registry>,
+    catch_ups: Arc<CatchUps>,
     store: Store,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -38,7 +39,16 @@ pub(super) async fn run(
         let delivery = match item {
             Incoming::Message(delivery) => delivery,
             Incoming::Gap(gap) => {
-                recover(gap, &registry, &store, &metrics, &mut delivered, &stop).await;
+                recover(
+                    gap,
+                    &registry,
+                    &catch_ups,
+                    &store,
+                    &metrics,
+                    &mut delivered,
+                    &stop,
+                )
+                .await;
                 continue;
             }
         };
@@ -57,7 +67,7 @@ pub(super) async fn run(
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable post event"),
             },
             Topic::Control => match decode_follow(&delivery.body) {
-                Ok(change) => apply_follow_change(&registry, &store, &metrics, &change),
+                Ok(change) => apply_follow_change(&registry, &catch_ups, &change),
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable follow change"),
             },
             // Work messages go to the feed worker, never here.
@@ -134,17 +144,12 @@ fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, metrics: &Metrics) {
     }
 }
 
-fn apply_follow_change(
-    registry: &Arc<Registry>,
-    store: &Store,
-    metrics: &Arc<Metrics>,
-    change: &FollowChange,
-) {
+fn apply_follow_change(registry: &Arc<Registry>, catch_ups: &Arc<CatchUps>, change: &FollowChange) {
     for socket in registry.sockets_of(change.follower) {
         if let Some(binding) =
             registry.change(&socket, change.author, change.follows, change.at_unix_ms)
         {
-            catch_up::after_binding(binding, registry, store, metrics, None);
+            catch_up::after_binding(binding, registry, catch_ups, None);
         }
     }
 }

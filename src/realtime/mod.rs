@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 // The engine's parts are public for the benchmarks in benches/.
+use catch_up::CatchUps;
 pub use hub::fan_out;
 pub use registry::Registry;
 pub use routing::Routing;
@@ -62,6 +63,7 @@ pub struct Realtime {
     store: Store,
     broker: Broker,
     registry: Arc<Registry>,
+    catch_ups: Arc<CatchUps>,
     metrics: Arc<Metrics>,
     settings: RealtimeSettings,
     shutdown: CancellationToken,
@@ -128,6 +130,7 @@ impl Realtime {
     ) -> Arc<Self> {
         Arc::new(Self {
             registry: Arc::new(Registry::new(broker.clone(), settings.routing)),
+            catch_ups: Arc::default(),
             store,
             broker,
             metrics,
@@ -145,10 +148,17 @@ impl Realtime {
         hub::run(
             incoming,
             self.registry.clone(),
+            self.catch_ups.clone(),
             self.store.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
         )
+    }
+
+    /// Reads back what subscriptions could not get live (see
+    /// [`catch_up`]); runs until dropped.
+    pub fn catch_ups(&self) -> impl Future<Output = ()> + use<> {
+        self.catch_ups.run(self.store.clone(), self.metrics.clone())
     }
 
     /// Pings every live socket once per ping interval and ends the silent

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use super::catch_up;
+use super::catch_up::{self, CatchUps};
 use super::codec::stored_post_frame;
 use super::hub::fan_out;
 use super::registry::Registry;
@@ -100,6 +100,7 @@ impl Delivered {
 pub(super) async fn recover(
     gap: Gap,
     registry: &Arc<Registry>,
+    catch_ups: &Arc<CatchUps>,
     store: &Store,
     metrics: &Arc<Metrics>,
     delivered: &mut Delivered,
@@ -107,7 +108,7 @@ pub(super) async fn recover(
 ) {
     let mut delay = RETRY_MIN;
     loop {
-        match recover_once(gap, registry, store, metrics, delivered).await {
+        match recover_once(gap, registry, catch_ups, store, metrics, delivered).await {
             Ok(sent) => {
                 metrics.gap_recoveries.fetch_add(1, Ordering::Relaxed);
                 metrics.recovered_posts.fetch_add(sent, Ordering::Relaxed);
@@ -132,6 +133,7 @@ pub(super) async fn recover(
 async fn recover_once(
     gap: Gap,
     registry: &Arc<Registry>,
+    catch_ups: &Arc<CatchUps>,
     store: &Store,
     metrics: &Arc<Metrics>,
     delivered: &mut Delivered,
@@ -154,13 +156,7 @@ async fn recover_once(
         .iter()
         .flat_map(|(user, authors)| registry.follow_exactly(*user, authors, window_start_ms))
         .map(|binding| {
-            catch_up::after_binding(
-                binding,
-                registry,
-                store,
-                metrics,
-                Some(read_started.clone()),
-            )
+            catch_up::after_binding(binding, registry, catch_ups, Some(read_started.clone()))
         })
         .collect();
     if tokio::time::timeout(BINDING_WAIT, join_all(catch_ups))

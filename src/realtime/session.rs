@@ -234,19 +234,17 @@ async fn subscribe(
     let mark = Arc::new(mark);
     let start = fresh.then(|| Start::Mark(mark.clone()));
     let subscribed = registry.subscribe(socket, &authors, start.as_ref(), clock);
-    let (store, metrics) = (&realtime.store, &realtime.metrics);
     let catch_ups = subscribed
         .bindings
         .into_iter()
-        .map(|binding| catch_up::after_binding(binding, registry, store, metrics, None))
+        .map(|binding| catch_up::after_binding(binding, registry, &realtime.catch_ups, None))
         .collect();
     if !subscribed.uncovered.is_empty() {
         drop(catch_up::for_socket(
             socket.clone(),
             mark,
             subscribed.uncovered,
-            store,
-            metrics,
+            &realtime.catch_ups,
         ));
     }
     Ok(if fresh { Vec::new() } else { catch_ups })

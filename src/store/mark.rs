@@ -77,18 +77,29 @@ impl Store {
         Ok((authors.into_iter().map(UserId::from_uuid).collect(), mark))
     }
 
-    /// The posts of `authors` a socket marked `seq` may not have seen, in
-    /// sequence order, at most `limit`: those sequenced after `seq`, and the
-    /// `concurrent` last ones of each author at or before it (inserted
-    /// before the mark but maybe committed after). The caller keeps those
-    /// the mark did not see.
-    pub async fn posts_after_mark(
+    /// The posts of `authors` one of `marks` may not have seen, in sequence
+    /// order, at most `limit`: those sequenced after the earliest mark, and
+    /// of the `concurrent` last ones of each author at or before it
+    /// (inserted before the mark but maybe committed after) those whose
+    /// transaction a mark has not seen as committed. The caller keeps, for
+    /// each mark, those it did not see.
+    pub async fn posts_after_marks<'a>(
         &self,
         authors: &[UserId],
-        seq: i64,
+        marks: impl IntoIterator<Item = &'a CommitMark>,
         limit: i64,
         concurrent: i64,
     ) -> Result<Vec<MarkedPost>, StoreError> {
+        let Some((seq, xmin)) = marks
+            .into_iter()
+            .map(|mark| (mark.seq, mark.xmin))
+            .reduce(|(seq, xmin), (s, x)| (seq.min(s), xmin.min(x)))
+        else {
+            return Ok(Vec::new());
+        };
+        // Every mark saw a transaction below its xmin commit: most rows
+        // before the mark end here, without their text read or sent.
+        let xmin = xmin as i64;
         let authors: Vec<uuid::Uuid> = authors.iter().map(|a| *a.as_uuid()).collect();
         self.fetch_all(
             "SELECT p.id, p.text, p.author_id, p.written_by::text::bigint \
@@ -97,11 +108,13 @@ impl Store {
                  (SELECT id, text, author_id, seq, written_by FROM posts \
                   WHERE author_id = a.author_id AND seq > $2 ORDER BY seq LIMIT $3) \
                  UNION ALL \
-                 (SELECT id, text, author_id, seq, written_by FROM posts \
-                  WHERE author_id = a.author_id AND seq <= $2 ORDER BY seq DESC LIMIT $4) \
+                 (SELECT * FROM ( \
+                      SELECT id, text, author_id, seq, written_by FROM posts \
+                      WHERE author_id = a.author_id AND seq <= $2 ORDER BY seq DESC LIMIT $4 \
+                  ) before_mark WHERE written_by >= $5::bigint::text::xid8) \
              ) p \
              ORDER BY p.seq LIMIT $3",
-            &[&authors, &seq, &limit, &concurrent],
+            &[&authors, &seq, &limit, &concurrent, &xmin],
             |row| MarkedPost {
                 post: Post {
                     id: PostId::from_uuid(row.get(0)),

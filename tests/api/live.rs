@@ -12,7 +12,7 @@ use livefeed::realtime::Routing;
 
 use crate::support::{
     Brokers, FeedClient, Rabbitmqctl, TestApp, TestUser, Vhost, fresh_database,
-    instances_connected, outbox_settles, proxied_rabbit, rabbit_broker,
+    instances_connected, outbox_settles, proxied_rabbit, rabbit_broker, sql,
 };
 
 /// Runs a scenario once on the in-process broker and once on RabbitMQ.
@@ -512,6 +512,47 @@ async fn a_fresh_socket_is_ready_before_its_binding_and_gets_exactly_the_later_p
     assert_eq!(b.metric("livefeed_binding_catch_up_posts_total").await, 1);
     assert_eq!(b.metric("livefeed_recovered_posts_total").await, 0);
     assert_eq!(b.metric("livefeed_broker_reconnects_total").await, 0);
+}
+
+/// A post inserted before a fresh socket's follows were read but committed
+/// after (a slow writer) is the socket's: its binding's catch-up reads it
+/// back from among the posts sequenced before the mark. Nothing publishes
+/// it (no outbox row): the read-back is its only way to the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_committed_after_a_fresh_socket_subscribed_but_inserted_before_arrives() {
+    let vhost = std::sync::Arc::new(Vhost::create().await);
+    let (proxy, through_proxy) = proxied_rabbit(&vhost).await;
+    let database = fresh_database().await;
+    let mut a = TestApp::spawn_on_broker(&database, &[], rabbit_broker(vhost.url())).await;
+    a.keep(vhost.clone());
+    let author = a.register("Автор", "Неторопливый").await;
+    let reader = a.register("Читатель", "Свежий").await;
+    a.follow(&reader, &author).await;
+    let b = TestApp::spawn_on_broker(&database, &[], rabbit_broker(&through_proxy)).await;
+    instances_connected(&vhost, 2).await;
+    a.create_post(&author, "до подключения").await;
+    outbox_settles(&a, &[&a], 4).await;
+
+    let mut slow_writer = sql(&database).await;
+    let slow = slow_writer.transaction().await.unwrap();
+    let late = uuid::Uuid::now_v7();
+    slow.execute(
+        "INSERT INTO posts (id, author_id, text) VALUES ($1, $2, 'вставлен до, закоммичен после')",
+        &[&late, &author.id.parse::<uuid::Uuid>().unwrap()],
+    )
+    .await
+    .unwrap();
+    // The binding waits until the slow writer has committed, so its
+    // catch-up reads after the commit.
+    proxy.freeze();
+    let mut socket = FeedClient::connect(&b, &reader.token).await;
+    slow.commit().await.unwrap();
+    proxy.thaw();
+
+    assert_eq!(socket.next_post().await["postId"], late.to_string());
+    let after = a.create_post(&author, "после привязки").await;
+    assert_eq!(socket.next_post().await["postId"], after.as_str());
+    assert_eq!(b.metric("livefeed_binding_catch_up_posts_total").await, 1);
 }
 
 /// Bucket routing on RabbitMQ: the follower's instance binds the bucket of
