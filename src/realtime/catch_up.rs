@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::codec::stored_post_frame;
+use super::recovery::Horizon;
 use super::registry::{Binding, Pending, Registry, Start};
 use super::socket::{CATCH_UP_LIMIT, Push, Socket};
 use super::time_written;
@@ -113,7 +114,12 @@ impl Default for CatchUps {
 impl CatchUps {
     /// The instance's reader: runs the queued catch-ups, those that queued
     /// up together in one read, until the queue's sender is dropped.
-    pub fn run(&self, store: Store, metrics: Arc<Metrics>) -> impl Future<Output = ()> + use<> {
+    pub fn run(
+        &self,
+        store: Store,
+        horizon: Arc<Horizon>,
+        metrics: Arc<Metrics>,
+    ) -> impl Future<Output = ()> + use<> {
         let waiting = self.waiting.lock().expect("catch-up queue lock").take();
         async move {
             let Some(mut waiting) = waiting else {
@@ -127,11 +133,12 @@ impl CatchUps {
                     authors += job.authors.len();
                     batch.push(job);
                 }
-                if !read_and_send(&store, &metrics, &batch).await {
+                let oldest = horizon.oldest();
+                if !read_and_send(&store, &metrics, oldest, &batch).await {
                     // Together, the posts were more than one read returns:
                     // each alone gets what a catch-up of its own would.
                     for job in &batch {
-                        read_and_send(&store, &metrics, std::slice::from_ref(job)).await;
+                        read_and_send(&store, &metrics, oldest, std::slice::from_ref(job)).await;
                     }
                 }
                 for job in batch {
@@ -201,7 +208,8 @@ pub(super) fn for_socket(
 /// posts to its recipients. Returns false, having sent nothing, when the
 /// jobs were several and a read returned as many posts as it may: some of
 /// theirs may be missing from it.
-async fn read_and_send(store: &Store, metrics: &Metrics, jobs: &[Job]) -> bool {
+/// `horizon` is the oldest post a gap recovery may read back again.
+async fn read_and_send(store: &Store, metrics: &Metrics, horizon: PostId, jobs: &[Job]) -> bool {
     let authors = |pick: fn(&Job) -> bool| -> Vec<UserId> {
         let authors: HashSet<UserId> = jobs
             .iter()
@@ -260,12 +268,12 @@ async fn read_and_send(store: &Store, metrics: &Metrics, jobs: &[Job]) -> bool {
     for job in jobs {
         let mut sent = 0;
         if let Some(read) = &marked_read {
-            sent += send(read, job, &job.marked, metrics, |mark, post| {
+            sent += send(read, job, &job.marked, metrics, horizon, |mark, post| {
                 !mark.saw(post.written_by)
             });
         }
         if let Some(read) = &since_read {
-            sent += send(read, job, &job.since, metrics, |ms, post| {
+            sent += send(read, job, &job.since, metrics, horizon, |ms, post| {
                 post.post.id >= first(*ms)
             });
         }
@@ -330,6 +338,7 @@ fn send<S>(
     job: &Job,
     recipients: &[(Arc<Socket>, S)],
     metrics: &Metrics,
+    horizon: PostId,
     admits: impl Fn(&S, &MarkedPost) -> bool,
 ) -> u64 {
     let mut sent = 0;
@@ -347,7 +356,7 @@ fn send<S>(
             {
                 continue;
             }
-            match socket.push(&frame) {
+            match socket.push_read_back(&frame, horizon) {
                 pushed @ (Push::Written | Push::Queued) => {
                     delivered = true;
                     metrics.deliveries.fetch_add(1, Ordering::Relaxed);

@@ -12,21 +12,22 @@ use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 
+use super::recovery::Horizon;
 use super::registry::Registry;
 use crate::domain::UserId;
 
 /// Ticks per ping interval; each visits the sockets of one slice of users.
 const SLICES: u32 = 16;
 
-pub(super) async fn run(registry: Arc<Registry>, ping_interval: Duration) {
+pub(super) async fn run(registry: Arc<Registry>, horizon: Arc<Horizon>, ping_interval: Duration) {
     let period = ping_interval / SLICES;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     for slice in (0..SLICES).cycle() {
         tick.tick().await;
-        let now = Instant::now();
+        let (now, oldest) = (Instant::now(), horizon.oldest());
         for socket in registry.sockets_where(|user| slice_of(user) == slice) {
-            socket.heartbeat(now);
+            socket.heartbeat(now, oldest);
         }
     }
 }

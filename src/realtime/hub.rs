@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::catch_up::{self, CatchUps};
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post};
-use super::recovery::{Delivered, recover};
+use super::recovery::{Delivered, Horizon, recover};
 use super::registry::Registry;
 use super::socket::{Push, Socket};
 use super::time_written;
@@ -30,6 +30,7 @@ pub(super) async fn run(
     mut incoming: mpsc::Receiver<Incoming>,
     registry: Arc<Registry>,
     catch_ups: Arc<CatchUps>,
+    horizon: Arc<Horizon>,
     store: Store,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -58,6 +59,7 @@ pub(super) async fn run(
                     metrics.broker_posts.fetch_add(1, Ordering::Relaxed);
                     let now = Instant::now();
                     delivered.forget_old(now);
+                    horizon.advance(SystemTime::now());
                     // A post recovered after a gap, or published twice by a
                     // relay that failed over, goes out once.
                     if delivered.first_time(frame.post, now) {

@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 // The engine's parts are public for the benchmarks in benches/.
 use catch_up::CatchUps;
 pub use hub::fan_out;
+use recovery::Horizon;
 pub use registry::Registry;
 pub use routing::Routing;
 pub use session::Upgraded;
@@ -64,6 +65,8 @@ pub struct Realtime {
     broker: Broker,
     registry: Arc<Registry>,
     catch_ups: Arc<CatchUps>,
+    /// Posts older than this, read back to a socket, no recovery sends again.
+    horizon: Arc<Horizon>,
     metrics: Arc<Metrics>,
     settings: RealtimeSettings,
     shutdown: CancellationToken,
@@ -131,6 +134,7 @@ impl Realtime {
         Arc::new(Self {
             registry: Arc::new(Registry::new(broker.clone(), settings.routing)),
             catch_ups: Arc::default(),
+            horizon: Arc::new(Horizon::new(SystemTime::now())),
             store,
             broker,
             metrics,
@@ -149,6 +153,7 @@ impl Realtime {
             incoming,
             self.registry.clone(),
             self.catch_ups.clone(),
+            self.horizon.clone(),
             self.store.clone(),
             self.metrics.clone(),
             self.shutdown.clone(),
@@ -158,13 +163,21 @@ impl Realtime {
     /// Reads back what subscriptions could not get live (see
     /// [`catch_up`]); runs until dropped.
     pub fn catch_ups(&self) -> impl Future<Output = ()> + use<> {
-        self.catch_ups.run(self.store.clone(), self.metrics.clone())
+        self.catch_ups.run(
+            self.store.clone(),
+            self.horizon.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Pings every live socket once per ping interval and ends the silent
     /// ones; runs until dropped.
     pub fn heartbeat(&self) -> impl Future<Output = ()> + use<> {
-        heartbeat::run(self.registry.clone(), self.settings.ping_interval)
+        heartbeat::run(
+            self.registry.clone(),
+            self.horizon.clone(),
+            self.settings.ping_interval,
+        )
     }
 
     /// Reserves a socket place for `user`, unless the instance or the user

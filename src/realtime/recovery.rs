@@ -11,12 +11,15 @@
 //!
 //! Every post the hub fans out, live or recovered, passes through
 //! [`Delivered`], so a post that arrives both ways goes out once. This module
-//! must never fan out a post without recording it there.
+//! must never fan out a post without recording it there. A post a socket
+//! got read back from PostgreSQL is not in [`Delivered`] (its author's other
+//! subscribers may still need the live copy): the socket remembers it
+//! itself, until the [`Horizon`] passes it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +55,39 @@ const AUTHORS_PER_QUERY: usize = 1_000;
 const BINDING_WAIT: Duration = Duration::from_secs(10);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The oldest post a gap recovery may still read back. It moves in time of
+/// live traffic, as [`Delivered`] forgets, and stands still while the
+/// broker is cut off: a recovery reads from [`MARGIN`] before the last
+/// moment the queue was known alive, and the hub takes live posts from a
+/// queue that was alive a moment ago. [`RETAIN`] leaves the difference for
+/// the clocks of the instances that wrote the posts.
+pub(super) struct Horizon {
+    unix_ms: AtomicU64,
+}
+
+impl Horizon {
+    /// A first recovery reads from shortly before the instance started.
+    pub(super) fn new(now: SystemTime) -> Self {
+        Self {
+            unix_ms: AtomicU64::new(retained_from(now)),
+        }
+    }
+
+    /// Live traffic reached the hub at `now`.
+    pub(super) fn advance(&self, now: SystemTime) {
+        self.unix_ms
+            .fetch_max(retained_from(now), Ordering::Relaxed);
+    }
+
+    pub(super) fn oldest(&self) -> PostId {
+        PostId::first_at(self.unix_ms.load(Ordering::Relaxed))
+    }
+}
+
+fn retained_from(now: SystemTime) -> u64 {
+    unix_ms(now.checked_sub(RETAIN).unwrap_or(UNIX_EPOCH))
+}
 
 /// Ids of the posts the hub fanned out recently, oldest first.
 #[derive(Default)]
@@ -196,9 +232,11 @@ async fn recover_once(
 }
 
 fn window_start_ms(gap: Gap) -> u64 {
-    let since = gap.since.checked_sub(MARGIN).unwrap_or(UNIX_EPOCH);
-    since
-        .duration_since(UNIX_EPOCH)
+    unix_ms(gap.since.checked_sub(MARGIN).unwrap_or(UNIX_EPOCH))
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -227,6 +265,27 @@ mod tests {
         assert!(!delivered.first_time(old, start));
         delivered.forget_old(start + RETAIN + Duration::from_secs(1));
         assert!(delivered.first_time(old, start + RETAIN * 2));
+    }
+
+    #[test]
+    fn the_horizon_stays_behind_every_recovery_window_and_never_moves_back() {
+        let start = UNIX_EPOCH + Duration::from_secs(10_000);
+        let horizon = Horizon::new(start);
+        let gap_now = Gap { since: start };
+        assert!(horizon.oldest() < PostId::first_at(window_start_ms(gap_now)));
+        horizon.advance(start + Duration::from_secs(100));
+        let later = Gap {
+            since: start + Duration::from_secs(99),
+        };
+        assert!(horizon.oldest() < PostId::first_at(window_start_ms(later)));
+        assert!(horizon.oldest() > PostId::first_at(window_start_ms(gap_now)));
+        let moved = horizon.oldest();
+        horizon.advance(start);
+        assert_eq!(
+            horizon.oldest(),
+            moved,
+            "a late reading does not move it back"
+        );
     }
 
     #[test]

@@ -204,7 +204,7 @@ async fn open(
 ) -> Result<(), End> {
     let bindings = subscribe(realtime, socket, since.is_none()).await?;
     if let Some(since) = since {
-        socket.client_has(since);
+        socket.client_has(since, realtime.horizon.oldest());
         // The ordered `?since=` read must come after the broker routes the
         // authors' posts here: from then on the live stream misses nothing.
         futures_util::future::join_all(bindings).await;
@@ -264,8 +264,9 @@ async fn catch_up(realtime: &Realtime, socket: &Socket, since: PostId) -> Result
         )
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
+    let horizon = realtime.horizon.oldest();
     for post in &posts {
-        socket.send_post(&stored_post_frame(post));
+        socket.send_post(&stored_post_frame(post), horizon);
     }
     drain(realtime, socket, realtime.settings.write_timeout).await
 }

@@ -151,6 +151,12 @@ struct Outbox {
     /// arrived meanwhile, which must follow the catch-up.
     held: Option<Vec<Arc<PostFrame>>>,
     seam: Option<Box<Seam>>,
+    /// Posts written to this socket from PostgreSQL, and a reconnecting
+    /// client's last post, that a gap recovery may read back again: those
+    /// at or after the recovery horizon, oldest first. The seam covers a
+    /// live copy for [`super::registry::SEAM_WINDOW`]; a recovery comes
+    /// after a broker outage of any length.
+    read_back: VecDeque<PostId>,
     /// A ping went out that no pong has answered yet.
     awaiting_pong: bool,
     ending: Option<Ending>,
@@ -194,8 +200,17 @@ impl Seam {
 }
 
 impl Outbox {
+    /// Whether a post may come to this socket twice: [`Outbox::first_time`]
+    /// tells, at the cost of a clock read the hot path skips otherwise.
+    fn may_repeat(&self) -> bool {
+        self.seam.is_some() || !self.read_back.is_empty()
+    }
+
     /// False if the post went out on this socket already.
     fn first_time(&mut self, post: PostId, now: Instant) -> bool {
+        if self.read_back.contains(&post) {
+            return false;
+        }
         match &mut self.seam {
             Some(seam) if seam.is_over(now) => {
                 self.seam = None;
@@ -203,6 +218,30 @@ impl Outbox {
             }
             Some(seam) => seam.first_time(post),
             None => true,
+        }
+    }
+
+    /// Remembers `post`, written from PostgreSQL, unless no recovery would
+    /// read it back (it is older than `horizon`).
+    fn remember_read_back(&mut self, post: PostId, horizon: PostId) {
+        if post < horizon {
+            return;
+        }
+        self.forget_read_back(horizon);
+        if self.read_back.len() == SEAM_POSTS {
+            self.read_back.pop_front();
+        }
+        self.read_back.push_back(post);
+    }
+
+    /// Forgets the posts older than `horizon`, and the memory once none
+    /// are left.
+    fn forget_read_back(&mut self, horizon: PostId) {
+        while self.read_back.front().is_some_and(|post| *post < horizon) {
+            self.read_back.pop_front();
+        }
+        if self.read_back.is_empty() && self.read_back.capacity() > 0 {
+            self.read_back = VecDeque::new();
         }
     }
 }
@@ -268,7 +307,7 @@ impl Socket {
             held.push(frame.clone());
             return Admit::Settled(Push::Queued);
         }
-        if out.seam.is_some() && !out.first_time(frame.post, Instant::now()) {
+        if out.may_repeat() && !out.first_time(frame.post, Instant::now()) {
             return Admit::Settled(Push::Dropped);
         }
         if out.posts >= self.capacity {
@@ -344,17 +383,32 @@ impl Socket {
 
     /// Counts `post` as sent without sending it: a reconnecting client's
     /// last post, which a gap recovery may read back (its window opens
-    /// before the gap) though no catch-up here sent it.
-    pub fn client_has(&self, post: PostId) {
-        self.outbox().first_time(post, Instant::now());
+    /// before the gap) though no catch-up here sent it. `horizon` is the
+    /// oldest post a recovery may still read back.
+    pub fn client_has(&self, post: PostId, horizon: PostId) {
+        let mut out = self.outbox();
+        if out.first_time(post, Instant::now()) {
+            out.remember_read_back(post, horizon);
+        }
     }
 
-    /// Sends a catch-up post, unless the seam says it went out already.
-    pub fn send_post(&self, frame: &PostFrame) {
+    /// Sends a catch-up post, unless it went out already.
+    pub fn send_post(&self, frame: &PostFrame, horizon: PostId) {
         let mut out = self.outbox();
         if !out.gone && out.first_time(frame.post, Instant::now()) {
+            out.remember_read_back(frame.post, horizon);
             self.write_or_queue(&mut out, frame.wire.clone(), 0);
         }
+    }
+
+    /// As [`Socket::push`], for a post read back from PostgreSQL after a
+    /// binding: once delivered, a recovery does not send it again.
+    pub fn push_read_back(&self, frame: &Arc<PostFrame>, horizon: PostId) -> Push {
+        let pushed = self.push(frame);
+        if matches!(pushed, Push::Written | Push::Queued) {
+            self.outbox().remember_read_back(frame.post, horizon);
+        }
+        pushed
     }
 
     /// Remembers the posts written from now until `until`, and drops any
@@ -385,12 +439,14 @@ impl Socket {
     /// The heartbeat's visit: a live socket that has not answered the
     /// previous ping is ended as silent, any other gets a ping. A socket
     /// still subscribing is left alone (its session reads nothing yet, so
-    /// could not see a pong). Frees the seam's memory once it is over.
-    pub fn heartbeat(&self, now: Instant) {
+    /// could not see a pong). Frees the seam's memory once it is over, and
+    /// forgets the posts read back before `horizon`.
+    pub fn heartbeat(&self, now: Instant, horizon: PostId) {
         let mut out = self.outbox();
         if out.seam.as_ref().is_some_and(|seam| seam.is_over(now)) {
             out.seam = None;
         }
+        out.forget_read_back(horizon);
         if out.gone || out.ending.is_some() || out.held.is_some() {
             return;
         }

@@ -93,18 +93,18 @@ async fn a_held_post_to_a_reset_peer_ends_the_socket() {
 async fn a_socket_that_misses_a_ping_is_ended_as_silent_and_one_that_answers_is_kept() {
     let (socket, mut client) = pair(8).await;
     let now = Instant::now();
-    socket.heartbeat(now);
+    socket.heartbeat(now, PostId::first_at(0));
     socket.release();
     let ping = wire::ping();
     for _ in 0..2 {
-        socket.heartbeat(now);
+        socket.heartbeat(now, PostId::first_at(0));
         assert_eq!(read_exactly(&mut client, ping.len()).await, &ping[..]);
         assert_eq!(socket.ending(), None);
         socket.ponged();
     }
-    socket.heartbeat(now);
+    socket.heartbeat(now, PostId::first_at(0));
     assert_eq!(read_exactly(&mut client, ping.len()).await, &ping[..]);
-    socket.heartbeat(now);
+    socket.heartbeat(now, PostId::first_at(0));
     assert_eq!(
         socket.ending(),
         Some(Ending::Silent),
@@ -137,7 +137,7 @@ async fn a_seam_sends_each_post_once() {
     socket.open_seam(Instant::now() + Duration::from_secs(60));
     let post = frame("once");
     socket.push(&post);
-    socket.send_post(&post);
+    socket.send_post(&post, PostId::first_at(0));
     socket.release();
     assert_eq!(socket.push(&post), Push::Dropped);
     assert_eq!(socket.flush(|_| {}), Flushed::Done);
@@ -151,12 +151,42 @@ async fn a_reconnecting_clients_last_post_is_not_sent_again() {
     let (socket, mut client) = pair(8).await;
     socket.open_seam(Instant::now() + Duration::from_secs(60));
     let last = frame("the client's last");
-    socket.client_has(last.post);
+    socket.client_has(last.post, PostId::first_at(0));
     socket.release();
     assert_eq!(socket.push(&last), Push::Dropped);
-    socket.send_post(&last);
+    socket.send_post(&last, PostId::first_at(0));
     socket.send(wire::ping());
     assert_eq!(socket.flush(|_| {}), Flushed::Done);
     let ping = wire::ping();
     assert_eq!(read_exactly(&mut client, ping.len()).await, &ping[..]);
+}
+
+/// A recovery after a long broker outage comes when the seam is closed: a
+/// post the socket got read back must still not go out twice, until no
+/// recovery would read it back any more.
+#[tokio::test]
+async fn a_post_read_back_is_not_sent_again_after_the_seam_closed_until_the_horizon_passes_it() {
+    let (socket, mut client) = pair(8).await;
+    socket.release();
+    let horizon = PostId::first_at(0);
+    let read_back = frame("read back");
+    let sent_before = frame("sent before the client reconnected");
+    assert_eq!(socket.push_read_back(&read_back, horizon), Push::Written);
+    socket.client_has(sent_before.post, horizon);
+    socket.close_seam();
+    assert_eq!(socket.push(&read_back), Push::Dropped);
+    assert_eq!(socket.push(&sent_before), Push::Dropped);
+
+    let past_both = PostId::first_at(sent_before.post.unix_ms().unwrap() + 1);
+    socket.heartbeat(Instant::now(), past_both);
+    socket.ponged();
+    let ping = wire::ping();
+    assert_eq!(socket.push(&read_back), Push::Written, "forgotten");
+    let expected = [&read_back.wire[..], &ping[..], &read_back.wire[..]].concat();
+    assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+
+    let old = frame("older than the horizon");
+    let newer = PostId::first_at(old.post.unix_ms().unwrap() + 1);
+    socket.send_post(&old, newer);
+    assert_eq!(socket.push(&old), Push::Written, "never remembered");
 }
