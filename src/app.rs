@@ -82,7 +82,7 @@ impl App {
             Feeds::new(store.clone(), &config.cache.settings()).context("configuring Redis")?;
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(Metrics::default());
-        let settings = config.realtime();
+        let settings = config.realtime().map_err(anyhow::Error::msg)?;
         let announcer = Announcer::new(settings.routing);
         let realtime = Realtime::new(
             store.clone(),

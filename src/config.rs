@@ -171,6 +171,22 @@ pub struct Config {
     #[arg(long, env = "LIVEFEED_ROUTING", default_value = "bucket:1024")]
     pub routing: Routing,
 
+    /// With `bucket:N` routing, bind all N keys when the instance starts
+    /// and keep them, instead of binding each on its first follower here.
+    ///
+    /// On demand, an instance that starts (or restarts) empty binds a
+    /// thousand keys during the connect storm that follows, and its first
+    /// sockets get the posts of that moment from PostgreSQL: in `loadtest
+    /// social` (5,000 users following 25, two fresh instances) those binds
+    /// and catch-ups were 144 + 186 of 528 us of CPU per connect
+    /// (BENCHMARKS.md §21). Bound up front, the instance receives every
+    /// post from the start: what every instance receives anyway once its
+    /// users follow a thousand authors (§11). Off by default, so that a small
+    /// instance receives only the posts its users want.
+    #[arg(long, env = "LIVEFEED_BIND_EVERY_BUCKET", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub bind_every_bucket: bool,
+
     /// Most websockets this instance holds (503 beyond).
     #[arg(long, env = "LIVEFEED_MAX_SOCKETS", default_value_t = 19_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -297,15 +313,22 @@ impl Config {
         }
     }
 
-    pub fn realtime(&self) -> RealtimeSettings {
-        RealtimeSettings {
+    pub fn realtime(&self) -> Result<RealtimeSettings, String> {
+        if self.bind_every_bucket && self.routing.every_key().is_none() {
+            return Err(
+                "LIVEFEED_BIND_EVERY_BUCKET needs bucket routing (LIVEFEED_ROUTING=bucket:N)"
+                    .into(),
+            );
+        }
+        Ok(RealtimeSettings {
             queue_capacity: self.socket_queue as usize,
             ping_interval: Duration::from_secs(self.ping_interval_secs),
             write_timeout: Duration::from_millis(self.ws_write_timeout_ms),
             max_sockets: self.max_sockets,
             max_sockets_per_user: self.max_sockets_per_user,
             routing: self.routing,
-        }
+            bind_every_bucket: self.bind_every_bucket,
+        })
     }
 }
 
@@ -377,6 +400,17 @@ mod tests {
         assert_eq!(config.database.database_url, DEFAULT_DATABASE_URL);
         assert_eq!(config.max_body_bytes, 65_536);
         assert_eq!(config.routing, "bucket:1024".parse().unwrap());
+    }
+
+    #[test]
+    fn every_bucket_is_bound_only_when_asked_and_only_with_buckets() {
+        let on_demand = Config::from_args::<[&str; 0], &str>([]).unwrap();
+        assert!(!on_demand.realtime().unwrap().bind_every_bucket);
+        let eager = Config::from_args(["--bind-every-bucket", "true"]).unwrap();
+        assert!(eager.realtime().unwrap().bind_every_bucket);
+        let by_id = Config::from_args(["--bind-every-bucket", "true", "--routing", "id"]).unwrap();
+        let refused = by_id.realtime().unwrap_err();
+        assert!(refused.contains("needs bucket routing"), "{refused}");
     }
 
     #[test]

@@ -176,7 +176,7 @@ pub(super) fn after_binding(
         else {
             return;
         };
-        if covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
+        if recipients.is_empty() || covered.is_some_and(|read| !read.load(Ordering::Acquire)) {
             return;
         }
         let (job, finished) = Job::new(authors, recipients, |metrics| {

@@ -58,6 +58,8 @@ pub struct RealtimeSettings {
     /// Most websockets one user holds on this instance (429 beyond).
     pub max_sockets_per_user: u32,
     pub routing: Routing,
+    /// Bind every key of bucket routing at start, and keep them.
+    pub bind_every_bucket: bool,
 }
 
 pub struct Realtime {
@@ -147,8 +149,18 @@ impl Realtime {
 
     /// The hub: fans this instance's `Posts` and `Control` deliveries out to
     /// its sockets, and recovers what a broker gap may have lost, until
-    /// `incoming` closes.
+    /// `incoming` closes. Binds every bucket first, when so configured.
     pub fn hub(&self, incoming: mpsc::Receiver<Incoming>) -> impl Future<Output = ()> + use<> {
+        if self.settings.bind_every_bucket {
+            for binding in self.registry.pin_every_key().unwrap_or_default() {
+                drop(catch_up::after_binding(
+                    binding,
+                    &self.registry,
+                    &self.catch_ups,
+                    None,
+                ));
+            }
+        }
         hub::run(
             incoming,
             self.registry.clone(),

@@ -24,10 +24,23 @@ impl Routing {
                 // UUIDv7's low bits are random; fold both halves anyway so
                 // any UUID version spreads evenly.
                 let hash = (id as u64) ^ ((id >> 64) as u64);
-                format!("b.{}", hash % u64::from(buckets.get()))
+                bucket_key(hash % u64::from(buckets.get()))
             }
         }
     }
+
+    /// Every key authors are routed by: `None` for `ById`, whose keys are
+    /// as many as the authors.
+    pub fn every_key(&self) -> Option<Vec<String>> {
+        match self {
+            Self::ById => None,
+            Self::Buckets(buckets) => Some((0..u64::from(buckets.get())).map(bucket_key).collect()),
+        }
+    }
+}
+
+fn bucket_key(bucket: u64) -> String {
+    format!("b.{bucket}")
 }
 
 impl FromStr for Routing {
@@ -69,6 +82,10 @@ mod tests {
         let author = UserId::new_v7();
         assert_eq!(routing.key(author), routing.key(author));
         assert_eq!(Routing::ById.key(author), author.to_string());
+        let every: std::collections::HashSet<String> =
+            routing.every_key().unwrap().into_iter().collect();
+        assert_eq!(every, keys, "every key is one authors are routed by");
+        assert_eq!(Routing::ById.every_key(), None);
     }
 
     /// Every instance must put an author in the same bucket: the values are

@@ -455,6 +455,7 @@ mod memory {
             max_sockets: 10,
             max_sockets_per_user: 10,
             routing: "bucket:1024".parse::<Routing>().unwrap(),
+            bind_every_bucket: false,
         };
         let realtime = Realtime::new(
             store,

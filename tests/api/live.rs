@@ -7,12 +7,9 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use livefeed::domain::UserId;
-use livefeed::realtime::Routing;
-
 use crate::support::{
-    Brokers, FeedClient, Rabbitmqctl, TestApp, TestUser, Vhost, fresh_database,
-    instances_connected, outbox_settles, proxied_rabbit, rabbit_broker, sql,
+    Brokers, FeedClient, TestApp, Vhost, fresh_database, instances_connected, outbox_settles,
+    proxied_rabbit, rabbit_broker, sql,
 };
 
 /// Runs a scenario once on the in-process broker and once on RabbitMQ.
@@ -553,59 +550,4 @@ async fn a_post_committed_after_a_fresh_socket_subscribed_but_inserted_before_ar
     let after = a.create_post(&author, "после привязки").await;
     assert_eq!(socket.next_post().await["postId"], after.as_str());
     assert_eq!(b.metric("livefeed_binding_catch_up_posts_total").await, 1);
-}
-
-/// Bucket routing on RabbitMQ: the follower's instance binds the bucket of
-/// the author it follows, not the author, so it also receives the posts of
-/// the other authors of that bucket, and must keep them from the follower.
-#[tokio::test]
-async fn bucket_routing_keeps_other_authors_of_the_bucket_from_the_follower() {
-    let routing: Routing = "bucket:2".parse().unwrap();
-    let args = ["--routing", "bucket:2"];
-    let vhost = std::sync::Arc::new(Vhost::create().await);
-    let database = fresh_database().await;
-    let mut a = TestApp::spawn_on_broker(&database, &args, rabbit_broker(vhost.url())).await;
-    let b = TestApp::spawn_on_broker(&database, &args, rabbit_broker(vhost.url())).await;
-    a.keep(vhost.clone());
-    let key = |user: &TestUser| routing.key(user.id.parse::<UserId>().unwrap());
-    // Three authors in two buckets: two of them share one.
-    let mut authors = Vec::new();
-    for name in ["Первый", "Второй", "Третий"] {
-        authors.push(a.register("Автор", name).await);
-    }
-    let (followed, neighbour) = [(0, 1), (0, 2), (1, 2)]
-        .into_iter()
-        .map(|(x, y)| (&authors[x], &authors[y]))
-        .find(|(x, y)| key(x) == key(y))
-        .expect("two of three authors share one of two buckets");
-    let reader = a.register("Читатель", "Ковшовый").await;
-    a.follow(&reader, followed).await;
-
-    let mut socket = FeedClient::connect(&b, &reader.token).await;
-    a.create_post(neighbour, "тот же ковш, не для тебя").await;
-    let marker = a.create_post(followed, "для тебя").await;
-
-    // Relayed in creation order: the neighbour's post reached b before the
-    // marker, was counted there as unwanted, and was not sent.
-    assert_eq!(socket.next_post().await["postId"], marker.as_str());
-    let metrics = b.get("/metrics", None).await.text().await.unwrap();
-    assert!(
-        metrics.contains("livefeed_unwanted_posts_total 1\n"),
-        "{metrics}"
-    );
-    let bindings = Rabbitmqctl::local()
-        .run(&[
-            "list_bindings",
-            "-q",
-            "-p",
-            vhost.name(),
-            "source_name",
-            "routing_key",
-        ])
-        .await;
-    let keys: Vec<&str> = bindings
-        .lines()
-        .filter_map(|line| line.strip_prefix("feed.posts\t"))
-        .collect();
-    assert_eq!(keys, [key(followed)], "{bindings}");
 }

@@ -19,6 +19,7 @@ mod outage;
 mod posts;
 mod promises;
 mod relay;
+mod routing;
 mod since;
 mod sockets;
 mod support;

@@ -46,8 +46,9 @@ pub(super) enum Added {
     Live,
 }
 
-/// One routing key: how many of the subscribed authors it carries, and
-/// while its binding is on its way, who subscribed meanwhile.
+/// One routing key: how many of the subscribed authors it carries (and
+/// one for a pin), and while its binding is on its way, who subscribed
+/// meanwhile.
 pub(super) struct Route {
     authors: usize,
     pub(super) generation: u64,
@@ -70,7 +71,26 @@ pub(super) struct Interest {
 
 impl Interest {
     pub(super) fn acquire(&self, author: UserId, joiner: Option<(&Arc<Socket>, &Start)>) -> Added {
-        let key = self.routing.key(author);
+        self.hold(self.routing.key(author), Some(author), joiner)
+    }
+
+    /// Keeps `key` bound for as long as the instance runs: the pin counts as
+    /// one more interested author, so the key is never unbound. The binding,
+    /// when this bound it.
+    pub(super) fn pin(&self, key: String) -> Option<Binding> {
+        match self.hold(key, None, None) {
+            Added::Joined(binding) => binding,
+            Added::Already | Added::Live => None,
+        }
+    }
+
+    /// Counts one more interest in `key`: a subscribed `author`, or a pin.
+    fn hold(
+        &self,
+        key: String,
+        author: Option<UserId>,
+        joiner: Option<(&Arc<Socket>, &Start)>,
+    ) -> Added {
         let mut route = self.routes.entry(key.clone()).or_insert(Route {
             authors: 0,
             generation: 0,
@@ -81,7 +101,7 @@ impl Interest {
         if route.authors > 1 {
             return match &mut route.pending {
                 Some(pending) => {
-                    pending.authors.push(author);
+                    pending.authors.extend(author);
                     pending.recipients.extend(recipient(joiner));
                     Added::Joined(None)
                 }
@@ -95,7 +115,7 @@ impl Interest {
         route.generation = self.generations.fetch_add(1, Ordering::Relaxed);
         route.bound_at = u64::MAX;
         route.pending = Some(Pending {
-            authors: vec![author],
+            authors: author.into_iter().collect(),
             recipients: recipient(joiner).into_iter().collect(),
         });
         Added::Joined(Some(Binding {

@@ -290,6 +290,21 @@ impl Registry {
         added
     }
 
+    /// Binds every key authors are routed by, for as long as the instance
+    /// runs, so that no socket ever waits for a binding: the binds of a
+    /// thousand buckets happen before the first sockets rather than among
+    /// a connect storm's. `None` for per-author routing, which has no
+    /// fixed set of keys. Returns the bindings, for their catch-ups (a
+    /// socket may subscribe before they are in place).
+    pub fn pin_every_key(&self) -> Option<Vec<Binding>> {
+        let keys = self.interest.routing.every_key()?;
+        Some(
+            keys.into_iter()
+                .filter_map(|key| self.interest.pin(key))
+                .collect(),
+        )
+    }
+
     /// Waits until `binding` is in place, then returns who subscribed while
     /// it was pending: from then on the broker routes their posts here.
     /// `None` when the key was released meanwhile.

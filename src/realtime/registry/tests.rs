@@ -90,6 +90,36 @@ mod uncovered {
         );
     }
 
+    /// With every key pinned at start, a subscription never binds and,
+    /// once the pins are in place, reads nothing back, even after the last
+    /// follower of a key left (an on-demand key would be unbound then).
+    #[tokio::test]
+    async fn pinned_keys_are_never_bound_again_nor_read_back() {
+        let Fixture {
+            registry,
+            listener,
+            start,
+            _incoming,
+            _work,
+        } = Fixture::new();
+        let pins = registry.pin_every_key().unwrap();
+        assert_eq!(pins.len(), 4, "one per bucket");
+        for pin in pins {
+            let pending = registry.bound(pin).await.unwrap();
+            assert!(pending.authors.is_empty() && pending.recipients.is_empty());
+        }
+        assert!(registry.pin_every_key().unwrap().is_empty(), "pinned once");
+
+        let author = UserId::new_v7();
+        for _ in 0..2 {
+            let (socket, _client) = socket(&listener);
+            let subscribed = registry.subscribe(&socket, &[author], Some(&start), registry.clock());
+            assert!(subscribed.bindings.is_empty());
+            assert!(subscribed.uncovered.is_empty());
+            registry.detach(&socket);
+        }
+    }
+
     /// A follow change can reach a socket before its snapshot does, join a
     /// pending binding and open the seam for that binding's catch-up. The
     /// snapshot, with nothing of its own to read back, must leave that seam
