@@ -109,6 +109,10 @@ impl App {
                 .clone()
                 .run_until_cancelled_owned(realtime.catch_ups()),
         );
+        tasks.spawn(shutdown.clone().run_until_cancelled_owned({
+            let store = store.clone();
+            async move { store.warm_up().await }
+        }));
         tasks.spawn(cache::run_worker(
             feeds.clone(),
             work_queue,

@@ -47,6 +47,13 @@ pub struct MarkedPost {
     pub written_by: Option<u64>,
 }
 
+/// The read every new websocket makes (see [`Store::follows_and_mark`]).
+pub(super) const FOLLOWS_AND_MARK: &str = "SELECT ARRAY(SELECT friend_id FROM friends WHERE user_id = $1), \
+            pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, \
+            ARRAY(SELECT pg_snapshot_xip(s)::text::bigint), \
+            (SELECT last_value FROM posts_seq_seq) \
+     FROM pg_current_snapshot() AS s";
+
 impl Store {
     /// Everyone `user` follows, and the mark of that read.
     pub async fn follows_and_mark(
@@ -58,20 +65,12 @@ impl Store {
         // statement's snapshot is taken, so a post numbered above it was
         // inserted after the snapshot.
         let (authors, mark) = self
-            .fetch_opt(
-                "SELECT ARRAY(SELECT friend_id FROM friends WHERE user_id = $1), \
-                        pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, \
-                        ARRAY(SELECT pg_snapshot_xip(s)::text::bigint), \
-                        (SELECT last_value FROM posts_seq_seq) \
-                 FROM pg_current_snapshot() AS s",
-                &[user.as_uuid()],
-                |row| {
-                    let authors: Vec<uuid::Uuid> = row.get(0);
-                    let in_progress: Vec<i64> = row.get(3);
-                    let mark = CommitMark::new(row.get(4), row.get(1), row.get(2), &in_progress);
-                    (authors, mark)
-                },
-            )
+            .fetch_opt(FOLLOWS_AND_MARK, &[user.as_uuid()], |row| {
+                let authors: Vec<uuid::Uuid> = row.get(0);
+                let in_progress: Vec<i64> = row.get(3);
+                let mark = CommitMark::new(row.get(4), row.get(1), row.get(2), &in_progress);
+                (authors, mark)
+            })
             .await?
             .expect("a SELECT from one function row returns one row");
         Ok((authors.into_iter().map(UserId::from_uuid).collect(), mark))

@@ -16,7 +16,8 @@ mod users;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use futures_util::future::join_all;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -56,6 +57,7 @@ pub struct Store {
     tls: Tls,
     /// Where new posts wait to be written together.
     posts: group_commit::GroupCommit,
+    acquire_timeout: Duration,
 }
 
 impl Store {
@@ -90,6 +92,7 @@ impl Store {
             pool,
             config: pg,
             tls,
+            acquire_timeout: settings.acquire_timeout,
         })
     }
 
@@ -114,6 +117,29 @@ impl Store {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await?;
         Ok(())
+    }
+
+    /// Opens every connection of the pool at once and runs on each the
+    /// read every new websocket makes, so that the first connect storm
+    /// after a start does not queue behind the opening of connections (a
+    /// fork and a login in PostgreSQL each) and their first plans. Leaves
+    /// it to the requests when PostgreSQL is down.
+    pub async fn warm_up(&self) {
+        let size = self.pool.status().max_size;
+        // Only free places: a connection someone holds is not waited for.
+        let timeouts = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(self.acquire_timeout),
+            recycle: Some(self.acquire_timeout),
+        };
+        let clients = join_all((0..size).map(|_| self.pool.timeout_get(&timeouts))).await;
+        let prepared = join_all(clients.iter().flatten().map(|client| async move {
+            let statement = client.prepare_cached(mark::FOLLOWS_AND_MARK).await?;
+            client.query_opt(&statement, &[&uuid::Uuid::nil()]).await
+        }))
+        .await;
+        let warm = prepared.iter().filter(|done| done.is_ok()).count();
+        tracing::debug!(warm, size, "database connections opened ahead of requests");
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
