@@ -109,6 +109,11 @@ impl App {
                 .clone()
                 .run_until_cancelled_owned(realtime.catch_ups()),
         );
+        tasks.spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(realtime.follow_reads()),
+        );
         tasks.spawn(shutdown.clone().run_until_cancelled_owned({
             let store = store.clone();
             async move { store.warm_up().await }

@@ -11,6 +11,7 @@
 
 mod catch_up;
 pub mod codec;
+mod follows;
 mod heartbeat;
 mod hub;
 mod recovery;
@@ -33,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 // The engine's parts are public for the benchmarks in benches/.
 use catch_up::CatchUps;
+use follows::FollowReads;
 pub use hub::fan_out;
 use recovery::Horizon;
 pub use registry::Registry;
@@ -67,6 +69,7 @@ pub struct Realtime {
     broker: Broker,
     registry: Arc<Registry>,
     catch_ups: Arc<CatchUps>,
+    follow_reads: FollowReads,
     /// Posts older than this, read back to a socket, no recovery sends again.
     horizon: Arc<Horizon>,
     metrics: Arc<Metrics>,
@@ -136,6 +139,7 @@ impl Realtime {
         Arc::new(Self {
             registry: Arc::new(Registry::new(broker.clone(), settings.routing)),
             catch_ups: Arc::default(),
+            follow_reads: FollowReads::default(),
             horizon: Arc::new(Horizon::new(SystemTime::now())),
             store,
             broker,
@@ -180,6 +184,12 @@ impl Realtime {
             self.horizon.clone(),
             self.metrics.clone(),
         )
+    }
+
+    /// Reads the follows of connecting sockets (see [`follows`]); runs
+    /// until dropped.
+    pub fn follow_reads(&self) -> impl Future<Output = ()> + use<> {
+        self.follow_reads.run(self.store.clone())
     }
 
     /// Pings every live socket once per ping interval and ends the silent

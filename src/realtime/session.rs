@@ -227,11 +227,10 @@ async fn subscribe(
     let registry = &realtime.registry;
     let clock = registry.clock();
     let (authors, mark) = realtime
-        .store
-        .follows_and_mark(socket.user)
+        .follow_reads
+        .read(socket.user)
         .await
         .map_err(|e| End::Failed(e.to_string()))?;
-    let mark = Arc::new(mark);
     let start = fresh.then(|| Start::Mark(mark.clone()));
     let subscribed = registry.subscribe(socket, &authors, start.as_ref(), clock);
     let catch_ups = subscribed

@@ -3,7 +3,7 @@
 //! (committed before), whatever the writers' clocks say. Owns the reads a
 //! subscribing socket needs; never compares post ids or times.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{Store, StoreError};
 use crate::domain::{Post, PostId, UserId};
@@ -47,33 +47,49 @@ pub struct MarkedPost {
     pub written_by: Option<u64>,
 }
 
-/// The read every new websocket makes (see [`Store::follows_and_mark`]).
-pub(super) const FOLLOWS_AND_MARK: &str = "SELECT ARRAY(SELECT friend_id FROM friends WHERE user_id = $1), \
+/// The read every new websocket makes, for many users at once (see
+/// [`Store::follows_and_mark`]): one row per user, all in one snapshot.
+pub(super) const FOLLOWS_AND_MARK: &str = "SELECT u.id, ARRAY(SELECT friend_id FROM friends WHERE user_id = u.id), \
             pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, \
             ARRAY(SELECT pg_snapshot_xip(s)::text::bigint), \
             (SELECT last_value FROM posts_seq_seq) \
-     FROM pg_current_snapshot() AS s";
+     FROM pg_current_snapshot() AS s, unnest($1::uuid[]) AS u(id)";
 
 impl Store {
-    /// Everyone `user` follows, and the mark of that read.
+    /// Everyone each of `users` (at least one) follows, in their order, and the mark of
+    /// that read: one statement, so the follows, the snapshot and the
+    /// sequence value belong to the same moment. Many sockets connecting
+    /// at once share it: on these machines a statement's round trip costs
+    /// PostgreSQL far more CPU than reading 25 follows (BENCHMARKS.md §22).
     pub async fn follows_and_mark(
         &self,
-        user: UserId,
-    ) -> Result<(Vec<UserId>, CommitMark), StoreError> {
-        // One statement: the follows, the snapshot and the sequence value
-        // belong to the same moment. `last_value` is read after the
-        // statement's snapshot is taken, so a post numbered above it was
-        // inserted after the snapshot.
-        let (authors, mark) = self
-            .fetch_opt(FOLLOWS_AND_MARK, &[user.as_uuid()], |row| {
-                let authors: Vec<uuid::Uuid> = row.get(0);
-                let in_progress: Vec<i64> = row.get(3);
-                let mark = CommitMark::new(row.get(4), row.get(1), row.get(2), &in_progress);
-                (authors, mark)
+        users: &[UserId],
+    ) -> Result<(Vec<Vec<UserId>>, CommitMark), StoreError> {
+        let ids: Vec<uuid::Uuid> = users.iter().map(|user| *user.as_uuid()).collect();
+        // `last_value` is read after the statement's snapshot is taken, so
+        // a post numbered above it was inserted after the snapshot.
+        let rows = self
+            .fetch_all(FOLLOWS_AND_MARK, &[&ids], |row| {
+                let user: uuid::Uuid = row.get(0);
+                let authors: Vec<uuid::Uuid> = row.get(1);
+                let in_progress: Vec<i64> = row.get(4);
+                let mark = CommitMark::new(row.get(5), row.get(2), row.get(3), &in_progress);
+                (user, authors, mark)
             })
-            .await?
-            .expect("a SELECT from one function row returns one row");
-        Ok((authors.into_iter().map(UserId::from_uuid).collect(), mark))
+            .await?;
+        let (_, _, mark) = rows
+            .first()
+            .expect("one row per user, and callers ask for at least one");
+        let mark = mark.clone();
+        let mut by_user: HashMap<uuid::Uuid, Vec<UserId>> = rows
+            .into_iter()
+            .map(|(user, authors, _)| (user, authors.into_iter().map(UserId::from_uuid).collect()))
+            .collect();
+        let follows = ids
+            .iter()
+            .map(|id| by_user.remove(id).unwrap_or_default())
+            .collect();
+        Ok((follows, mark))
     }
 
     /// The posts of `authors` one of `marks` may not have seen, in sequence

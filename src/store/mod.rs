@@ -135,7 +135,7 @@ impl Store {
         let clients = join_all((0..size).map(|_| self.pool.timeout_get(&timeouts))).await;
         let prepared = join_all(clients.iter().flatten().map(|client| async move {
             let statement = client.prepare_cached(mark::FOLLOWS_AND_MARK).await?;
-            client.query_opt(&statement, &[&uuid::Uuid::nil()]).await
+            client.query(&statement, &[&vec![uuid::Uuid::nil()]]).await
         }))
         .await;
         let warm = prepared.iter().filter(|done| done.is_ok()).count();

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache_faults;
+mod connect_storm;
 mod contract;
 mod dialogs;
 mod errors;

@@ -1,0 +1,115 @@
+//! Reads whom the users of connecting sockets follow, many in one
+//! statement.
+//!
+//! Every new socket reads its user's follows with the mark of that read
+//! ([`Store::follows_and_mark`]). In a connect storm these were one
+//! statement each, and on these machines PostgreSQL spends its CPU on a
+//! statement's round trip, not on reading 25 rows (BENCHMARKS.md §22):
+//! sockets whose reads queue up while others are in flight share the next
+//! statement. A lone socket's read starts at once, as before. Never reads
+//! for a socket before it asked: its registry clock reading must come
+//! before the snapshot.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::domain::UserId;
+use crate::store::{CommitMark, Store, StoreError};
+
+/// Statements in flight at once per instance: requests that come while
+/// all are busy wait and share the next one.
+const IN_FLIGHT: usize = 4;
+/// Most users one statement reads for.
+const MOST_USERS: usize = 256;
+
+/// A user's follows and the mark of the read they came from.
+pub(super) type Follows = (Vec<UserId>, Arc<CommitMark>);
+
+/// The queue of follows reads waiting for the instance's reader
+/// ([`FollowReads::run`]).
+pub struct FollowReads {
+    queue: mpsc::UnboundedSender<Request>,
+    /// Taken by the reader when it starts.
+    waiting: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
+}
+
+struct Request {
+    user: UserId,
+    reply: oneshot::Sender<Result<Follows, Arc<StoreError>>>,
+}
+
+impl Default for FollowReads {
+    fn default() -> Self {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        Self {
+            queue,
+            waiting: Mutex::new(Some(waiting)),
+        }
+    }
+}
+
+impl FollowReads {
+    /// The instance's reader: runs the queued reads, those that queued up
+    /// together in one statement, until the queue's sender is dropped.
+    pub fn run(&self, store: Store) -> impl Future<Output = ()> + use<> {
+        let waiting = self.waiting.lock().expect("follows queue lock").take();
+        async move {
+            let Some(mut waiting) = waiting else {
+                return;
+            };
+            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+            loop {
+                let slot = slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let Some(first) = waiting.recv().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MOST_USERS {
+                    let Ok(request) = waiting.try_recv() else {
+                        break;
+                    };
+                    batch.push(request);
+                }
+                let store = store.clone();
+                tokio::spawn(async move {
+                    answer(&store, batch).await;
+                    drop(slot);
+                });
+            }
+        }
+    }
+
+    /// Whom `user` follows, and the mark of that read.
+    pub(super) async fn read(&self, user: UserId) -> Result<Follows, Arc<StoreError>> {
+        let (reply, answer) = oneshot::channel();
+        let stopping = || Arc::new(StoreError::Unavailable("the instance is stopping".into()));
+        self.queue
+            .send(Request { user, reply })
+            .map_err(|_| stopping())?;
+        answer.await.map_err(|_| stopping())?
+    }
+}
+
+async fn answer(store: &Store, batch: Vec<Request>) {
+    let users: Vec<UserId> = batch.iter().map(|request| request.user).collect();
+    match store.follows_and_mark(&users).await {
+        Ok((follows, mark)) => {
+            let mark = Arc::new(mark);
+            for (request, authors) in batch.into_iter().zip(follows) {
+                let _ = request.reply.send(Ok((authors, mark.clone())));
+            }
+        }
+        Err(error) => {
+            let error = Arc::new(error);
+            for request in batch {
+                let _ = request.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
