@@ -18,9 +18,11 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::domain::UserId;
 use crate::store::{CommitMark, Store, StoreError};
 
-/// Statements in flight at once per instance: requests that come while
-/// all are busy wait and share the next one.
-const IN_FLIGHT: usize = 4;
+/// Statements in flight at once per instance: the reads that come while
+/// it runs wait and share the next one. With four, a cold storm's
+/// statements carried few reads each: PostgreSQL spent 120-146 us per
+/// connect, against 46-80 us with one (BENCHMARKS.md §22).
+const IN_FLIGHT: usize = 1;
 /// Most users one statement reads for.
 const MOST_USERS: usize = 256;
 
