@@ -16,13 +16,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::batches::Batched;
 use super::codec::stored_post_frame;
 use super::recovery::Horizon;
 use super::registry::{Binding, Pending, Registry, Start};
@@ -51,11 +52,8 @@ const BATCH_AUTHORS: usize = 4096;
 
 /// The queue of catch-ups waiting for the instance's reader
 /// ([`CatchUps::run`]).
-pub struct CatchUps {
-    queue: mpsc::UnboundedSender<Job>,
-    /// Taken by the reader when it starts.
-    waiting: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
-}
+#[derive(Default)]
+pub struct CatchUps(Batched<Job>);
 
 /// One catch-up: the posts of `authors` its recipients' starts admit.
 struct Job {
@@ -101,16 +99,6 @@ impl Job {
     }
 }
 
-impl Default for CatchUps {
-    fn default() -> Self {
-        let (queue, waiting) = mpsc::unbounded_channel();
-        Self {
-            queue,
-            waiting: Mutex::new(Some(waiting)),
-        }
-    }
-}
-
 impl CatchUps {
     /// The instance's reader: runs the queued catch-ups, those that queued
     /// up together in one read, until the queue's sender is dropped.
@@ -120,19 +108,15 @@ impl CatchUps {
         horizon: Arc<Horizon>,
         metrics: Arc<Metrics>,
     ) -> impl Future<Output = ()> + use<> {
-        let waiting = self.waiting.lock().expect("catch-up queue lock").take();
+        let reader = self.0.reader();
         async move {
-            let Some(mut waiting) = waiting else {
+            let Some(mut reader) = reader else {
                 return;
             };
-            while let Some(first) = waiting.recv().await {
-                let mut authors = first.authors.len();
-                let mut batch = vec![first];
-                while authors < BATCH_AUTHORS {
-                    let Ok(job) = waiting.try_recv() else { break };
-                    authors += job.authors.len();
-                    batch.push(job);
-                }
+            while let Some(batch) = reader
+                .next_batch(|job: &Job| job.authors.len(), BATCH_AUTHORS)
+                .await
+            {
                 let oldest = horizon.oldest();
                 if !read_and_send(&store, &metrics, oldest, &batch).await {
                     // Together, the posts were more than one read returns:
@@ -151,7 +135,7 @@ impl CatchUps {
     /// Queues `job`; resolves once its posts are sent. A reader that is
     /// gone (the instance is stopping) completes it with nothing sent.
     async fn submit(&self, job: Job, finished: oneshot::Receiver<()>) {
-        if self.queue.send(job).is_ok() {
+        if self.0.push(job) {
             let _ = finished.await;
         }
     }
@@ -341,10 +325,13 @@ fn send<S>(
     horizon: PostId,
     admits: impl Fn(&S, &MarkedPost) -> bool,
 ) -> u64 {
+    if recipients.is_empty() {
+        return 0;
+    }
     let mut sent = 0;
     for post in &read.posts {
         let author = post.post.author_user_id;
-        if recipients.is_empty() || !job.authors.contains(&author) {
+        if !job.authors.contains(&author) {
             continue;
         }
         let frame = Arc::new(stored_post_frame(&post.post));

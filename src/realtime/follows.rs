@@ -11,18 +11,15 @@
 //! before the snapshot.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use super::batches::Batched;
 
 use crate::domain::UserId;
 use crate::store::{CommitMark, Store, StoreError};
 
-/// Statements in flight at once per instance: the reads that come while
-/// it runs wait and share the next one. With four, a cold storm's
-/// statements carried few reads each: PostgreSQL spent 120-146 us per
-/// connect, against 46-80 us with one (BENCHMARKS.md §22).
-const IN_FLIGHT: usize = 1;
 /// Most users one statement reads for.
 const MOST_USERS: usize = 256;
 
@@ -31,58 +28,28 @@ pub(super) type Follows = (Vec<UserId>, Arc<CommitMark>);
 
 /// The queue of follows reads waiting for the instance's reader
 /// ([`FollowReads::run`]).
-pub struct FollowReads {
-    queue: mpsc::UnboundedSender<Request>,
-    /// Taken by the reader when it starts.
-    waiting: Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
-}
+#[derive(Default)]
+pub struct FollowReads(Batched<Request>);
 
 struct Request {
     user: UserId,
     reply: oneshot::Sender<Result<Follows, Arc<StoreError>>>,
 }
 
-impl Default for FollowReads {
-    fn default() -> Self {
-        let (queue, waiting) = mpsc::unbounded_channel();
-        Self {
-            queue,
-            waiting: Mutex::new(Some(waiting)),
-        }
-    }
-}
-
 impl FollowReads {
     /// The instance's reader: runs the queued reads, those that queued up
-    /// together in one statement, until the queue's sender is dropped.
+    /// together in one statement, until the queue's sender is dropped. One
+    /// statement at a time: with four in flight, a cold storm's statements
+    /// carried few reads each, and PostgreSQL spent 120-146 us per connect
+    /// against 46-80 us with one (BENCHMARKS.md §22).
     pub fn run(&self, store: Store) -> impl Future<Output = ()> + use<> {
-        let waiting = self.waiting.lock().expect("follows queue lock").take();
+        let reader = self.0.reader();
         async move {
-            let Some(mut waiting) = waiting else {
+            let Some(mut reader) = reader else {
                 return;
             };
-            let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-            loop {
-                let slot = slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let Some(first) = waiting.recv().await else {
-                    return;
-                };
-                let mut batch = vec![first];
-                while batch.len() < MOST_USERS {
-                    let Ok(request) = waiting.try_recv() else {
-                        break;
-                    };
-                    batch.push(request);
-                }
-                let store = store.clone();
-                tokio::spawn(async move {
-                    answer(&store, batch).await;
-                    drop(slot);
-                });
+            while let Some(batch) = reader.next_batch(|_| 1, MOST_USERS).await {
+                answer(&store, batch).await;
             }
         }
     }
@@ -91,9 +58,9 @@ impl FollowReads {
     pub(super) async fn read(&self, user: UserId) -> Result<Follows, Arc<StoreError>> {
         let (reply, answer) = oneshot::channel();
         let stopping = || Arc::new(StoreError::Unavailable("the instance is stopping".into()));
-        self.queue
-            .send(Request { user, reply })
-            .map_err(|_| stopping())?;
+        if !self.0.push(Request { user, reply }) {
+            return Err(stopping());
+        }
         answer.await.map_err(|_| stopping())?
     }
 }

@@ -9,6 +9,7 @@
 //!                                                    └▶ outbox ─▶ session ─▶ client
 //! ```
 
+mod batches;
 mod catch_up;
 pub mod codec;
 mod follows;
