@@ -5,10 +5,11 @@
 //! ([`Store::follows_and_mark`]). In a connect storm these were one
 //! statement each, and on these machines PostgreSQL spends its CPU on a
 //! statement's round trip, not on reading 25 rows (BENCHMARKS.md §22):
-//! sockets whose reads queue up while others are in flight share the next
-//! statement. A lone socket's read starts at once, as before. Never reads
-//! for a socket before it asked: its registry clock reading must come
-//! before the snapshot.
+//! the reads that queue up while a statement runs share the next one. A
+//! lone socket's read starts at once, as before. While PostgreSQL is down,
+//! a read waits for the one before it to fail first (up to the pool's
+//! acquire timeout each). Never reads for a socket before it asked: its
+//! registry clock reading must come before the snapshot.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::batches::Batched;
-
 use crate::domain::UserId;
 use crate::store::{CommitMark, Store, StoreError};
 
