@@ -81,13 +81,14 @@ impl Store {
             .first()
             .expect("one row per user, and callers ask for at least one");
         let mark = mark.clone();
-        let mut by_user: HashMap<uuid::Uuid, Vec<UserId>> = rows
+        let by_user: HashMap<uuid::Uuid, Vec<UserId>> = rows
             .into_iter()
             .map(|(user, authors, _)| (user, authors.into_iter().map(UserId::from_uuid).collect()))
             .collect();
         let follows = ids
             .iter()
-            .map(|id| by_user.remove(id).unwrap_or_default())
+            // A user may be asked for twice (two tabs connecting at once).
+            .map(|id| by_user.get(id).cloned().unwrap_or_default())
             .collect();
         Ok((follows, mark))
     }
