@@ -58,6 +58,11 @@ impl<T> Reader<T> {
         }
         Some(batch)
     }
+
+    /// Everything queued right now, without waiting.
+    pub(super) fn queued(&mut self) -> Vec<T> {
+        std::iter::from_fn(|| self.0.try_recv().ok()).collect()
+    }
 }
 
 #[cfg(test)]
@@ -75,6 +80,11 @@ mod tests {
         let weight = |n: &usize| *n;
         assert_eq!(reader.next_batch(weight, 5).await, Some(vec![3, 3]));
         assert_eq!(reader.next_batch(weight, 5).await, Some(vec![3, 1]));
+        assert_eq!(reader.queued(), Vec::<usize>::new());
+        for n in [7, 8] {
+            assert!(queue.push(n));
+        }
+        assert_eq!(reader.queued(), vec![7, 8], "whatever its weight");
         drop(queue);
         assert_eq!(reader.next_batch(weight, 5).await, None);
     }

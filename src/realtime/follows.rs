@@ -6,9 +6,10 @@
 //! statement each, and on these machines PostgreSQL spends its CPU on a
 //! statement's round trip, not on reading 25 rows (BENCHMARKS.md §22):
 //! the reads that queue up while a statement runs share the next one. A
-//! lone socket's read starts at once, as before. While PostgreSQL is down,
-//! a read waits for the one before it to fail first (up to the pool's
-//! acquire timeout each). Never reads for a socket before it asked: its
+//! lone socket's read starts at once, as before. When a statement fails
+//! because PostgreSQL is down or silent (the store's answer deadline), the
+//! reads queued behind it fail with it instead of each waiting out the
+//! deadline in turn. Never reads for a socket before it asked: its
 //! registry clock reading must come before the snapshot.
 
 use std::future::Future;
@@ -49,7 +50,9 @@ impl FollowReads {
                 return;
             };
             while let Some(batch) = reader.next_batch(|_| 1, MOST_USERS).await {
-                answer(&store, batch).await;
+                if let Err(outage) = answer(&store, batch).await {
+                    fail(reader.queued(), &outage);
+                }
             }
         }
     }
@@ -65,7 +68,9 @@ impl FollowReads {
     }
 }
 
-async fn answer(store: &Store, batch: Vec<Request>) {
+/// Answers every read of `batch` with one statement; the error if it
+/// failed because the database is unavailable.
+async fn answer(store: &Store, batch: Vec<Request>) -> Result<(), Arc<StoreError>> {
     let users: Vec<UserId> = batch.iter().map(|request| request.user).collect();
     match store.follows_and_mark(&users).await {
         Ok((follows, mark)) => {
@@ -73,12 +78,21 @@ async fn answer(store: &Store, batch: Vec<Request>) {
             for (request, authors) in batch.into_iter().zip(follows) {
                 let _ = request.reply.send(Ok((authors, mark.clone())));
             }
+            Ok(())
         }
         Err(error) => {
             let error = Arc::new(error);
-            for request in batch {
-                let _ = request.reply.send(Err(error.clone()));
+            fail(batch, &error);
+            match *error {
+                StoreError::Unavailable(_) => Err(error),
+                _ => Ok(()),
             }
         }
+    }
+}
+
+fn fail(requests: Vec<Request>, error: &Arc<StoreError>) {
+    for request in requests {
+        let _ = request.reply.send(Err(error.clone()));
     }
 }

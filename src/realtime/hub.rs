@@ -87,7 +87,7 @@ pub async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, frame: Arc<P
         return;
     };
     let mut sockets = Vec::new();
-    subscribers.for_each(|socket| sockets.push(socket.clone()));
+    subscribers.copy_into(&mut sockets);
     drop(subscribers);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     if workers < 2 || sockets.len() < PARALLEL_FROM {
@@ -118,7 +118,7 @@ pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
         return;
     };
     let mut sockets = Vec::new();
-    subscribers.for_each(|socket| sockets.push(socket.clone()));
+    subscribers.copy_into(&mut sockets);
     deliver(&sockets, &frame, metrics);
 }
 

@@ -109,7 +109,7 @@ impl Direct<'_> {
         self.socket.settle(
             &mut self.out,
             written,
-            frame.wire.clone(),
+            &frame.wire,
             frame.published_at_micros,
         )
     }
@@ -335,16 +335,19 @@ impl Socket {
             return Self::queue(out, bytes, published_at_micros);
         }
         let written = self.stream.try_write(&bytes);
-        self.settle(out, written, bytes, published_at_micros)
+        self.settle(out, written, &bytes, published_at_micros)
     }
 
     /// What a write of `bytes` into an empty outbox came to: whatever the
-    /// kernel did not take is queued for the session.
+    /// kernel did not take is queued for the session. Takes `bytes` by
+    /// reference: a post's frame is shared by every socket, and counting a
+    /// reference per socket written whole would make both cores fight over
+    /// its counter.
     fn settle(
         &self,
         out: &mut Outbox,
         written: io::Result<usize>,
-        bytes: Bytes,
+        bytes: &Bytes,
         published_at_micros: u64,
     ) -> Push {
         let written = match written {

@@ -107,7 +107,7 @@ fn send_all(
     if batch.is_empty() {
         return;
     }
-    let mut results: Vec<Option<i32>> = vec![None; batch.len()];
+    let mut results = [None; BATCH];
     {
         let mut submission = ring.submission();
         for (i, direct) in batch.iter().enumerate() {

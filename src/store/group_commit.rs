@@ -154,13 +154,7 @@ async fn write_batch(pool: &Pool, deadline: Duration, batch: Vec<Pending>) {
 
 /// [`insert_now`], failed as an outage if it takes longer than `deadline`.
 async fn insert(pool: &Pool, deadline: Duration, batch: &[Pending]) -> Result<(), StoreError> {
-    tokio::time::timeout(deadline, insert_now(pool, batch))
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unavailable(
-                "the database did not answer in time".into(),
-            ))
-        })
+    super::within(deadline, insert_now(pool, batch)).await
 }
 
 /// One statement, so one transaction: the posts and their events commit

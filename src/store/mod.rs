@@ -14,6 +14,7 @@ mod outbox;
 mod posts;
 mod users;
 
+use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
@@ -55,6 +56,13 @@ pub struct Store {
     /// For connections that cannot be pooled (the outbox relay's LISTEN).
     config: tokio_postgres::Config,
     tls: Tls,
+    /// Longest a read, or the group commit, waits for an answer: a
+    /// connection and one statement. The reads of a connecting websocket
+    /// have no request deadline above them, and several sockets share each
+    /// of them. Writes outside the group commit are left to their
+    /// request's deadline: abandoning one does not say whether it
+    /// committed.
+    answer_deadline: Duration,
     /// Where new posts wait to be written together.
     posts: group_commit::GroupCommit,
     acquire_timeout: Duration,
@@ -64,6 +72,7 @@ impl Store {
     /// Must be called inside a Tokio runtime: it starts the post writer.
     pub fn new(settings: &StoreSettings) -> Result<Self, StoreError> {
         let (mut pg, tls) = connection(&settings.database_url)?;
+        let answer_deadline = settings.acquire_timeout + settings.statement_timeout;
         pg.connect_timeout(settings.acquire_timeout);
         pg.options(format!(
             "-c statement_timeout={}",
@@ -85,13 +94,11 @@ impl Store {
             .build()
             .map_err(|e| StoreError::Config(e.to_string().into()))?;
         Ok(Self {
-            posts: group_commit::GroupCommit::start(
-                pool.clone(),
-                settings.acquire_timeout + settings.statement_timeout,
-            ),
+            posts: group_commit::GroupCommit::start(pool.clone(), answer_deadline),
             pool,
             config: pg,
             tls,
+            answer_deadline,
             acquire_timeout: settings.acquire_timeout,
         })
     }
@@ -146,30 +153,38 @@ impl Store {
         Ok(self.pool.get().await?)
     }
 
-    /// Every row `sql` returns, each through `map`.
+    /// Every row `sql` returns, each through `map`, within the answer
+    /// deadline.
     async fn fetch_all<T>(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         map: impl Fn(&Row) -> T,
     ) -> Result<Vec<T>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        let rows = client.query(&statement, params).await?;
-        Ok(rows.iter().map(map).collect())
+        within(self.answer_deadline, async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await?;
+            let rows = client.query(&statement, params).await?;
+            Ok(rows.iter().map(map).collect())
+        })
+        .await
     }
 
-    /// The row `sql` returns, if any, through `map`.
+    /// The row `sql` returns, if any, through `map`, within the answer
+    /// deadline.
     async fn fetch_opt<T>(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         map: impl FnOnce(&Row) -> T,
     ) -> Result<Option<T>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
-        let row = client.query_opt(&statement, params).await?;
-        Ok(row.as_ref().map(map))
+        within(self.answer_deadline, async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await?;
+            let row = client.query_opt(&statement, params).await?;
+            Ok(row.as_ref().map(map))
+        })
+        .await
     }
 
     /// How many rows `sql` changed.
@@ -267,4 +282,21 @@ fn missing_user(error: StoreError) -> StoreError {
 /// For queries whose only column is a user id.
 fn user_id_from_row(row: &Row) -> UserId {
     UserId::from_uuid(row.get(0))
+}
+
+/// `work`, failed as an outage if the database has not answered within
+/// `deadline`. A connection whose peer went silent, without a reset, never
+/// fails by itself: the statement timeout is PostgreSQL's, and a query it
+/// never received waits for ever.
+async fn within<T>(
+    deadline: Duration,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the database did not answer in time".into(),
+            ))
+        })
 }

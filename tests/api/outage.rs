@@ -1,9 +1,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use reqwest::StatusCode;
+use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::support::{TcpProxy, TestApp, expect_error, free_local_port, fresh_database, json_ok};
+use crate::support::{
+    FeedClient, TcpProxy, TestApp, expect_error, free_local_port, fresh_database, json_ok,
+};
 
 /// Asserts a 503 that carries Retry-After and the spec's error body.
 async fn expect_unavailable(response: reqwest::Response) {
@@ -120,6 +124,42 @@ async fn posts_get_503_while_the_database_stops_answering_and_are_taken_once_it_
         taken.is_ok(),
         "posts are taken again once the database answers"
     );
+}
+
+/// Sockets that connect while the database is silent (frozen, not
+/// refused: no error ever comes back by itself) are closed once a read
+/// has waited out the store's answer deadline, those whose reads queued
+/// behind it too; none waits for ever. Once the database answers again, a
+/// socket subscribes and gets posts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_connecting_while_the_database_is_silent_are_closed_and_later_ones_subscribe() {
+    let (proxy, database) = proxied_database().await;
+    let app = TestApp::spawn_with(
+        &database,
+        &["--db-timeout-ms", "500", "--statement-timeout-ms", "1000"],
+    )
+    .await;
+    let author = app.register("Молчаливая", "База").await;
+    let reader = app.register("Терпеливый", "Читатель").await;
+    app.follow(&reader, &author).await;
+
+    proxy.freeze();
+    // More sockets than one read: the rest queue behind it. A socket that
+    // is neither closed nor answered within the client's 10 s is TimedOut.
+    let attempts =
+        join_all((0..8).map(|_| FeedClient::open(&app, Some(&reader.token), "", None))).await;
+    for attempt in attempts {
+        match attempt {
+            Err(WsError::ConnectionClosed) => {}
+            Err(other) => panic!("the socket was not closed: {other}"),
+            Ok(_) => panic!("a socket subscribed while the database was silent"),
+        }
+    }
+
+    proxy.thaw();
+    let mut socket = FeedClient::connect(&app, &reader.token).await;
+    let post = app.create_post(&author, "снова на связи").await;
+    assert_eq!(socket.next_post().await["postId"], post.as_str());
 }
 
 /// The proxy every outage test relies on: cut, its port refuses

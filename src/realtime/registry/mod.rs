@@ -70,10 +70,9 @@ const SEEN_SLOTS: usize = 1024;
 pub struct Subscribers(RwLock<Vec<Arc<Socket>>>);
 
 impl Subscribers {
-    pub fn for_each(&self, mut visit: impl FnMut(&Arc<Socket>)) {
-        for socket in self.0.read().expect("subscribers lock").iter() {
-            visit(socket);
-        }
+    /// Appends every subscriber to `sockets`, growing it at most once.
+    pub fn copy_into(&self, sockets: &mut Vec<Arc<Socket>>) {
+        sockets.extend_from_slice(&self.0.read().expect("subscribers lock"));
     }
 
     /// Adds `socket`, which the caller knows is not among them.

@@ -315,9 +315,11 @@ mod properties {
                         .collect();
                     let mut actual = HashSet::new();
                     if let Some(subscribers) = registry.subscribers(*author) {
-                        subscribers.for_each(|socket| {
+                        let mut listed = Vec::new();
+                        subscribers.copy_into(&mut listed);
+                        for socket in &listed {
                             actual.insert(sockets.iter().position(|s| Arc::ptr_eq(s, socket)).unwrap());
-                        });
+                        }
                         prop_assert!(!actual.is_empty(), "an empty entry for author {a} stays");
                     }
                     prop_assert_eq!(&actual, &expected, "subscribers of author {}", a);
