@@ -66,10 +66,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let small_pages = livefeed::memory::small_pages_only();
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log, cli.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if let Err(error) = small_pages {
+        tracing::warn!(%error, "the heap may grow in huge pages");
     }
     if let Err(e) = livefeed::tls::set_ca_file(cli.tls_ca_file.as_deref()) {
         eprintln!("error: {e}");
