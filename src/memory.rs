@@ -63,22 +63,3 @@ pub fn on_worker_park() {
         unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_process_leaves_huge_pages_off() {
-        let thp_enabled = || {
-            std::fs::read_to_string("/proc/self/status")
-                .unwrap()
-                .lines()
-                .find_map(|line| {
-                    line.strip_prefix("THP_enabled:")
-                        .map(|v| v.trim().to_owned())
-                })
-                .expect("the kernel reports THP_enabled")
-        };
-        super::small_pages_only().unwrap();
-        assert_eq!(thp_enabled(), "0");
-    }
-}

@@ -2,8 +2,8 @@
 //! a Docker engine: the YAML and what it references, the app environment
 //! against the names the binary itself accepts, `.env.example` against the
 //! variables the file reads, the deploy configurations run by their own
-//! programs (nginx, HAProxy), and the healthcheck commands run against a
-//! real instance and a real nginx. tests/compose_data.rs runs the data
+//! programs (nginx, HAProxy), the healthcheck commands run against a
+//! real instance and a real nginx, and the served process's memory setting. tests/compose_data.rs runs the data
 //! scripts through `docker compose`.
 
 #[allow(dead_code, unused_imports)]
@@ -453,4 +453,44 @@ async fn the_healthchecks_pass_on_a_ready_instance_and_fail_without_one() {
     );
     drop(nginx);
     app.stop().await.unwrap();
+}
+
+/// The binary as compose runs it keeps its heap out of transparent huge
+/// pages (`memory::small_pages_only`, BENCHMARKS.md §23): read off a
+/// `serve` still waiting for its database. Until the exec is done and
+/// `main` has run, /proc shows the forked test process's own flag, so the
+/// flag is polled: the kernel offers nothing to wait on.
+#[test]
+fn the_served_binary_keeps_its_heap_in_small_pages() {
+    let closed = free_local_port().port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_livefeed"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url"])
+        .arg(format!("postgres://nobody@127.0.0.1:{closed}/none"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting livefeed serve");
+    let status = format!("/proc/{}/status", serve.id());
+    let thp_enabled = || {
+        std::fs::read_to_string(&status)
+            .ok()?
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("THP_enabled:")
+                    .map(|v| v.trim().to_owned())
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = thp_enabled();
+    while seen.as_deref() != Some("0") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        seen = thp_enabled();
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert_eq!(
+        seen.as_deref(),
+        Some("0"),
+        "THP_enabled of the serving process"
+    );
 }
