@@ -5,8 +5,8 @@
 //! (`madvise`). Each first touch of a 2 MiB region then grew RSS by 2 MiB
 //! at once and cleared all of it: a `social` instance of 2,500 sockets
 //! held 40-47 MiB, grew by a fifth in its first half-minute and shrank
-//! over the next minutes, where in small pages it holds 24 MiB and grows
-//! by 2 % (BENCHMARKS.md §23). [`small_pages_only`] turns them off for the
+//! over the next minutes, where in small pages it holds 28 MiB and grows
+//! by under 2 % (BENCHMARKS.md §23). [`small_pages_only`] turns them off for the
 //! process.
 //!
 //! mimalloc keeps the pages a worker thread freed until that thread
