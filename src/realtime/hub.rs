@@ -86,8 +86,7 @@ pub async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, frame: Arc<P
         metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let mut sockets = Vec::new();
-    subscribers.copy_into(&mut sockets);
+    let sockets = subscribers.to_vec();
     drop(subscribers);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     if workers < 2 || sockets.len() < PARALLEL_FROM {
@@ -117,8 +116,7 @@ pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
         metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let mut sockets = Vec::new();
-    subscribers.copy_into(&mut sockets);
+    let sockets = subscribers.to_vec();
     deliver(&sockets, &frame, metrics);
 }
 

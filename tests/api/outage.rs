@@ -9,6 +9,10 @@ use crate::support::{
     FeedClient, TcpProxy, TestApp, expect_error, free_local_port, fresh_database, json_ok,
 };
 
+/// A connection within half a second and a statement within one: an
+/// outage shows within seconds.
+const SHORT_DEADLINES: &[&str] = &["--db-timeout-ms", "500", "--statement-timeout-ms", "1000"];
+
 /// Asserts a 503 that carries Retry-After and the spec's error body.
 async fn expect_unavailable(response: reqwest::Response) {
     let retry_after = response
@@ -83,11 +87,7 @@ async fn the_service_answers_503_while_the_database_is_gone_and_recovers_by_itse
 #[tokio::test]
 async fn posts_get_503_while_the_database_stops_answering_and_are_taken_once_it_answers() {
     let (proxy, database) = proxied_database().await;
-    let app = TestApp::spawn_with(
-        &database,
-        &["--db-timeout-ms", "500", "--statement-timeout-ms", "1000"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&database, SHORT_DEADLINES).await;
     let author = app.register("Терпеливый", "Автор").await;
     app.create_post(&author, "до").await;
 
@@ -134,11 +134,7 @@ async fn posts_get_503_while_the_database_stops_answering_and_are_taken_once_it_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_connecting_while_the_database_is_silent_are_closed_and_later_ones_subscribe() {
     let (proxy, database) = proxied_database().await;
-    let app = TestApp::spawn_with(
-        &database,
-        &["--db-timeout-ms", "500", "--statement-timeout-ms", "1000"],
-    )
-    .await;
+    let app = TestApp::spawn_with(&database, SHORT_DEADLINES).await;
     let author = app.register("Молчаливая", "База").await;
     let reader = app.register("Терпеливый", "Читатель").await;
     app.follow(&reader, &author).await;

@@ -70,9 +70,9 @@ const SEEN_SLOTS: usize = 1024;
 pub struct Subscribers(RwLock<Vec<Arc<Socket>>>);
 
 impl Subscribers {
-    /// Appends every subscriber to `sockets`, growing it at most once.
-    pub fn copy_into(&self, sockets: &mut Vec<Arc<Socket>>) {
-        sockets.extend_from_slice(&self.0.read().expect("subscribers lock"));
+    /// The subscribers right now, for writing a post without the lock.
+    pub fn to_vec(&self) -> Vec<Arc<Socket>> {
+        self.0.read().expect("subscribers lock").clone()
     }
 
     /// Adds `socket`, which the caller knows is not among them.

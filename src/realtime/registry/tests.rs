@@ -315,9 +315,7 @@ mod properties {
                         .collect();
                     let mut actual = HashSet::new();
                     if let Some(subscribers) = registry.subscribers(*author) {
-                        let mut listed = Vec::new();
-                        subscribers.copy_into(&mut listed);
-                        for socket in &listed {
+                        for socket in &subscribers.to_vec() {
                             actual.insert(sockets.iter().position(|s| Arc::ptr_eq(s, socket)).unwrap());
                         }
                         prop_assert!(!actual.is_empty(), "an empty entry for author {a} stays");
