@@ -1,4 +1,4 @@
-//! The text of a load-test post, `lt:<run>:<seq>:<author>:<sent micros>`
+//! The text of a load-test post, `lt:<run>:<seq>:<author>:<due micros>`
 //! (then `:xxx...` padding up to a chosen length), and reading it back out
 //! of a websocket frame.
 //!
@@ -12,8 +12,8 @@ const TEXT_FIELD: &[u8] = b"\"postText\":\"";
 
 /// `min_bytes` pads the text (after a `:`) so that every post weighs what
 /// a real one would; 0 leaves the marker alone.
-pub fn post_text(run: &str, seq: u32, author: u32, sent_micros: u64, min_bytes: usize) -> String {
-    let mut text = format!("{TAG}{run}:{seq}:{author}:{sent_micros}");
+pub fn post_text(run: &str, seq: u32, author: u32, due_micros: u64, min_bytes: usize) -> String {
+    let mut text = format!("{TAG}{run}:{seq}:{author}:{due_micros}");
     if text.len() < min_bytes {
         text.push(':');
         let pad = min_bytes.saturating_sub(text.len());
@@ -28,8 +28,11 @@ pub struct Mark {
     pub seq: u32,
     /// Index of the author among the run's users.
     pub author: u32,
-    /// Unix time in microseconds when the create request was sent.
-    pub sent_micros: u64,
+    /// Unix time in microseconds when the post was due to be sent. A
+    /// publisher that falls behind its schedule (the floor's and nchan's
+    /// publish one at a time) thus counts its own delay into every
+    /// delivery, as a real author would see it.
+    pub due_micros: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,12 +63,12 @@ pub fn parse_frame(frame: &[u8], run: &str) -> Frame {
         Some(value)
     };
     match (number(b":"), number(b":"), number(b"\":")) {
-        (Some(seq), Some(author), Some(sent_micros)) => {
+        (Some(seq), Some(author), Some(due_micros)) => {
             match (u32::try_from(seq), u32::try_from(author)) {
                 (Ok(seq), Ok(author)) => Frame::Ours(Mark {
                     seq,
                     author,
-                    sent_micros,
+                    due_micros,
                 }),
                 _ => Frame::Malformed,
             }
@@ -115,7 +118,7 @@ mod tests {
                 Frame::Ours(Mark {
                     seq: 17,
                     author: 3,
-                    sent_micros: 1_712_345_678_901_234
+                    due_micros: 1_712_345_678_901_234
                 })
             );
         }

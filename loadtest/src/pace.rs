@@ -11,6 +11,8 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy)]
 pub struct Pacer {
     start: Instant,
+    /// `start` on the wall clock, for stamps other processes read.
+    start_unix_micros: u64,
     rate: f64,
 }
 
@@ -18,11 +20,23 @@ impl Pacer {
     /// `rate` events per second; must be positive.
     pub fn new(start: Instant, rate: f64) -> Self {
         assert!(rate > 0.0, "a pacer needs a positive rate");
-        Self { start, rate }
+        let behind = start.elapsed().as_micros() as u64;
+        let start_unix_micros = crate::opts::unix_micros().saturating_sub(behind);
+        Self {
+            start,
+            start_unix_micros,
+            rate,
+        }
     }
 
     pub fn due(&self, index: u64) -> Instant {
         self.start + offset(index, self.rate)
+    }
+
+    /// When the `index`-th event is due, in Unix microseconds: the stamp a
+    /// post carries, so that its receivers measure from the schedule.
+    pub fn due_unix_micros(&self, index: u64) -> u64 {
+        self.start_unix_micros + offset(index, self.rate).as_micros() as u64
     }
 }
 
@@ -60,6 +74,10 @@ mod tests {
         let pacer = Pacer::new(start, 50.0);
         assert_eq!(pacer.due(50) - start, Duration::from_secs(1));
         assert!((1..1000).all(|i| pacer.due(i) > pacer.due(i - 1)));
+        assert_eq!(
+            pacer.due_unix_micros(50) - pacer.due_unix_micros(0),
+            1_000_000
+        );
     }
 
     #[test]

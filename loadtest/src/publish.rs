@@ -101,8 +101,14 @@ impl Peer {
         for (seq, &author) in schedule.iter().enumerate() {
             let due = pacer.due(seq as u64);
             tokio::time::sleep_until(due).await;
+            let text = marker::post_text(
+                &self.run,
+                seq as u32,
+                author,
+                pacer.due_unix_micros(seq as u64),
+                self.text_bytes,
+            );
             let seq = seq as u32;
-            let text = marker::post_text(&self.run, seq, author, unix_micros(), self.text_bytes);
             self.sent.fetch_add(1, Ordering::Relaxed);
             match send(self.users[author as usize], text).await {
                 Ok(()) => published.posted.push(Posted { seq, author }),
@@ -206,6 +212,7 @@ impl Publisher {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
+            let due_micros = pacer.due_unix_micros(seq as u64);
             let seq = seq as u32;
             let url = format!(
                 "{}/post/create",
@@ -216,7 +223,7 @@ impl Publisher {
             let sent = self.sent.clone();
             let text_bytes = self.text_bytes;
             tasks.spawn(async move {
-                let text = marker::post_text(&run, seq, author, unix_micros(), text_bytes);
+                let text = marker::post_text(&run, seq, author, due_micros, text_bytes);
                 sent.fetch_add(1, Ordering::Relaxed);
                 let outcome = create(request.json(&json!({ "text": text }))).await;
                 drop(permit);

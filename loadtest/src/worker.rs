@@ -296,7 +296,7 @@ impl State {
         self.progress.received += 1;
         self.drain
             .latency
-            .record_micros(now_micros.saturating_sub(mark.sent_micros));
+            .record_micros(now_micros.saturating_sub(mark.due_micros));
         if self.drain.first_delivery_micros == 0 {
             self.drain.first_delivery_micros = now_micros;
         }
@@ -399,7 +399,7 @@ mod tests {
         Mark {
             seq,
             author,
-            sent_micros: 1,
+            due_micros: 1,
         }
     }
 
