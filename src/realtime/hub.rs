@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::burst::{self, Burst};
 use super::catch_up::{self, CatchUps};
 use super::codec::{FollowChange, PostFrame, decode_follow, decode_post};
 use super::recovery::{Delivered, Horizon, recover};
@@ -36,7 +37,17 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     let mut delivered = Delivered::default();
-    while let Some(item) = incoming.recv().await {
+    // What was taken off the queue while gathering a burst, but is not
+    // part of it.
+    let mut next = None;
+    loop {
+        let item = match next.take() {
+            Some(item) => item,
+            None => match incoming.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
         let delivery = match item {
             Incoming::Message(delivery) => delivery,
             Incoming::Gap(gap) => {
@@ -56,14 +67,37 @@ pub(super) async fn run(
         match delivery.topic {
             Topic::Posts => match decode_post(delivery.body) {
                 Ok(frame) => {
-                    metrics.broker_posts.fetch_add(1, Ordering::Relaxed);
-                    let now = Instant::now();
-                    delivered.forget_old(now);
-                    horizon.advance(SystemTime::now());
-                    // A post recovered after a gap, or published twice by a
-                    // relay that failed over, goes out once.
-                    if delivered.first_time(frame.post, now) {
-                        broadcast(&registry, &metrics, Arc::new(frame)).await;
+                    delivered.forget_old(Instant::now());
+                    let author = frame.author;
+                    let mut live = Live {
+                        frames: Vec::new(),
+                        delivered: &mut delivered,
+                        horizon: &horizon,
+                        metrics: &metrics,
+                    };
+                    live.take(frame);
+                    // The author's posts already waiting behind it go out
+                    // with it, up to a burst's worth.
+                    while live.frames.len() < burst::MOST_POSTS {
+                        match incoming.try_recv() {
+                            Ok(Incoming::Message(delivery)) if delivery.topic == Topic::Posts => {
+                                match decode_post(delivery.body.clone()) {
+                                    Ok(frame) if frame.author == author => live.take(frame),
+                                    _ => {
+                                        next = Some(Incoming::Message(delivery));
+                                        break;
+                                    }
+                                }
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if !live.frames.is_empty() {
+                        broadcast(&registry, &metrics, Arc::new(Burst::new(live.frames))).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "dropping an undecodable post event"),
@@ -78,19 +112,41 @@ pub(super) async fn run(
     }
 }
 
-/// Writes `frame` to every local subscriber of its author. A long list is
-/// cut into pieces written by all worker threads at once; the next post
+/// The live posts taken off the queue for one burst.
+struct Live<'a> {
+    frames: Vec<Arc<PostFrame>>,
+    delivered: &'a mut Delivered,
+    horizon: &'a Horizon,
+    metrics: &'a Metrics,
+}
+
+impl Live<'_> {
+    fn take(&mut self, frame: PostFrame) {
+        self.metrics.broker_posts.fetch_add(1, Ordering::Relaxed);
+        self.horizon.advance(SystemTime::now());
+        // A post recovered after a gap, or published twice by a relay that
+        // failed over, goes out once.
+        if self.delivered.first_time(frame.post, Instant::now()) {
+            self.frames.push(Arc::new(frame));
+        }
+    }
+}
+
+/// Writes `burst` to every local subscriber of its author. A long list is
+/// cut into pieces written by all worker threads at once; the next burst
 /// waits until every piece is done, so each socket gets posts in order.
-pub async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, frame: Arc<PostFrame>) {
-    let Some(subscribers) = registry.subscribers(frame.author) else {
-        metrics.unwanted_posts.fetch_add(1, Ordering::Relaxed);
+async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, burst: Arc<Burst>) {
+    let Some(subscribers) = registry.subscribers(burst.author()) else {
+        metrics
+            .unwanted_posts
+            .fetch_add(burst.frames().len() as u64, Ordering::Relaxed);
         return;
     };
     let sockets = subscribers.to_vec();
     drop(subscribers);
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     if workers < 2 || sockets.len() < PARALLEL_FROM {
-        deliver(&sockets, &frame, metrics);
+        deliver(&sockets, &burst, metrics);
         return;
     }
     let sockets: Arc<[Arc<Socket>]> = sockets.into();
@@ -100,10 +156,10 @@ pub async fn broadcast(registry: &Registry, metrics: &Arc<Metrics>, frame: Arc<P
     // worker spawns in a slot no other worker can steal from, and the
     // hub's own worker would write its piece before yielding to it.
     for start in (0..sockets.len()).step_by(piece) {
-        let (sockets, frame, metrics) = (sockets.clone(), frame.clone(), metrics.clone());
+        let (sockets, burst, metrics) = (sockets.clone(), burst.clone(), metrics.clone());
         pieces.spawn(async move {
             let end = (start + piece).min(sockets.len());
-            deliver(&sockets[start..end], &frame, &metrics);
+            deliver(&sockets[start..end], &burst, &metrics);
         });
     }
     while pieces.join_next().await.is_some() {}
@@ -117,30 +173,36 @@ pub fn fan_out(registry: &Registry, metrics: &Metrics, frame: Arc<PostFrame>) {
         return;
     };
     let sockets = subscribers.to_vec();
-    deliver(&sockets, &frame, metrics);
+    deliver(&sockets, &Burst::one(frame), metrics);
 }
 
-fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, metrics: &Metrics) {
-    let (mut written, mut queued) = (0, 0);
-    uring::deliver(sockets, frame, |push| match push {
-        Push::Written => written += 1,
+fn deliver(sockets: &[Arc<Socket>], burst: &Burst, metrics: &Metrics) {
+    // Frames written, per post of the burst.
+    let mut written = vec![0; burst.frames().len()];
+    let mut queued = 0;
+    uring::deliver(sockets, burst, |place, push| match push {
+        Push::Written => written[place] += 1,
         Push::Queued => queued += 1,
         Push::Overflowed => {
             metrics.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
         }
         Push::Dropped => {}
     });
+    let written_total: u64 = written.iter().sum();
     metrics
         .deliveries
-        .fetch_add(written + queued, Ordering::Relaxed);
+        .fetch_add(written_total + queued, Ordering::Relaxed);
     if queued > 0 {
         metrics
             .queued_deliveries
             .fetch_add(queued, Ordering::Relaxed);
     }
-    if written > 0 {
-        // One clock read for the piece: its frames were written within it.
-        time_written(metrics, frame.published_at_micros, written);
+    // One clock read per post for the piece: its frames were written
+    // within it.
+    for (frame, &frames) in burst.frames().iter().zip(&written) {
+        if frames > 0 {
+            time_written(metrics, frame.published_at_micros, frames);
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! ```
 
 mod batches;
+mod burst;
 mod catch_up;
 pub mod codec;
 mod follows;

@@ -27,6 +27,7 @@ use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 
+use super::burst::Burst;
 use super::codec::PostFrame;
 use super::wire;
 use crate::domain::{PostId, UserId};
@@ -79,8 +80,8 @@ pub enum Ending {
     Shutdown,
 }
 
-/// What [`Socket::try_admit`] made of a live post.
-pub(super) enum Admit<'a> {
+/// What [`Socket::push`] makes of a live post.
+enum Admit<'a> {
     /// Nothing waits in the outbox: the caller writes the frame into the
     /// kernel, then settles.
     Direct(Direct<'a>),
@@ -102,16 +103,20 @@ impl Direct<'_> {
         self.socket.stream.as_raw_fd()
     }
 
-    /// Settles the write of `frame`'s wire bytes: `written` is what the
-    /// kernel answered (bytes taken, or the error). The rest is queued in
-    /// order; an error other than "would block" means the peer is gone.
-    pub(super) fn settle(mut self, written: io::Result<usize>, frame: &PostFrame) -> Push {
-        self.socket.settle(
-            &mut self.out,
-            written,
-            &frame.wire,
-            frame.published_at_micros,
-        )
+    /// Settles the write of `burst`'s wire bytes: `written` is what the
+    /// kernel answered (bytes taken, or the error). `settled` hears what
+    /// became of each post, by its place in the burst.
+    pub(super) fn settle(
+        mut self,
+        written: io::Result<usize>,
+        burst: &Burst,
+        settled: impl FnMut(usize, Push),
+    ) {
+        let pieces = burst
+            .frames()
+            .iter()
+            .map(|frame| (&frame.wire, frame.published_at_micros));
+        self.socket.settle(&mut self.out, written, pieces, settled);
     }
 }
 
@@ -273,25 +278,36 @@ impl Socket {
     /// The hub's delivery of a live post.
     pub fn push(&self, frame: &Arc<PostFrame>) -> Push {
         match self.admit(self.outbox(), frame) {
-            Admit::Direct(direct) => {
+            Admit::Direct(mut direct) => {
                 let written = self.stream.try_write(&frame.wire);
-                direct.settle(written, frame)
+                let piece = [(&frame.wire, frame.published_at_micros)];
+                let mut push = Push::Dropped;
+                self.settle(&mut direct.out, written, piece, |_, settled| push = settled);
+                push
             }
             Admit::Settled(push) => push,
         }
     }
 
-    /// As [`Socket::push`], but a socket whose outbox someone else holds
-    /// right now is not waited for: `None`, push it later. Whoever writes
-    /// many sockets at once holds their outboxes together, and must never
-    /// wait for one while holding others.
-    pub(super) fn try_admit(&self, frame: &Arc<PostFrame>) -> Option<Admit<'_>> {
+    /// The socket, its outbox locked, if `burst` can go straight into the
+    /// kernel: the socket is live and nothing waits, holds or dedups in
+    /// its outbox. `None` otherwise, and when someone else holds the
+    /// outbox right now: then [`Socket::push`] each post later. Whoever
+    /// writes many sockets at once holds their outboxes together, and must
+    /// never wait for one while holding others.
+    pub(super) fn try_admit(&self, burst: &Burst) -> Option<Direct<'_>> {
         let out = match self.out.try_lock() {
             Ok(out) => out,
             Err(TryLockError::WouldBlock) => return None,
             Err(TryLockError::Poisoned(e)) => panic!("outbox lock: {e}"),
         };
-        Some(self.admit(out, frame))
+        let clear = out.ending.is_none()
+            && !out.gone
+            && out.held.is_none()
+            && !out.may_repeat()
+            && out.pending.is_empty()
+            && burst.frames().len() <= self.capacity;
+        clear.then_some(Direct { socket: self, out })
     }
 
     /// Decides what becomes of a live post: refused, held, queued behind
@@ -335,33 +351,51 @@ impl Socket {
             return Self::queue(out, bytes, published_at_micros);
         }
         let written = self.stream.try_write(&bytes);
-        self.settle(out, written, &bytes, published_at_micros)
+        let mut push = Push::Dropped;
+        let piece = [(&bytes, published_at_micros)];
+        self.settle(out, written, piece, |_, settled| push = settled);
+        push
     }
 
-    /// What a write of `bytes` into an empty outbox came to: whatever the
-    /// kernel did not take is queued for the session. Takes `bytes` by
-    /// reference: a post's frame is shared by every socket, and counting a
-    /// reference per socket written whole would make both cores fight over
-    /// its counter.
-    fn settle(
+    /// What a write of `pieces` (frames, each with its post's publish time,
+    /// back to back) into an empty outbox came to, told to `settled` piece
+    /// by piece: whatever the kernel did not take is queued for the
+    /// session, in order. Takes the bytes by reference: a post's frame is
+    /// shared by every socket, and counting a reference per socket written
+    /// whole would make both cores fight over its counter.
+    fn settle<'b>(
         &self,
         out: &mut Outbox,
         written: io::Result<usize>,
-        bytes: &Bytes,
-        published_at_micros: u64,
-    ) -> Push {
-        let written = match written {
-            Ok(n) if n == bytes.len() => return Push::Written,
+        pieces: impl IntoIterator<Item = (&'b Bytes, u64)>,
+        mut settled: impl FnMut(usize, Push),
+    ) {
+        let taken = match written {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {
                 out.gone = true;
                 self.wake();
-                return Push::Dropped;
+                for (place, _) in pieces.into_iter().enumerate() {
+                    settled(place, Push::Dropped);
+                }
+                return;
             }
         };
-        self.wake();
-        Self::queue(out, bytes.slice(written..), published_at_micros)
+        let mut start = 0;
+        for (place, (bytes, published_at_micros)) in pieces.into_iter().enumerate() {
+            let end = start + bytes.len();
+            if end <= taken {
+                settled(place, Push::Written);
+            } else {
+                if start <= taken {
+                    self.wake();
+                }
+                let rest = bytes.slice(taken.saturating_sub(start)..);
+                settled(place, Self::queue(out, rest, published_at_micros));
+            }
+            start = end;
+        }
     }
 
     fn queue(out: &mut Outbox, bytes: Bytes, published_at_micros: u64) -> Push {

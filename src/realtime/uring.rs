@@ -1,6 +1,6 @@
-//! Writes one post into many sockets with io_uring: a send per socket,
-//! hundreds submitted and reaped with one `io_uring_enter`, instead of one
-//! `sendto` syscall each.
+//! Writes a burst of posts into many sockets with io_uring: a send per
+//! socket, hundreds submitted and reaped with one `io_uring_enter`, instead
+//! of one `sendto` syscall each.
 //!
 //! Each thread that delivers posts gets a ring of its own on first use.
 //! Every send is non-blocking (`MSG_DONTWAIT`, and the sockets are
@@ -9,7 +9,8 @@
 //! whole settles exactly as [`Socket::push`]'s `try_write` would (the rest
 //! goes to the socket's outbox, in order). A socket's outbox stays locked
 //! from the check that it is empty until its send is settled, so no frame
-//! can overtake the post.
+//! can overtake the burst. A socket that cannot take the burst straight
+//! away (subscribing, behind, gone) gets its posts pushed one by one.
 //!
 //! Never waits for an outbox lock while holding others (a socket someone
 //! else holds is pushed after the batch, alone), and never blocks on the
@@ -23,8 +24,8 @@ use std::sync::Arc;
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::codec::PostFrame;
-use super::socket::{Admit, Direct, Push, Socket};
+use super::burst::Burst;
+use super::socket::{Direct, Push, Socket};
 
 /// Sends submitted with one `io_uring_enter`; the outboxes of this many
 /// sockets are held at once, for the length of that call.
@@ -35,16 +36,28 @@ thread_local! {
     static RING: RefCell<Option<Option<IoUring>>> = const { RefCell::new(None) };
 }
 
-/// Delivers `frame` to every socket of `sockets`, calling `settled` with
-/// what became of each.
-pub(super) fn deliver(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>, settled: impl FnMut(Push)) {
+/// Delivers `burst` to every socket of `sockets`, calling `settled` with
+/// what became of each post (by its place in the burst) on each socket.
+pub(super) fn deliver(
+    sockets: &[Arc<Socket>],
+    burst: &Burst,
+    mut settled: impl FnMut(usize, Push),
+) {
     RING.with(|ring| {
         let mut ring = ring.borrow_mut();
         match ring.get_or_insert_with(new_ring) {
-            Some(ring) => deliver_on(ring, sockets, frame, settled),
-            None => sockets.iter().map(|s| s.push(frame)).for_each(settled),
+            Some(ring) => deliver_on(ring, sockets, burst, settled),
+            None => sockets
+                .iter()
+                .for_each(|socket| push_one_by_one(socket, burst, &mut settled)),
         }
     });
+}
+
+fn push_one_by_one(socket: &Socket, burst: &Burst, settled: &mut impl FnMut(usize, Push)) {
+    for (place, frame) in burst.frames().iter().enumerate() {
+        settled(place, socket.push(frame));
+    }
 }
 
 fn new_ring() -> Option<IoUring> {
@@ -67,52 +80,50 @@ fn new_ring() -> Option<IoUring> {
 fn deliver_on(
     ring: &mut IoUring,
     sockets: &[Arc<Socket>],
-    frame: &Arc<PostFrame>,
-    mut settled: impl FnMut(Push),
+    burst: &Burst,
+    mut settled: impl FnMut(usize, Push),
 ) {
-    let wire: &[u8] = &frame.wire;
-    let len = u32::try_from(wire.len()).expect("a post frame is far below 4 GiB");
     let mut busy = Vec::new();
     let mut batch: Vec<Direct<'_>> = Vec::with_capacity(BATCH);
     for socket in sockets {
-        match socket.try_admit(frame) {
-            Some(Admit::Direct(direct)) => {
+        match socket.try_admit(burst) {
+            Some(direct) => {
                 batch.push(direct);
                 if batch.len() == BATCH {
-                    send_all(ring, &mut batch, wire.as_ptr(), len, frame, &mut settled);
+                    send_all(ring, &mut batch, burst, &mut settled);
                 }
             }
-            Some(Admit::Settled(push)) => settled(push),
             None => busy.push(socket),
         }
     }
-    send_all(ring, &mut batch, wire.as_ptr(), len, frame, &mut settled);
-    // Their outboxes were held by a session or another writer: now that
-    // this thread holds none, waiting for one is safe.
+    send_all(ring, &mut batch, burst, &mut settled);
+    // Their outboxes were held by a session or another writer, or need
+    // each post's own decision: now that this thread holds none, waiting
+    // for one is safe.
     for socket in busy {
-        settled(socket.push(frame));
+        push_one_by_one(socket, burst, &mut settled);
     }
 }
 
-/// Sends `frame` to every socket of `batch` with one submit, settles each
+/// Sends `burst` to every socket of `batch` with one submit, settles each
 /// and empties `batch` (releasing the outboxes).
 fn send_all(
     ring: &mut IoUring,
     batch: &mut Vec<Direct<'_>>,
-    wire: *const u8,
-    len: u32,
-    frame: &PostFrame,
-    settled: &mut impl FnMut(Push),
+    burst: &Burst,
+    settled: &mut impl FnMut(usize, Push),
 ) {
     if batch.is_empty() {
         return;
     }
+    let wire = burst.wire().as_ptr();
+    let len = u32::try_from(burst.wire().len()).expect("a burst is far below 4 GiB");
     let mut results = [None; BATCH];
     {
         let mut submission = ring.submission();
         for (i, direct) in batch.iter().enumerate() {
             let send = send(direct.fd(), wire, len).user_data(i as u64);
-            // SAFETY: `wire` is `frame.wire`, alive until this function
+            // SAFETY: `wire` is `burst`'s, alive until this function
             // returns, and every send completes before it does (below).
             unsafe { submission.push(&send) }.expect("the batch fits the ring");
         }
@@ -140,7 +151,7 @@ fn send_all(
     for (direct, result) in batch.drain(..).zip(results) {
         let result = result.expect("every send completed");
         let written = usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result));
-        settled(direct.settle(written, frame));
+        direct.settle(written, burst, &mut *settled);
     }
 }
 
@@ -159,6 +170,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{PostId, UserId};
+    use crate::realtime::codec::PostFrame;
     use crate::realtime::socket::Flushed;
     use crate::realtime::socket::tests::read_exactly;
     use crate::realtime::wire;
@@ -166,6 +178,15 @@ mod tests {
     /// Released sockets (live posts go straight to the kernel) and their
     /// clients, which read nothing until told.
     async fn sockets(count: usize, send_buffer: usize) -> Vec<(Arc<Socket>, TcpStream)> {
+        let pairs = subscribing(count, send_buffer).await;
+        for (socket, _) in &pairs {
+            socket.release();
+        }
+        pairs
+    }
+
+    /// Sockets still subscribing: live posts are held.
+    async fn subscribing(count: usize, send_buffer: usize) -> Vec<(Arc<Socket>, TcpStream)> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut pairs = Vec::new();
         for _ in 0..count {
@@ -177,7 +198,6 @@ mod tests {
                 .set_send_buffer_size(send_buffer)
                 .unwrap();
             let socket = Arc::new(Socket::new(UserId::new_v7(), 8, server));
-            socket.release();
             pairs.push((socket, client));
         }
         pairs
@@ -185,7 +205,8 @@ mod tests {
 
     fn frame(text: &[u8]) -> Arc<PostFrame> {
         Arc::new(PostFrame {
-            author: UserId::new_v7(),
+            // One author for every frame, so that any of them make a burst.
+            author: UserId::from_uuid(uuid::Uuid::from_u128(7)),
             post: PostId::new_v7(),
             published_at_micros: 1,
             wire: wire::text(text),
@@ -193,8 +214,16 @@ mod tests {
     }
 
     fn pushes(sockets: &[Arc<Socket>], frame: &Arc<PostFrame>) -> Vec<Push> {
+        burst_pushes(sockets, &Burst::one(frame.clone()))
+            .into_iter()
+            .map(|(_, push)| push)
+            .collect()
+    }
+
+    /// Each post's fate on each socket, by its place in the burst.
+    fn burst_pushes(sockets: &[Arc<Socket>], burst: &Burst) -> Vec<(usize, Push)> {
         let mut pushes = Vec::new();
-        deliver(sockets, frame, |push| pushes.push(push));
+        deliver(sockets, burst, |place, push| pushes.push((place, push)));
         pushes
     }
 
@@ -289,5 +318,53 @@ mod tests {
         for (_, client) in &mut pairs {
             assert_eq!(read_exactly(client, post.wire.len()).await, post.wire);
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_send_per_socket_and_each_post_is_counted() {
+        let mut pairs = sockets(3, 0).await;
+        let list: Vec<_> = pairs.iter().map(|(s, _)| s.clone()).collect();
+        let burst = Burst::new(vec![frame(b"one"), frame(b"two"), frame(b"three")]);
+        let per_socket = [(0, Push::Written), (1, Push::Written), (2, Push::Written)];
+        assert_eq!(burst_pushes(&list, &burst), per_socket.repeat(3));
+        for (_, client) in &mut pairs {
+            assert_eq!(
+                read_exactly(client, burst.wire().len()).await,
+                &burst.wire()[..]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_posts_of_a_burst_the_kernel_takes_in_part_wait_in_order() {
+        let mut pairs = sockets(1, 4096).await;
+        let (socket, client) = pairs.pop().unwrap();
+        let (small, big) = (frame(b"small"), frame(&vec![b'x'; 4 * 1024 * 1024]));
+        let last = frame(b"last");
+        let burst = Burst::new(vec![small, big, last.clone()]);
+        let list = std::slice::from_ref(&socket);
+        assert_eq!(
+            burst_pushes(list, &burst),
+            [(0, Push::Written), (1, Push::Queued), (2, Push::Queued)]
+        );
+        // The rest waits: the next post queues behind it.
+        let after = frame(b"after");
+        assert_eq!(pushes(list, &after), [Push::Queued]);
+        let expected = [&burst.wire()[..], &after.wire[..]].concat();
+        assert!(drain(&socket, client, expected).await);
+    }
+
+    #[tokio::test]
+    async fn a_socket_still_subscribing_holds_each_post_of_a_burst() {
+        let mut pairs = subscribing(1, 0).await;
+        let (socket, client) = pairs.pop().unwrap();
+        let burst = Burst::new(vec![frame(b"held one"), frame(b"held two")]);
+        let list = std::slice::from_ref(&socket);
+        assert_eq!(
+            burst_pushes(list, &burst),
+            [(0, Push::Queued), (1, Push::Queued)]
+        );
+        socket.release();
+        assert!(drain(&socket, client, burst.wire().to_vec()).await);
     }
 }
