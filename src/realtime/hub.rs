@@ -215,3 +215,116 @@ fn apply_follow_change(registry: &Arc<Registry>, catch_ups: &Arc<CatchUps>, chan
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::broker::{Broker, BrokerKind, Delivery, MemoryBus};
+    use crate::domain::{Post, PostId, UserId};
+    use crate::realtime::codec::encode_post;
+    use crate::realtime::registry::Start;
+    use crate::store::CommitMark;
+    use crate::store::StoreSettings;
+
+    fn post(author: UserId, text: &str) -> Post {
+        Post {
+            id: PostId::new_v7(),
+            text: text.into(),
+            author_user_id: author,
+        }
+    }
+
+    fn message(post: &Post) -> Incoming {
+        Incoming::Message(Delivery {
+            topic: Topic::Posts,
+            body: encode_post(post, 1),
+        })
+    }
+
+    /// A subscribed socket of a follower of `author`, and its client end.
+    async fn follower(
+        registry: &Registry,
+        listener: &std::net::TcpListener,
+        author: UserId,
+    ) -> (Arc<Socket>, std::net::TcpStream) {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let server = tokio::net::TcpStream::from_std(server).unwrap();
+        let socket = Arc::new(Socket::new(UserId::new_v7(), 64, server));
+        let start = Start::Mark(Arc::new(CommitMark::new(0, 1, 1, &[])));
+        let subscribed = registry.subscribe(&socket, &[author], Some(&start), registry.clock());
+        for binding in subscribed.bindings {
+            registry.bound(binding).await.unwrap();
+        }
+        socket.release();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        (socket, client)
+    }
+
+    fn read(client: &mut std::net::TcpStream, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        client.read_exact(&mut bytes).expect("the frames arrive");
+        bytes
+    }
+
+    /// Posts already waiting when the hub gets to them: one author's run
+    /// goes out together, another author's post between them keeps its
+    /// place, a post seen twice goes out once, and nothing is left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_posts_go_out_in_order_and_once() {
+        let (sink, _incoming) = mpsc::channel(16);
+        let (work, _work) = mpsc::channel(16);
+        let broker = Broker::start(BrokerKind::Memory(MemoryBus::new()), sink, work);
+        let registry = Arc::new(Registry::new(broker, "bucket:4".parse().unwrap()));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b) = (UserId::new_v7(), UserId::new_v7());
+        let (_a_socket, mut a_client) = follower(&registry, &listener, a).await;
+        let (_b_socket, mut b_client) = follower(&registry, &listener, b).await;
+
+        let [a1, a2, a3, a4] = ["a1", "a2", "a3", "a4"].map(|text| post(a, text));
+        let b1 = post(b, "b1");
+        let waiting = [&a1, &a2, &a1, &b1, &a3, &a4].map(message);
+        let (queue, incoming) = mpsc::channel(waiting.len());
+        for item in waiting {
+            queue.try_send(item).unwrap();
+        }
+        drop(queue);
+        let store = Store::new(&StoreSettings {
+            database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+            pool_size: 1,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let hub = run(
+            incoming,
+            registry,
+            Arc::default(),
+            Arc::new(Horizon::new(SystemTime::now())),
+            store,
+            metrics.clone(),
+            CancellationToken::new(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), hub)
+            .await
+            .expect("the hub ends with its queue");
+
+        let wire = |post: &Post| decode_post(encode_post(post, 1)).unwrap().wire;
+        let a_posts: Vec<u8> = [&a1, &a2, &a3, &a4].into_iter().flat_map(wire).collect();
+        assert_eq!(read(&mut a_client, a_posts.len()), a_posts);
+        assert_eq!(read(&mut b_client, wire(&b1).len()), wire(&b1));
+        assert_eq!(metrics.broker_posts.load(Ordering::Relaxed), 6);
+        assert_eq!(metrics.deliveries.load(Ordering::Relaxed), 5);
+        // Nothing more: the duplicate did not follow.
+        a_client.set_nonblocking(true).unwrap();
+        let mut more = [0; 1];
+        assert!(a_client.read(&mut more).is_err(), "no further bytes");
+    }
+}
