@@ -41,6 +41,9 @@ pub struct Metrics {
     pub deliveries: AtomicU64,
     /// Deliveries the kernel did not take at once, left to the session.
     pub queued_deliveries: AtomicU64,
+    /// Posts written in one send with the post before them: an author's
+    /// posts that waited in the hub's queue together.
+    pub joined_posts: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub socket_write_timeouts: AtomicU64,
     pub published: AtomicU64,
@@ -179,6 +182,12 @@ impl Metrics {
             "livefeed_queued_deliveries",
             "Post frames the hub could not write at once, written later by the socket's session.",
             &self.queued_deliveries,
+        );
+        counter(
+            r,
+            "livefeed_joined_posts",
+            "Posts written to their sockets in one send with the post before them (one author's posts that waited together).",
+            &self.joined_posts,
         );
         counter(
             r,

@@ -67,6 +67,8 @@ pub struct Counters {
     pub deliveries: u64,
     pub slow_consumer_closes: u64,
     pub outbox_published: u64,
+    /// Posts the hub wrote in one send with the post before them.
+    pub joined_posts: u64,
 }
 
 impl Servers {
@@ -185,6 +187,7 @@ pub fn parse_metrics(text: &str) -> Counters {
             "livefeed_open_sockets" => counters.open_sockets = value,
             "livefeed_deliveries_total" => counters.deliveries = value,
             "livefeed_slow_consumer_closes_total" => counters.slow_consumer_closes = value,
+            "livefeed_joined_posts_total" => counters.joined_posts = value,
             "livefeed_outbox_published_total" => counters.outbox_published = value,
             _ => {}
         }
@@ -203,6 +206,7 @@ pub fn counters_delta(before: &Snapshot, after: &Snapshot) -> Counters {
                 .slow_consumer_closes
                 .saturating_sub(b.slow_consumer_closes);
             delta.outbox_published += a.outbox_published.saturating_sub(b.outbox_published);
+            delta.joined_posts += a.joined_posts.saturating_sub(b.joined_posts);
             delta.open_sockets += a.open_sockets;
         }
     }
@@ -392,7 +396,8 @@ mod tests {
                     livefeed_slow_consumer_closes_total 0\n\
                     livefeed_publish_to_send_seconds_bucket{le=\"0.001\"} 1\n\
                     livefeed_publish_to_send_seconds_sum 0.5\n\
-                    livefeed_outbox_published_total 21\n";
+                    livefeed_outbox_published_total 21\n\
+                    livefeed_joined_posts_total 3\n";
         assert_eq!(
             parse_metrics(text),
             Counters {
@@ -400,6 +405,7 @@ mod tests {
                 deliveries: 4200,
                 slow_consumer_closes: 0,
                 outbox_published: 21,
+                joined_posts: 3,
             }
         );
     }

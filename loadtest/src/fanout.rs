@@ -523,8 +523,13 @@ impl FanoutReport {
         let c = &self.server_counters;
         let _ = writeln!(
             out,
-            "  {:<24} deliveries {}, slow-consumer closes {}, outbox published {}",
-            "server /metrics delta", c.deliveries, c.slow_consumer_closes, c.outbox_published
+            "  {:<24} deliveries {}, slow-consumer closes {}, outbox published {}, \
+             posts joined to the one before {}",
+            "server /metrics delta",
+            c.deliveries,
+            c.slow_consumer_closes,
+            c.outbox_published,
+            c.joined_posts
         );
         self.close.human(out);
     }

@@ -96,7 +96,10 @@ pub(super) async fn run(
                             Err(_) => break,
                         }
                     }
-                    if !live.frames.is_empty() {
+                    if let Some(joined) = live.frames.len().checked_sub(1) {
+                        metrics
+                            .joined_posts
+                            .fetch_add(joined as u64, Ordering::Relaxed);
                         broadcast(&registry, &metrics, Arc::new(Burst::new(live.frames))).await;
                     }
                 }
@@ -261,6 +264,9 @@ mod tests {
             registry.bound(binding).await.unwrap();
         }
         socket.release();
+        // Without a session here to write what a socket queues, a post must
+        // not find tokio unsure yet whether the fresh socket is writable.
+        socket.stream().writable().await.unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
@@ -322,6 +328,8 @@ mod tests {
         assert_eq!(read(&mut b_client, wire(&b1).len()), wire(&b1));
         assert_eq!(metrics.broker_posts.load(Ordering::Relaxed), 6);
         assert_eq!(metrics.deliveries.load(Ordering::Relaxed), 5);
+        // a2 joined a1, and a4 joined a3; b1 stood between a2 and a3.
+        assert_eq!(metrics.joined_posts.load(Ordering::Relaxed), 2);
         // Nothing more: the duplicate did not follow.
         a_client.set_nonblocking(true).unwrap();
         let mut more = [0; 1];

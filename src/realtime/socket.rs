@@ -80,8 +80,8 @@ pub enum Ending {
     Shutdown,
 }
 
-/// What [`Socket::push`] makes of a live post.
-enum Admit<'a> {
+/// What [`Socket::push`] and [`Socket::try_admit`] make of live posts.
+pub(super) enum Admit<'a> {
     /// Nothing waits in the outbox: the caller writes the frame into the
     /// kernel, then settles.
     Direct(Direct<'a>),
@@ -289,25 +289,29 @@ impl Socket {
         }
     }
 
-    /// The socket, its outbox locked, if `burst` can go straight into the
-    /// kernel: the socket is live and nothing waits, holds or dedups in
-    /// its outbox. `None` otherwise, and when someone else holds the
-    /// outbox right now: then [`Socket::push`] each post later. Whoever
-    /// writes many sockets at once holds their outboxes together, and must
-    /// never wait for one while holding others.
-    pub(super) fn try_admit(&self, burst: &Burst) -> Option<Direct<'_>> {
+    /// As [`Socket::push`] for a burst of one post. A longer burst is
+    /// `Direct` only if it can go straight into the kernel whole: the
+    /// socket is live and nothing waits, holds or dedups in its outbox.
+    /// `None` otherwise, and when someone else holds the outbox right now:
+    /// then [`Socket::push`] each post later. Whoever writes many sockets
+    /// at once holds their outboxes together, and must never wait for one
+    /// while holding others.
+    pub(super) fn try_admit(&self, burst: &Burst) -> Option<Admit<'_>> {
         let out = match self.out.try_lock() {
             Ok(out) => out,
             Err(TryLockError::WouldBlock) => return None,
             Err(TryLockError::Poisoned(e)) => panic!("outbox lock: {e}"),
         };
+        if let [frame] = burst.frames() {
+            return Some(self.admit(out, frame));
+        }
         let clear = out.ending.is_none()
             && !out.gone
             && out.held.is_none()
             && !out.may_repeat()
             && out.pending.is_empty()
             && burst.frames().len() <= self.capacity;
-        clear.then_some(Direct { socket: self, out })
+        clear.then_some(Admit::Direct(Direct { socket: self, out }))
     }
 
     /// Decides what becomes of a live post: refused, held, queued behind

@@ -9,8 +9,9 @@
 //! whole settles exactly as [`Socket::push`]'s `try_write` would (the rest
 //! goes to the socket's outbox, in order). A socket's outbox stays locked
 //! from the check that it is empty until its send is settled, so no frame
-//! can overtake the burst. A socket that cannot take the burst straight
-//! away (subscribing, behind, gone) gets its posts pushed one by one.
+//! can overtake the burst. A socket that cannot take a burst of several
+//! posts straight away (subscribing, behind, gone) gets them pushed one
+//! by one.
 //!
 //! Never waits for an outbox lock while holding others (a socket someone
 //! else holds is pushed after the batch, alone), and never blocks on the
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::burst::Burst;
-use super::socket::{Direct, Push, Socket};
+use super::socket::{Admit, Direct, Push, Socket};
 
 /// Sends submitted with one `io_uring_enter`; the outboxes of this many
 /// sockets are held at once, for the length of that call.
@@ -87,12 +88,14 @@ fn deliver_on(
     let mut batch: Vec<Direct<'_>> = Vec::with_capacity(BATCH);
     for socket in sockets {
         match socket.try_admit(burst) {
-            Some(direct) => {
+            Some(Admit::Direct(direct)) => {
                 batch.push(direct);
                 if batch.len() == BATCH {
                     send_all(ring, &mut batch, burst, &mut settled);
                 }
             }
+            // Only a burst of one post is settled at once.
+            Some(Admit::Settled(push)) => settled(0, push),
             None => busy.push(socket),
         }
     }
